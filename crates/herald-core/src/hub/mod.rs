@@ -1,0 +1,696 @@
+//! The hub: this node's sessions, which channels each is subscribed to, and the fan-out.
+//!
+//! The hub knows nothing of sockets or wire formats. A transport authenticates a connection, calls
+//! [`Hub::connect`] to get a [`Session`], forwards the client's commands to it, and writes whatever
+//! appears in the session's [`Outbox`]. Publications reach the hub only from the engine (through
+//! [`NodeSink`]), so a publication made on any node takes the same path.
+//!
+//! Fan-out holds a shard's read lock while it pushes an `Arc` of the publication into each
+//! subscriber's outbox; it never awaits and never serialises. Locks here are `parking_lot` locks
+//! over synchronous sections only.
+
+mod outbox;
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+use serde_json::value::RawValue;
+
+pub use outbox::{Outbound, Outbox, Pushed};
+
+use crate::channel::{ChannelName, Identity, NamespacePolicy, Namespaces};
+use crate::engine::{ClusterCommand, Engine, NodeSink, PublishRequest};
+use crate::error::{CloseCode, Disconnect, ErrorCode, HeraldError};
+use crate::publication::{Publication, Publisher, StreamPosition};
+
+const CHANNEL_SHARDS: usize = 64;
+
+/// The hub's limits, from configuration.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    pub namespaces: Namespaces,
+    pub connections_per_user: usize,
+    pub subscriptions_per_connection: usize,
+    pub outbound_queue_bytes: usize,
+}
+
+/// Counters the hub keeps for `/api/stats` and `/metrics`.
+#[derive(Debug, Default)]
+pub struct HubStats {
+    /// Publications that reached this node from the engine.
+    pub publications: AtomicU64,
+    /// Publications queued for a subscriber.
+    pub deliveries: AtomicU64,
+    /// Connections closed because their outgoing queue overflowed.
+    pub slow_consumers: AtomicU64,
+}
+
+/// The subscribers of one channel on this node, by session id.
+type Subscribers = HashMap<u64, Arc<SessionCore>>;
+
+struct HubShared {
+    config: HubConfig,
+    engine: Arc<dyn Engine>,
+    channels: Vec<RwLock<HashMap<ChannelName, Subscribers>>>,
+    users: Mutex<HashMap<Arc<str>, Vec<Arc<SessionCore>>>>,
+    sessions: AtomicUsize,
+    subscriptions: AtomicUsize,
+    next_session: AtomicU64,
+    stats: HubStats,
+}
+
+/// The node's hub. Cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    shared: Arc<HubShared>,
+}
+
+/// What the hub keeps of a connection.
+pub struct SessionCore {
+    id: u64,
+    client: Arc<str>,
+    identity: Mutex<Identity>,
+    user: Arc<str>,
+    outbox: Outbox,
+    subscriptions: Mutex<HashSet<ChannelName>>,
+}
+
+impl SessionCore {
+    fn deliver(&self, item: Outbound, stats: &HubStats) {
+        match self.outbox.push(item) {
+            Pushed::Queued => {
+                stats.deliveries.fetch_add(1, Ordering::Relaxed);
+            }
+            Pushed::Overflowed => {
+                stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(client = %self.client, user = %self.user, "slow consumer: closing");
+            }
+            Pushed::Closed => {}
+        }
+    }
+}
+
+/// One channel's entry in `GET /api/channels`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ChannelInfo {
+    pub channel: ChannelName,
+    pub subscribers: usize,
+}
+
+/// Node-wide figures.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HubSnapshot {
+    pub connections: usize,
+    pub users: usize,
+    pub channels: usize,
+    pub subscriptions: usize,
+    pub publications: u64,
+    pub deliveries: u64,
+    pub slow_consumers: u64,
+}
+
+// === impl Hub ===
+
+impl Hub {
+    /// Creates the hub and attaches it to `engine`.
+    pub fn new(config: HubConfig, engine: Arc<dyn Engine>) -> Hub {
+        let shared = Arc::new(HubShared {
+            config,
+            engine: engine.clone(),
+            channels: (0..CHANNEL_SHARDS).map(|_| RwLock::default()).collect(),
+            users: Mutex::default(),
+            sessions: AtomicUsize::new(0),
+            subscriptions: AtomicUsize::new(0),
+            next_session: AtomicU64::new(1),
+            stats: HubStats::default(),
+        });
+        engine.attach(Arc::new(HubSink(Arc::downgrade(&shared))));
+        Hub { shared }
+    }
+
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        &self.shared.engine
+    }
+
+    pub fn namespaces(&self) -> &Namespaces {
+        &self.shared.config.namespaces
+    }
+
+    pub fn stats(&self) -> &HubStats {
+        &self.shared.stats
+    }
+
+    /// Registers a connection for `identity` and subscribes it to the user's personal channel.
+    ///
+    /// Refused with 4011 when the user already holds `connections_per_user` connections here.
+    pub async fn connect(&self, identity: Identity) -> Result<Session, Disconnect> {
+        let shared = &self.shared;
+        let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
+        let core = Arc::new(SessionCore {
+            id,
+            client: new_client_id(id).into(),
+            user: identity.user.clone(),
+            identity: Mutex::new(identity),
+            outbox: Outbox::new(shared.config.outbound_queue_bytes),
+            subscriptions: Mutex::default(),
+        });
+        {
+            let mut users = shared.users.lock();
+            let sessions = users.entry(core.user.clone()).or_default();
+            if sessions.len() >= shared.config.connections_per_user {
+                if sessions.is_empty() {
+                    users.remove(&core.user);
+                }
+                return Err(Disconnect::new(
+                    CloseCode::TooManyConnections,
+                    format!(
+                        "user already has {} connections on this node",
+                        shared.config.connections_per_user
+                    ),
+                ));
+            }
+            sessions.push(core.clone());
+        }
+        shared.sessions.fetch_add(1, Ordering::Relaxed);
+        let session = Session {
+            hub: self.clone(),
+            core,
+        };
+        if let Some(personal) = ChannelName::personal(&session.core.user) {
+            // The personal channel does not count against the subscription limit, and its engine
+            // subscription failing is logged rather than refusing the connection.
+            if session.add_subscription(&personal) {
+                if let Err(e) = shared.engine.node_subscribe(&personal).await {
+                    tracing::warn!(channel = %personal, error = %e, "engine subscribe failed");
+                }
+            }
+        }
+        Ok(session)
+    }
+
+    /// Publishes on behalf of the server API (no subscribe check, no `from`).
+    pub async fn publish(
+        &self,
+        channel: ChannelName,
+        event: Option<String>,
+        data: Box<RawValue>,
+    ) -> Result<StreamPosition, HeraldError> {
+        let policy = self.shared.config.namespaces.policy(&channel)?.clone();
+        self.publish_with(&policy, channel, event, data, None).await
+    }
+
+    async fn publish_with(
+        &self,
+        policy: &NamespacePolicy,
+        channel: ChannelName,
+        event: Option<String>,
+        data: Box<RawValue>,
+        from: Option<Publisher>,
+    ) -> Result<StreamPosition, HeraldError> {
+        self.shared
+            .engine
+            .publish(PublishRequest {
+                channel,
+                event: event.map(String::into_boxed_str),
+                data,
+                from,
+                stream_ttl: policy.history_ttl,
+            })
+            .await
+    }
+
+    /// Disconnects every connection of `user` on every node.
+    pub async fn disconnect_user(&self, user: &str, reconnect: bool) -> Result<(), HeraldError> {
+        self.shared
+            .engine
+            .broadcast_command(ClusterCommand::DisconnectUser {
+                user: user.into(),
+                reconnect,
+            })
+            .await
+    }
+
+    /// Unsubscribes every connection of `user` from `channel` on every node.
+    pub async fn unsubscribe_user(
+        &self,
+        user: &str,
+        channel: ChannelName,
+    ) -> Result<(), HeraldError> {
+        self.shared
+            .engine
+            .broadcast_command(ClusterCommand::UnsubscribeUser {
+                user: user.into(),
+                channel,
+            })
+            .await
+    }
+
+    /// Active channels on this node whose name starts with `prefix`, with subscriber counts.
+    pub fn channels(&self, prefix: &str) -> Vec<ChannelInfo> {
+        let mut out: Vec<ChannelInfo> = self
+            .shared
+            .channels
+            .iter()
+            .flat_map(|shard| {
+                shard
+                    .read()
+                    .iter()
+                    .filter(|(name, _)| name.as_str().starts_with(prefix))
+                    .map(|(name, subs)| ChannelInfo {
+                        channel: name.clone(),
+                        subscribers: subs.len(),
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        out.sort_by(|a, b| a.channel.cmp(&b.channel));
+        out
+    }
+
+    /// How many connections `user` holds on this node.
+    pub fn user_connections(&self, user: &str) -> usize {
+        self.shared.users.lock().get(user).map_or(0, Vec::len)
+    }
+
+    /// Node-wide figures.
+    pub fn snapshot(&self) -> HubSnapshot {
+        let s = &self.shared;
+        HubSnapshot {
+            connections: s.sessions.load(Ordering::Relaxed),
+            users: s.users.lock().len(),
+            channels: s.channels.iter().map(|shard| shard.read().len()).sum(),
+            subscriptions: s.subscriptions.load(Ordering::Relaxed),
+            publications: s.stats.publications.load(Ordering::Relaxed),
+            deliveries: s.stats.deliveries.load(Ordering::Relaxed),
+            slow_consumers: s.stats.slow_consumers.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Asks every connection on this node to close with `disconnect`, spreading the closes evenly
+    /// over `window` so that clients do not all reconnect at the same instant.
+    pub async fn disconnect_all(&self, disconnect: Disconnect, window: std::time::Duration) {
+        let sessions: Vec<Arc<SessionCore>> = self
+            .shared
+            .users
+            .lock()
+            .values()
+            .flatten()
+            .cloned()
+            .collect();
+        if sessions.is_empty() {
+            return;
+        }
+        let step = window / sessions.len() as u32;
+        for session in sessions {
+            session.outbox.close(disconnect.clone());
+            if !step.is_zero() {
+                tokio::time::sleep(step).await;
+            }
+        }
+    }
+
+    fn shard(&self, channel: &ChannelName) -> &RwLock<HashMap<ChannelName, Subscribers>> {
+        let mut hasher = DefaultHasher::new();
+        channel.hash(&mut hasher);
+        &self.shared.channels[hasher.finish() as usize % CHANNEL_SHARDS]
+    }
+
+    /// Fans `publication` out to this node's subscribers of its channel.
+    fn fan_out(&self, publication: Arc<Publication>) {
+        let stats = &self.shared.stats;
+        stats.publications.fetch_add(1, Ordering::Relaxed);
+        let shard = self.shard(&publication.channel).read();
+        if let Some(subscribers) = shard.get(&publication.channel) {
+            for session in subscribers.values() {
+                session.deliver(Outbound::Publication(publication.clone()), stats);
+            }
+        }
+    }
+
+    fn sessions_of(&self, user: &str) -> Vec<Arc<SessionCore>> {
+        self.shared
+            .users
+            .lock()
+            .get(user)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn run_command(&self, command: ClusterCommand) {
+        match command {
+            ClusterCommand::DisconnectUser { user, reconnect } => {
+                for session in self.sessions_of(&user) {
+                    let mut d = Disconnect::new(
+                        CloseCode::DisconnectedByApi,
+                        "disconnected by the server API",
+                    );
+                    d.reconnect = reconnect;
+                    session.outbox.close(d);
+                }
+            }
+            ClusterCommand::UnsubscribeUser { user, channel } => {
+                for core in self.sessions_of(&user) {
+                    let session = SessionRef {
+                        hub: self,
+                        core: &core,
+                    };
+                    if session.remove_subscription(&channel) {
+                        core.deliver(Outbound::Unsubscribed(channel.clone()), &self.shared.stats);
+                        self.release_channel(&channel);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Tells the engine this node no longer needs `channel`, if it has no subscribers left.
+    fn release_channel(&self, channel: &ChannelName) {
+        if self.shard(channel).read().contains_key(channel) {
+            return;
+        }
+        let engine = self.shared.engine.clone();
+        let channel = channel.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(e) = engine.node_unsubscribe(&channel).await {
+                    tracing::warn!(channel = %channel, error = %e, "engine unsubscribe failed");
+                }
+            });
+        }
+    }
+}
+
+fn new_client_id(session: u64) -> String {
+    let salt: u32 = rand::random();
+    format!("{session:x}-{salt:08x}")
+}
+
+/// The engine's way back into the hub. Holds the hub weakly so that dropping the hub frees it.
+struct HubSink(std::sync::Weak<HubShared>);
+
+impl NodeSink for HubSink {
+    fn deliver(&self, publication: Arc<Publication>) {
+        if let Some(shared) = self.0.upgrade() {
+            Hub { shared }.fan_out(publication);
+        }
+    }
+
+    fn command(&self, command: ClusterCommand) {
+        if let Some(shared) = self.0.upgrade() {
+            Hub { shared }.run_command(command);
+        }
+    }
+}
+
+// === impl Session ===
+
+/// Borrowed view used where only index bookkeeping is needed.
+struct SessionRef<'a> {
+    hub: &'a Hub,
+    core: &'a Arc<SessionCore>,
+}
+
+impl SessionRef<'_> {
+    /// Adds the session to `channel`'s subscribers. Returns whether it is the channel's first
+    /// subscriber on this node. Does nothing if already subscribed.
+    fn add(&self, channel: &ChannelName) -> Option<bool> {
+        if !self.core.subscriptions.lock().insert(channel.clone()) {
+            return None;
+        }
+        let mut shard = self.hub.shard(channel).write();
+        let subscribers = shard.entry(channel.clone()).or_default();
+        let first = subscribers.is_empty();
+        subscribers.insert(self.core.id, self.core.clone());
+        self.hub
+            .shared
+            .subscriptions
+            .fetch_add(1, Ordering::Relaxed);
+        Some(first)
+    }
+
+    fn remove_subscription(&self, channel: &ChannelName) -> bool {
+        if !self.core.subscriptions.lock().remove(channel) {
+            return false;
+        }
+        let mut shard = self.hub.shard(channel).write();
+        if let Some(subscribers) = shard.get_mut(channel) {
+            subscribers.remove(&self.core.id);
+            if subscribers.is_empty() {
+                shard.remove(channel);
+            }
+        }
+        self.hub
+            .shared
+            .subscriptions
+            .fetch_sub(1, Ordering::Relaxed);
+        true
+    }
+}
+
+/// A connection registered with the hub. Dropping it removes the connection everywhere.
+pub struct Session {
+    hub: Hub,
+    core: Arc<SessionCore>,
+}
+
+impl Session {
+    /// The id the server gave this connection (sent in `connected`).
+    pub fn client_id(&self) -> &Arc<str> {
+        &self.core.client
+    }
+
+    pub fn user(&self) -> &Arc<str> {
+        &self.core.user
+    }
+
+    pub fn outbox(&self) -> &Outbox {
+        &self.core.outbox
+    }
+
+    /// The channels this connection is subscribed to.
+    pub fn subscriptions(&self) -> Vec<ChannelName> {
+        self.core.subscriptions.lock().iter().cloned().collect()
+    }
+
+    /// Replaces the connection's identity (after a token refresh for the same user).
+    pub fn set_identity(&self, identity: Identity) {
+        *self.core.identity.lock() = identity;
+    }
+
+    fn add_subscription(&self, channel: &ChannelName) -> bool {
+        SessionRef {
+            hub: &self.hub,
+            core: &self.core,
+        }
+        .add(channel)
+        .unwrap_or(false)
+    }
+
+    /// Subscribes after checking the namespace policy and the subscription limit. Returns the
+    /// channel's current stream position, if it has one.
+    pub async fn subscribe(
+        &self,
+        channel: &ChannelName,
+    ) -> Result<Option<StreamPosition>, HeraldError> {
+        let identity = self.core.identity.lock().clone();
+        self.hub
+            .shared
+            .config
+            .namespaces
+            .check_subscribe(&identity, channel)?;
+        {
+            let subs = self.core.subscriptions.lock();
+            let limit = self.hub.shared.config.subscriptions_per_connection;
+            // The personal channel is not counted.
+            let counted = subs.len()
+                - usize::from(
+                    ChannelName::personal(&self.core.user).is_some_and(|p| subs.contains(&p)),
+                );
+            if !subs.contains(channel) && counted >= limit {
+                return Err(HeraldError::new(
+                    ErrorCode::LimitExceeded,
+                    format!("at most {limit} subscriptions per connection"),
+                ));
+            }
+        }
+        let session = SessionRef {
+            hub: &self.hub,
+            core: &self.core,
+        };
+        if session.add(channel) == Some(true) {
+            if let Err(e) = self.hub.shared.engine.node_subscribe(channel).await {
+                session.remove_subscription(channel);
+                return Err(e);
+            }
+        }
+        self.hub.shared.engine.position(channel).await
+    }
+
+    /// Unsubscribes; `not_found` if the connection was not subscribed.
+    pub fn unsubscribe(&self, channel: &ChannelName) -> Result<(), HeraldError> {
+        let session = SessionRef {
+            hub: &self.hub,
+            core: &self.core,
+        };
+        if !session.remove_subscription(channel) {
+            return Err(HeraldError::not_found(format!(
+                "not subscribed to {channel}"
+            )));
+        }
+        self.hub.release_channel(channel);
+        Ok(())
+    }
+
+    /// Publishes on behalf of this client, where the namespace allows clients to publish.
+    pub async fn publish(
+        &self,
+        channel: ChannelName,
+        event: Option<String>,
+        data: Box<RawValue>,
+    ) -> Result<StreamPosition, HeraldError> {
+        let policy = self.hub.shared.config.namespaces.policy(&channel)?.clone();
+        if !policy.publish {
+            return Err(HeraldError::forbidden(format!(
+                "clients may not publish to namespace {:?}",
+                policy.name
+            )));
+        }
+        let identity = self.core.identity.lock().clone();
+        self.hub.namespaces().check_subscribe(&identity, &channel)?;
+        let from = Publisher {
+            user: self.core.user.clone(),
+            client: self.core.client.clone(),
+        };
+        self.hub
+            .publish_with(&policy, channel, event, data, Some(from))
+            .await
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let channels: Vec<ChannelName> = self.core.subscriptions.lock().iter().cloned().collect();
+        let view = SessionRef {
+            hub: &self.hub,
+            core: &self.core,
+        };
+        for channel in &channels {
+            view.remove_subscription(channel);
+            self.hub.release_channel(channel);
+        }
+        let shared = &self.hub.shared;
+        let mut users = shared.users.lock();
+        if let Some(sessions) = users.get_mut(&self.core.user) {
+            sessions.retain(|s| s.id != self.core.id);
+            if sessions.is_empty() {
+                users.remove(&self.core.user);
+            }
+        }
+        drop(users);
+        shared.sessions.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::channel::{NamespacePolicy, SubscribePolicy};
+    use crate::engine::MemoryEngine;
+
+    fn hub(per_user: usize) -> Hub {
+        let config = HubConfig {
+            namespaces: Namespaces::new([NamespacePolicy::new("chat", SubscribePolicy::Public)]),
+            connections_per_user: per_user,
+            subscriptions_per_connection: 2,
+            outbound_queue_bytes: 1 << 20,
+        };
+        Hub::new(config, Arc::new(MemoryEngine::new()))
+    }
+
+    fn ch(s: &str) -> ChannelName {
+        ChannelName::parse(s).expect("channel")
+    }
+
+    fn data() -> Box<RawValue> {
+        RawValue::from_string(r#"{"n":1}"#.into()).expect("json")
+    }
+
+    fn drain(session: &Session) -> Vec<u64> {
+        let mut batch = Vec::new();
+        session.outbox().take(&mut batch);
+        batch
+            .into_iter()
+            .filter_map(|o| match o {
+                Outbound::Publication(p) => Some(p.offset),
+                Outbound::Unsubscribed(_) => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn publications_reach_subscribers_only() {
+        let hub = hub(4);
+        let a = hub.connect(Identity::new("a")).await.expect("connect");
+        let b = hub.connect(Identity::new("b")).await.expect("connect");
+        a.subscribe(&ch("chat:1")).await.expect("subscribe");
+        hub.publish(ch("chat:1"), None, data())
+            .await
+            .expect("publish");
+        hub.publish(ch("chat:1"), None, data())
+            .await
+            .expect("publish");
+        assert_eq!(drain(&a), [1, 2]);
+        assert!(drain(&b).is_empty());
+        a.unsubscribe(&ch("chat:1")).expect("unsubscribe");
+        hub.publish(ch("chat:1"), None, data())
+            .await
+            .expect("publish");
+        assert!(drain(&a).is_empty());
+    }
+
+    #[tokio::test]
+    async fn personal_channel_is_automatic_and_limits_hold() {
+        let hub = hub(2);
+        let a1 = hub.connect(Identity::new("a")).await.expect("connect");
+        let _a2 = hub.connect(Identity::new("a")).await.expect("connect");
+        let refused = hub
+            .connect(Identity::new("a"))
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(refused.code, CloseCode::TooManyConnections);
+
+        hub.publish(ch("user:a"), None, data())
+            .await
+            .expect("publish");
+        assert_eq!(drain(&a1), [1]);
+
+        a1.subscribe(&ch("chat:1")).await.expect("1st");
+        a1.subscribe(&ch("chat:2")).await.expect("2nd");
+        let err = a1.subscribe(&ch("chat:3")).await.expect_err("3rd");
+        assert_eq!(err.code, ErrorCode::LimitExceeded);
+    }
+
+    #[tokio::test]
+    async fn dropping_a_session_cleans_every_index() {
+        let hub = hub(4);
+        let a = hub.connect(Identity::new("a")).await.expect("connect");
+        a.subscribe(&ch("chat:1")).await.expect("subscribe");
+        assert_eq!(hub.snapshot().subscriptions, 2);
+        drop(a);
+        let snap = hub.snapshot();
+        assert_eq!(
+            (
+                snap.connections,
+                snap.users,
+                snap.channels,
+                snap.subscriptions
+            ),
+            (0, 0, 0, 0)
+        );
+    }
+}

@@ -1,0 +1,391 @@
+//! Herald's native wire protocol: JSON text frames, client commands in, server frames out.
+//!
+//! This is the only module that knows the protocol's field names. Transports hand it the text of a
+//! frame and get a [`Command`] or a [`HeraldError`] back; they hand it what happened and get the
+//! bytes to write. `docs/protocol.md` is the reference for every frame here.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::channel::ChannelName;
+use crate::error::{Disconnect, ErrorCode, HeraldError};
+use crate::publication::{Publication, Publisher, StreamPosition};
+
+/// The `id` a client may put on a command; the reply carries it back unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RequestId {
+    Number(u64),
+    Text(String),
+}
+
+/// A command from a client, validated.
+#[derive(Debug)]
+pub enum Command {
+    Auth {
+        token: String,
+    },
+    Subscribe {
+        channel: ChannelName,
+        since: Option<StreamPosition>,
+    },
+    Unsubscribe {
+        channel: ChannelName,
+    },
+    Publish {
+        channel: ChannelName,
+        event: Option<String>,
+        data: Box<RawValue>,
+    },
+    Typing {
+        channel: ChannelName,
+    },
+    Presence {
+        channel: ChannelName,
+    },
+    History {
+        channel: ChannelName,
+        since: Option<StreamPosition>,
+        limit: Option<u32>,
+    },
+    Refresh {
+        token: String,
+    },
+    Ping,
+}
+
+impl Command {
+    /// The command's `type`, for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::Auth { .. } => "auth",
+            Command::Subscribe { .. } => "subscribe",
+            Command::Unsubscribe { .. } => "unsubscribe",
+            Command::Publish { .. } => "publish",
+            Command::Typing { .. } => "typing",
+            Command::Presence { .. } => "presence",
+            Command::History { .. } => "history",
+            Command::Refresh { .. } => "refresh",
+            Command::Ping => "ping",
+        }
+    }
+}
+
+/// A command frame as it arrives: every field optional, checked by [`parse_command`].
+#[derive(Deserialize)]
+struct RawCommand {
+    #[serde(rename = "type")]
+    kind: String,
+    id: Option<RequestId>,
+    channel: Option<String>,
+    since: Option<StreamPosition>,
+    event: Option<String>,
+    data: Option<Box<RawValue>>,
+    token: Option<String>,
+    limit: Option<u32>,
+}
+
+/// A frame that could not be turned into a command, with the `id` when one could be read.
+#[derive(Debug)]
+pub struct Rejected {
+    pub id: Option<RequestId>,
+    pub error: HeraldError,
+}
+
+/// Parses one text frame into its `id` and command.
+pub fn parse_command(text: &str) -> Result<(Option<RequestId>, Command), Rejected> {
+    let raw: RawCommand = serde_json::from_str(text).map_err(|e| Rejected {
+        id: recover_id(text),
+        error: HeraldError::bad_request(format!("malformed command: {e}")),
+    })?;
+    let id = raw.id.clone();
+    command_from_raw(raw)
+        .map(|c| (id.clone(), c))
+        .map_err(|error| Rejected { id, error })
+}
+
+/// Best effort: the `id` of a frame that failed to parse as a whole, so the error can carry it.
+fn recover_id(text: &str) -> Option<RequestId> {
+    #[derive(Deserialize)]
+    struct OnlyId {
+        id: Option<RequestId>,
+    }
+    serde_json::from_str::<OnlyId>(text).ok().and_then(|o| o.id)
+}
+
+fn command_from_raw(raw: RawCommand) -> Result<Command, HeraldError> {
+    let channel = || -> Result<ChannelName, HeraldError> {
+        match &raw.channel {
+            Some(name) => ChannelName::parse(name),
+            None => Err(missing(&raw.kind, "channel")),
+        }
+    };
+    let token = |raw: &RawCommand| raw.token.clone().ok_or_else(|| missing(&raw.kind, "token"));
+    Ok(match raw.kind.as_str() {
+        "auth" => Command::Auth {
+            token: token(&raw)?,
+        },
+        "subscribe" => Command::Subscribe {
+            channel: channel()?,
+            since: raw.since.clone(),
+        },
+        "unsubscribe" => Command::Unsubscribe {
+            channel: channel()?,
+        },
+        "publish" => Command::Publish {
+            channel: channel()?,
+            event: raw.event.clone(),
+            data: raw.data.clone().ok_or_else(|| missing("publish", "data"))?,
+        },
+        "typing" => Command::Typing {
+            channel: channel()?,
+        },
+        "presence" => Command::Presence {
+            channel: channel()?,
+        },
+        "history" => Command::History {
+            channel: channel()?,
+            since: raw.since.clone(),
+            limit: raw.limit,
+        },
+        "refresh" => Command::Refresh {
+            token: token(&raw)?,
+        },
+        "ping" => Command::Ping,
+        other => {
+            return Err(HeraldError::bad_request(format!(
+                "unknown command type {other:?}"
+            )))
+        }
+    })
+}
+
+fn missing(kind: &str, field: &str) -> HeraldError {
+    HeraldError::bad_request(format!("{kind:?} needs the field {field:?}"))
+}
+
+// === Server frames ===
+
+/// Serialises a frame that is known to serialise (plain structs of strings and numbers).
+fn encode<T: Serialize>(frame: &T) -> Bytes {
+    // Serialising these structs cannot fail: no maps with non-string keys, no failing Serialize.
+    Bytes::from(serde_json::to_vec(frame).unwrap_or_default())
+}
+
+/// `{"type":"connected",...}`: the first frame of every authenticated connection.
+pub fn connected(client: &str, user: &str, heartbeat_s: u64, expires_at: Option<u64>) -> Bytes {
+    #[derive(Serialize)]
+    struct Connected<'a> {
+        r#type: &'static str,
+        client: &'a str,
+        user: &'a str,
+        heartbeat_s: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        expires_at: Option<u64>,
+    }
+    encode(&Connected {
+        r#type: "connected",
+        client,
+        user,
+        heartbeat_s,
+        expires_at,
+    })
+}
+
+/// `{"type":"subscribed",...}`: the reply to `subscribe`.
+pub fn subscribed(
+    id: Option<&RequestId>,
+    channel: &ChannelName,
+    position: Option<&StreamPosition>,
+) -> Bytes {
+    #[derive(Serialize)]
+    struct Subscribed<'a> {
+        r#type: &'static str,
+        channel: &'a ChannelName,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
+        recovered: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RequestId>,
+    }
+    encode(&Subscribed {
+        r#type: "subscribed",
+        channel,
+        epoch: position.map(|p| p.epoch.as_str()),
+        offset: position.map(|p| p.offset),
+        recovered: false,
+        id,
+    })
+}
+
+/// `{"type":"unsubscribed",...}`: the reply to `unsubscribe`, and the notice when the server API
+/// unsubscribes a user.
+pub fn unsubscribed(id: Option<&RequestId>, channel: &ChannelName) -> Bytes {
+    #[derive(Serialize)]
+    struct Unsubscribed<'a> {
+        r#type: &'static str,
+        channel: &'a ChannelName,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RequestId>,
+    }
+    encode(&Unsubscribed {
+        r#type: "unsubscribed",
+        channel,
+        id,
+    })
+}
+
+/// `{"type":"reply","id":...,"result":...}`: the answer to a command that has a result.
+pub fn reply<T: Serialize>(id: Option<&RequestId>, result: &T) -> Bytes {
+    #[derive(Serialize)]
+    struct Reply<'a, T> {
+        r#type: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RequestId>,
+        result: &'a T,
+    }
+    encode(&Reply {
+        r#type: "reply",
+        id,
+        result,
+    })
+}
+
+/// `{"type":"error",...}`.
+pub fn error(id: Option<&RequestId>, code: ErrorCode, message: &str) -> Bytes {
+    #[derive(Serialize)]
+    struct Error<'a> {
+        r#type: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RequestId>,
+        code: &'static str,
+        message: &'a str,
+    }
+    encode(&Error {
+        r#type: "error",
+        id,
+        code: code.as_str(),
+        message,
+    })
+}
+
+/// `{"type":"disconnect",...}`: sent just before the server closes the socket.
+pub fn disconnect(d: &Disconnect) -> Bytes {
+    #[derive(Serialize)]
+    struct DisconnectFrame<'a> {
+        r#type: &'static str,
+        code: u16,
+        reason: &'a str,
+        reconnect: bool,
+    }
+    encode(&DisconnectFrame {
+        r#type: "disconnect",
+        code: d.code.code(),
+        reason: &d.reason,
+        reconnect: d.reconnect,
+    })
+}
+
+/// `{"type":"message",...}`: a publication delivered to a subscriber. Encoded once per publication
+/// per node (see [`Publication::encoded`]).
+pub fn message(p: &Publication) -> Bytes {
+    #[derive(Serialize)]
+    struct Message<'a> {
+        r#type: &'static str,
+        channel: &'a ChannelName,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        event: Option<&'a str>,
+        data: &'a RawValue,
+        offset: u64,
+        ts: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        from: Option<&'a Publisher>,
+    }
+    encode(&Message {
+        r#type: "message",
+        channel: &p.channel,
+        event: p.event.as_deref(),
+        data: &p.data,
+        offset: p.offset,
+        ts: p.ts,
+        from: p.from.as_ref(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn code_of(text: &str) -> ErrorCode {
+        parse_command(text)
+            .expect_err("should be rejected")
+            .error
+            .code
+    }
+
+    #[test]
+    fn parses_every_command() {
+        let cases = [
+            (r#"{"type":"auth","token":"t"}"#, "auth"),
+            (
+                r#"{"type":"subscribe","channel":"a:1","since":{"offset":3,"epoch":"e"},"id":1}"#,
+                "subscribe",
+            ),
+            (r#"{"type":"unsubscribe","channel":"a:1"}"#, "unsubscribe"),
+            (
+                r#"{"type":"publish","channel":"a:1","event":"m","data":{"x":[1,2]}}"#,
+                "publish",
+            ),
+            (r#"{"type":"typing","channel":"a:1"}"#, "typing"),
+            (r#"{"type":"presence","channel":"a:1"}"#, "presence"),
+            (r#"{"type":"history","channel":"a:1","limit":5}"#, "history"),
+            (r#"{"type":"refresh","token":"t"}"#, "refresh"),
+            (r#"{"type":"ping","id":"abc"}"#, "ping"),
+        ];
+        for (text, kind) in cases {
+            let (_, command) = parse_command(text).expect(text);
+            assert_eq!(command.kind(), kind);
+        }
+    }
+
+    #[test]
+    fn rejects_bad_frames_with_bad_request_and_keeps_the_id() {
+        for text in [
+            "not json",
+            r#"{"type":"launch","id":9}"#,
+            r#"{"type":"subscribe","id":9}"#,
+            r#"{"type":"subscribe","channel":42,"id":9}"#,
+            r#"{"type":"subscribe","channel":"bad name","id":9}"#,
+            r#"{"type":"publish","channel":"a:1","id":9}"#,
+            r#"[1,2,3]"#,
+        ] {
+            assert_eq!(code_of(text), ErrorCode::BadRequest, "{text}");
+        }
+        let rejected = parse_command(r#"{"type":"launch","id":9}"#).expect_err("unknown");
+        assert_eq!(rejected.id, Some(RequestId::Number(9)));
+    }
+
+    #[test]
+    fn message_frames_carry_data_verbatim() {
+        let data = RawValue::from_string(r#"{"t":21.5}"#.into()).expect("json");
+        let channel = ChannelName::parse("machine:42").expect("channel");
+        let p = Publication::new(
+            channel,
+            Some("TELEMETRY".into()),
+            data,
+            (7, "e1".into()),
+            None,
+        );
+        let frame: Value = serde_json::from_slice(&message(&p)).expect("json");
+        assert_eq!(frame["type"], "message");
+        assert_eq!(frame["channel"], "machine:42");
+        assert_eq!(frame["event"], "TELEMETRY");
+        assert_eq!(frame["data"]["t"], 21.5);
+        assert_eq!(frame["offset"], 7);
+        assert!(frame.get("from").is_none());
+    }
+}
