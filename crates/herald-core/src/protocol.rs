@@ -4,7 +4,6 @@
 //! frame and get a [`Command`] or a [`HeraldError`] back; they hand it what happened and get the
 //! bytes to write. `docs/protocol.md` is the reference for every frame here.
 
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -168,13 +167,13 @@ fn missing(kind: &str, field: &str) -> HeraldError {
 // === Server frames ===
 
 /// Serialises a frame that is known to serialise (plain structs of strings and numbers).
-fn encode<T: Serialize>(frame: &T) -> Bytes {
+fn encode<T: Serialize>(frame: &T) -> String {
     // Serialising these structs cannot fail: no maps with non-string keys, no failing Serialize.
-    Bytes::from(serde_json::to_vec(frame).unwrap_or_default())
+    serde_json::to_string(frame).unwrap_or_default()
 }
 
 /// `{"type":"connected",...}`: the first frame of every authenticated connection.
-pub fn connected(client: &str, user: &str, heartbeat_s: u64, expires_at: Option<u64>) -> Bytes {
+pub fn connected(client: &str, user: &str, heartbeat_s: u64, expires_at: Option<u64>) -> String {
     #[derive(Serialize)]
     struct Connected<'a> {
         r#type: &'static str,
@@ -198,7 +197,7 @@ pub fn subscribed(
     id: Option<&RequestId>,
     channel: &ChannelName,
     position: Option<&StreamPosition>,
-) -> Bytes {
+) -> String {
     #[derive(Serialize)]
     struct Subscribed<'a> {
         r#type: &'static str,
@@ -223,7 +222,7 @@ pub fn subscribed(
 
 /// `{"type":"unsubscribed",...}`: the reply to `unsubscribe`, and the notice when the server API
 /// unsubscribes a user.
-pub fn unsubscribed(id: Option<&RequestId>, channel: &ChannelName) -> Bytes {
+pub fn unsubscribed(id: Option<&RequestId>, channel: &ChannelName) -> String {
     #[derive(Serialize)]
     struct Unsubscribed<'a> {
         r#type: &'static str,
@@ -239,7 +238,7 @@ pub fn unsubscribed(id: Option<&RequestId>, channel: &ChannelName) -> Bytes {
 }
 
 /// `{"type":"reply","id":...,"result":...}`: the answer to a command that has a result.
-pub fn reply<T: Serialize>(id: Option<&RequestId>, result: &T) -> Bytes {
+pub fn reply<T: Serialize>(id: Option<&RequestId>, result: &T) -> String {
     #[derive(Serialize)]
     struct Reply<'a, T> {
         r#type: &'static str,
@@ -255,7 +254,7 @@ pub fn reply<T: Serialize>(id: Option<&RequestId>, result: &T) -> Bytes {
 }
 
 /// `{"type":"error",...}`.
-pub fn error(id: Option<&RequestId>, code: ErrorCode, message: &str) -> Bytes {
+pub fn error(id: Option<&RequestId>, code: ErrorCode, message: &str) -> String {
     #[derive(Serialize)]
     struct Error<'a> {
         r#type: &'static str,
@@ -273,7 +272,7 @@ pub fn error(id: Option<&RequestId>, code: ErrorCode, message: &str) -> Bytes {
 }
 
 /// `{"type":"disconnect",...}`: sent just before the server closes the socket.
-pub fn disconnect(d: &Disconnect) -> Bytes {
+pub fn disconnect(d: &Disconnect) -> String {
     #[derive(Serialize)]
     struct DisconnectFrame<'a> {
         r#type: &'static str,
@@ -291,7 +290,7 @@ pub fn disconnect(d: &Disconnect) -> Bytes {
 
 /// `{"type":"message",...}`: a publication delivered to a subscriber. Encoded once per publication
 /// per node (see [`Publication::encoded`]).
-pub fn message(p: &Publication) -> Bytes {
+pub fn message(p: &Publication) -> String {
     #[derive(Serialize)]
     struct Message<'a> {
         r#type: &'static str,
@@ -380,7 +379,7 @@ mod tests {
             (7, "e1".into()),
             None,
         );
-        let frame: Value = serde_json::from_slice(&message(&p)).expect("json");
+        let frame: Value = serde_json::from_str(&message(&p)).expect("json");
         assert_eq!(frame["type"], "message");
         assert_eq!(frame["channel"], "machine:42");
         assert_eq!(frame["event"], "TELEMETRY");

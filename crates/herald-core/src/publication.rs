@@ -5,10 +5,10 @@
 //! ([`Publication::encoded`]), so a fan-out to 10,000 sockets serialises once and copies only a
 //! reference count. The hub never looks inside those bytes.
 
+use std::any::Any;
 use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use serde_json::value::RawValue;
 
 use crate::channel::ChannelName;
@@ -28,17 +28,19 @@ pub struct Publisher {
     pub client: Arc<str>,
 }
 
-/// The wire formats a publication can be encoded in; each has one cache slot.
+/// The encodings a publication can be cached in; each has one slot. A transport picks its slot
+/// and the type it caches there (for WebSocket, the frame type its library writes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WireFormat {
-    /// Herald's own JSON `message` frame (WebSocket and SSE share it).
-    Native = 0,
+    /// Herald's own JSON `message` frame, as a WebSocket text payload.
+    NativeWebSocket = 0,
 }
 
 const WIRE_FORMATS: usize = 1;
 
+type Encoded = Box<dyn Any + Send + Sync>;
+
 /// One published event, with its place in the channel's stream.
-#[derive(Debug)]
 pub struct Publication {
     pub channel: ChannelName,
     pub event: Option<Box<str>>,
@@ -52,7 +54,7 @@ pub struct Publication {
     pub from: Option<Publisher>,
     /// When this node first saw it; the base of the publish-to-write latency metric.
     pub received_at: Instant,
-    encodings: [OnceLock<Bytes>; WIRE_FORMATS],
+    encodings: [OnceLock<Encoded>; WIRE_FORMATS],
 }
 
 impl Publication {
@@ -76,11 +78,21 @@ impl Publication {
         }
     }
 
-    /// The publication in `format`, encoding it with `encode` the first time it is asked for.
-    pub fn encoded(&self, format: WireFormat, encode: impl FnOnce(&Publication) -> Bytes) -> Bytes {
-        self.encodings[format as usize]
-            .get_or_init(|| encode(self))
-            .clone()
+    /// The publication in `format`, encoding it with `encode` the first time it is asked for;
+    /// later calls clone the cached value (for shared byte types, a reference count).
+    pub fn encoded<T>(&self, format: WireFormat, encode: impl Fn(&Publication) -> T) -> T
+    where
+        T: Clone + Send + Sync + 'static,
+    {
+        let slot = self.encodings[format as usize].get_or_init(|| Box::new(encode(self)));
+        match slot.downcast_ref::<T>() {
+            Some(cached) => cached.clone(),
+            // One slot used with two types is a programming error; stay correct regardless.
+            None => {
+                debug_assert!(false, "wire format slot {format:?} used with two types");
+                encode(self)
+            }
+        }
     }
 
     /// An estimate of the bytes this publication takes in a connection's queue, used to bound it.
@@ -97,4 +109,17 @@ pub fn now_millis() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl std::fmt::Debug for Publication {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publication")
+            .field("channel", &self.channel)
+            .field("event", &self.event)
+            .field("offset", &self.offset)
+            .field("epoch", &self.epoch)
+            .field("ts", &self.ts)
+            .field("from", &self.from)
+            .finish_non_exhaustive()
+    }
 }

@@ -1,1 +1,25 @@
+//! # Herald server
+//!
+//! The `herald` binary and the library behind it: everything that touches the network, the
+//! configuration file or the process. The protocol, the hub and the engines live in `herald-core`.
+//!
+//! # Layout
+//!
+//! - [`config`]: the TOML file, `HERALD_*` overrides, validation, development defaults.
+//! - [`auth`]: JWT verification (algorithm pinned by config) and token signing.
+//! - [`transport`]: how clients connect; [`transport::ws`] is the WebSocket endpoint.
+//! - [`api`]: the HTTP API for backends, health, readiness and metrics.
+//! - [`limits`]: command rate, connection rate, client address, allowed origins.
+//! - [`metrics`]: Prometheus series.
+//! - [`server`]: shared state, the router, and [`server::run`], the one entry point.
+//! - `main.rs`: the CLI (`serve`, `token`, `init`, `check-config`).
 
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod limits;
+pub mod metrics;
+pub mod server;
+pub mod transport;

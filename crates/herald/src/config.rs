@@ -1,0 +1,785 @@
+//! Configuration: the TOML file, `HERALD_*` environment overrides, validation, and the
+//! development defaults used when `herald serve` runs without a file.
+//!
+//! Every key name here is part of Herald's stable surface (`docs/configuration.md`). A bad value is
+//! reported as a [`ConfigError`] that names the key; nothing here panics on input.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use herald_core::channel::{NamespacePolicy, SubscribePolicy};
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer};
+
+/// A configuration problem, naming the key.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {problem}")]
+pub struct ConfigError {
+    pub key: String,
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, problem: impl Into<String>) -> Self {
+        ConfigError {
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    Memory,
+    Redis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HistoryStore {
+    Memory,
+    Disk,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum JwtAlgorithm {
+    HS256,
+    RS256,
+    ES256,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub engine: EngineKind,
+    pub redis_url: String,
+    /// Origins allowed to open a WebSocket and to call the API from a browser. Empty: same-origin
+    /// and non-browser clients only. `"*"` allows any origin.
+    pub allowed_origins: Vec<String>,
+    pub history_store: HistoryStore,
+    pub data_dir: PathBuf,
+    pub auth: AuthConfig,
+    pub api: ApiConfig,
+    pub limits: Limits,
+    #[serde(rename = "namespace")]
+    pub namespaces: Vec<NamespaceConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub jwt_algorithm: JwtAlgorithm,
+    pub jwt_secret: Option<String>,
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// When set, tokens must carry this `aud`.
+    pub jwt_audience: Option<String>,
+    /// When set, tokens must carry this `iss`.
+    pub jwt_issuer: Option<String>,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    #[serde(deserialize_with = "duration")]
+    pub jwt_leeway: Duration,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    pub keys: Vec<String>,
+}
+
+/// Every limit, with the spec's defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_frame_bytes: usize,
+    pub commands_per_minute: u32,
+    pub commands_burst: u32,
+    pub subscriptions_per_connection: usize,
+    pub connections_per_user: usize,
+    pub connections_per_ip_per_second: u32,
+    pub trusted_proxies: Vec<IpNet>,
+    #[serde(deserialize_with = "duration")]
+    pub handshake_timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub heartbeat_interval: Duration,
+    pub outbound_queue_bytes: usize,
+    #[serde(deserialize_with = "duration")]
+    pub shutdown_drain: Duration,
+    /// Largest HTTP API request body (a batch of publications).
+    pub max_api_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceConfig {
+    pub name: String,
+    #[serde(default = "public")]
+    pub subscribe: SubscribePolicy,
+    #[serde(default)]
+    pub publish: bool,
+    #[serde(default)]
+    pub presence: bool,
+    #[serde(default)]
+    pub join_leave: bool,
+    #[serde(default)]
+    pub typing: bool,
+    #[serde(default)]
+    pub history_size: usize,
+    #[serde(default = "default_history_ttl", deserialize_with = "duration")]
+    pub history_ttl: Duration,
+}
+
+fn public() -> SubscribePolicy {
+    SubscribePolicy::Public
+}
+
+fn default_history_ttl() -> Duration {
+    Duration::from_secs(300)
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            engine: EngineKind::Memory,
+            redis_url: "redis://127.0.0.1:6379".into(),
+            allowed_origins: Vec::new(),
+            history_store: HistoryStore::Memory,
+            data_dir: PathBuf::from("./herald-data"),
+            auth: AuthConfig::default(),
+            api: ApiConfig::default(),
+            limits: Limits::default(),
+            namespaces: Vec::new(),
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            jwt_algorithm: JwtAlgorithm::HS256,
+            jwt_secret: None,
+            jwt_public_key_file: None,
+            jwt_audience: None,
+            jwt_issuer: None,
+            jwt_leeway: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame_bytes: 64 * 1024,
+            commands_per_minute: 100,
+            commands_burst: 20,
+            subscriptions_per_connection: 128,
+            connections_per_user: 16,
+            connections_per_ip_per_second: 100,
+            trusted_proxies: Vec::new(),
+            handshake_timeout: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(25),
+            outbound_queue_bytes: 1024 * 1024,
+            shutdown_drain: Duration::from_secs(10),
+            max_api_body_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not a duration like \"10s\" or \"1h\": {e}"
+        ))
+    })
+}
+
+/// How a configuration key's environment value is read.
+#[derive(Clone, Copy)]
+enum Kind {
+    Text,
+    Integer,
+    List,
+}
+
+/// Every key that an environment variable can set: `HERALD_<SECTION>_<KEY>`, upper-cased.
+const ENV_KEYS: &[(&str, Option<&str>, &str, Kind)] = &[
+    ("HERALD_LISTEN", None, "listen", Kind::Text),
+    ("HERALD_ENGINE", None, "engine", Kind::Text),
+    ("HERALD_REDIS_URL", None, "redis_url", Kind::Text),
+    (
+        "HERALD_ALLOWED_ORIGINS",
+        None,
+        "allowed_origins",
+        Kind::List,
+    ),
+    ("HERALD_HISTORY_STORE", None, "history_store", Kind::Text),
+    ("HERALD_DATA_DIR", None, "data_dir", Kind::Text),
+    (
+        "HERALD_AUTH_JWT_ALGORITHM",
+        Some("auth"),
+        "jwt_algorithm",
+        Kind::Text,
+    ),
+    (
+        "HERALD_AUTH_JWT_SECRET",
+        Some("auth"),
+        "jwt_secret",
+        Kind::Text,
+    ),
+    (
+        "HERALD_AUTH_JWT_PUBLIC_KEY_FILE",
+        Some("auth"),
+        "jwt_public_key_file",
+        Kind::Text,
+    ),
+    (
+        "HERALD_AUTH_JWT_AUDIENCE",
+        Some("auth"),
+        "jwt_audience",
+        Kind::Text,
+    ),
+    (
+        "HERALD_AUTH_JWT_ISSUER",
+        Some("auth"),
+        "jwt_issuer",
+        Kind::Text,
+    ),
+    (
+        "HERALD_AUTH_JWT_LEEWAY",
+        Some("auth"),
+        "jwt_leeway",
+        Kind::Text,
+    ),
+    ("HERALD_API_KEYS", Some("api"), "keys", Kind::List),
+    (
+        "HERALD_LIMITS_MAX_FRAME_BYTES",
+        Some("limits"),
+        "max_frame_bytes",
+        Kind::Integer,
+    ),
+    (
+        "HERALD_LIMITS_COMMANDS_PER_MINUTE",
+        Some("limits"),
+        "commands_per_minute",
+        Kind::Integer,
+    ),
+    (
+        "HERALD_LIMITS_COMMANDS_BURST",
+        Some("limits"),
+        "commands_burst",
+        Kind::Integer,
+    ),
+    (
+        "HERALD_LIMITS_SUBSCRIPTIONS_PER_CONNECTION",
+        Some("limits"),
+        "subscriptions_per_connection",
+        Kind::Integer,
+    ),
+    (
+        "HERALD_LIMITS_CONNECTIONS_PER_USER",
+        Some("limits"),
+        "connections_per_user",
+        Kind::Integer,
+    ),
+    (
+        "HERALD_LIMITS_CONNECTIONS_PER_IP_PER_SECOND",
+        Some("limits"),
+        "connections_per_ip_per_second",
+        Kind::Integer,
+    ),
+    (
+        "HERALD_LIMITS_TRUSTED_PROXIES",
+        Some("limits"),
+        "trusted_proxies",
+        Kind::List,
+    ),
+    (
+        "HERALD_LIMITS_HANDSHAKE_TIMEOUT",
+        Some("limits"),
+        "handshake_timeout",
+        Kind::Text,
+    ),
+    (
+        "HERALD_LIMITS_HEARTBEAT_INTERVAL",
+        Some("limits"),
+        "heartbeat_interval",
+        Kind::Text,
+    ),
+    (
+        "HERALD_LIMITS_OUTBOUND_QUEUE_BYTES",
+        Some("limits"),
+        "outbound_queue_bytes",
+        Kind::Integer,
+    ),
+    (
+        "HERALD_LIMITS_SHUTDOWN_DRAIN",
+        Some("limits"),
+        "shutdown_drain",
+        Kind::Text,
+    ),
+    (
+        "HERALD_LIMITS_MAX_API_BODY_BYTES",
+        Some("limits"),
+        "max_api_body_bytes",
+        Kind::Integer,
+    ),
+];
+
+/// Environment variables that start with `HERALD_` but are not configuration keys.
+const ENV_OTHER: &[&str] = &["HERALD_LOG"];
+
+impl Config {
+    /// Reads `path` (if any), applies `HERALD_*` overrides from `env`, and validates.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError::new(path.display().to_string(), format!("cannot read: {e}"))
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::new(path.display().to_string(), e.to_string()))?
+            }
+            None => toml::Table::new(),
+        };
+        apply_env(&mut table, env)?;
+        Config::from_table(table)
+    }
+
+    /// The development configuration (see [`Config::development`]) with `HERALD_*` overrides.
+    pub fn load_development(
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table = toml::Table::new();
+        let mut auth = toml::Table::new();
+        auth.insert("jwt_secret".into(), fresh_secret().into());
+        table.insert("auth".into(), auth.into());
+        let mut api = toml::Table::new();
+        api.insert(
+            "keys".into(),
+            toml::Value::Array(vec![fresh_secret().into()]),
+        );
+        table.insert("api".into(), api.into());
+        let mut wildcard = toml::Table::new();
+        wildcard.insert("name".into(), "*".into());
+        wildcard.insert("publish".into(), true.into());
+        table.insert(
+            "namespace".into(),
+            toml::Value::Array(vec![wildcard.into()]),
+        );
+        apply_env(&mut table, env)?;
+        Config::from_table(table)
+    }
+
+    /// Parses and validates TOML text (no environment).
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let table = text
+            .parse::<toml::Table>()
+            .map_err(|e| ConfigError::new("config", e.to_string()))?;
+        Config::from_table(table)
+    }
+
+    fn from_table(table: toml::Table) -> Result<Config, ConfigError> {
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let key = e.path().to_string();
+                ConfigError::new(key, e.into_inner().message().to_string())
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The development configuration: loopback only, fresh secrets, every namespace public and
+    /// open to client publishing.
+    pub fn development() -> Config {
+        let mut wildcard = NamespaceConfig::new("*");
+        wildcard.publish = true;
+        Config {
+            auth: AuthConfig {
+                jwt_secret: Some(fresh_secret()),
+                ..AuthConfig::default()
+            },
+            api: ApiConfig {
+                keys: vec![fresh_secret()],
+            },
+            namespaces: vec![wildcard],
+            ..Config::default()
+        }
+    }
+
+    /// Checks what serde cannot: required secrets, sane numbers, features not in this release.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.engine == EngineKind::Redis {
+            return Err(ConfigError::new(
+                "engine",
+                "\"redis\" is not available in this release; use \"memory\"",
+            ));
+        }
+        if self.history_store == HistoryStore::Disk {
+            return Err(ConfigError::new(
+                "history_store",
+                "\"disk\" is not available in this release; use \"memory\"",
+            ));
+        }
+        match self.auth.jwt_algorithm {
+            JwtAlgorithm::HS256 => match &self.auth.jwt_secret {
+                None => {
+                    return Err(ConfigError::new(
+                        "auth.jwt_secret",
+                        "required with jwt_algorithm = \"HS256\"",
+                    ))
+                }
+                Some(s) if s.len() < 16 => {
+                    return Err(ConfigError::new(
+                        "auth.jwt_secret",
+                        "too short: use at least 16 bytes (herald init makes a 43-byte one)",
+                    ))
+                }
+                Some(_) => {}
+            },
+            JwtAlgorithm::RS256 | JwtAlgorithm::ES256 => {
+                if self.auth.jwt_public_key_file.is_none() {
+                    return Err(ConfigError::new(
+                        "auth.jwt_public_key_file",
+                        "required with jwt_algorithm = \"RS256\" or \"ES256\"",
+                    ));
+                }
+            }
+        }
+        if self.api.keys.is_empty() {
+            return Err(ConfigError::new(
+                "api.keys",
+                "at least one API key is required",
+            ));
+        }
+        if let Some(short) = self.api.keys.iter().find(|k| k.len() < 16) {
+            let _ = short;
+            return Err(ConfigError::new(
+                "api.keys",
+                "every key must be at least 16 bytes",
+            ));
+        }
+        let l = &self.limits;
+        let positive: [(&str, u64); 8] = [
+            ("limits.max_frame_bytes", l.max_frame_bytes as u64),
+            ("limits.commands_per_minute", l.commands_per_minute.into()),
+            (
+                "limits.subscriptions_per_connection",
+                l.subscriptions_per_connection as u64,
+            ),
+            ("limits.connections_per_user", l.connections_per_user as u64),
+            (
+                "limits.connections_per_ip_per_second",
+                l.connections_per_ip_per_second.into(),
+            ),
+            ("limits.outbound_queue_bytes", l.outbound_queue_bytes as u64),
+            ("limits.max_api_body_bytes", l.max_api_body_bytes as u64),
+            (
+                "limits.heartbeat_interval",
+                l.heartbeat_interval.as_millis() as u64,
+            ),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(ConfigError::new(*key, "must be greater than zero"));
+        }
+        if l.outbound_queue_bytes < l.max_frame_bytes {
+            return Err(ConfigError::new(
+                "limits.outbound_queue_bytes",
+                "must be at least limits.max_frame_bytes, or no large message could be queued",
+            ));
+        }
+        if l.handshake_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "limits.handshake_timeout",
+                "must be greater than zero",
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, ns) in self.namespaces.iter().enumerate() {
+            let key = format!("namespace[{i}].name");
+            if !seen.insert(ns.name.as_str()) {
+                return Err(ConfigError::new(
+                    key,
+                    format!("{:?} is configured twice", ns.name),
+                ));
+            }
+            let valid = ns.name == "*"
+                || (!ns.name.is_empty()
+                    && !ns.name.contains(':')
+                    && herald_core::ChannelName::parse(&ns.name).is_ok());
+            if !valid {
+                return Err(ConfigError::new(
+                    key,
+                    format!(
+                        "{:?} is not a namespace name (channel characters, no ':'; or \"*\")",
+                        ns.name
+                    ),
+                ));
+            }
+            if ns.subscribe == SubscribePolicy::Proxy {
+                return Err(ConfigError::new(
+                    format!("namespace[{i}].subscribe"),
+                    "\"proxy\" is not available in this release",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The namespace table for the hub.
+    pub fn namespace_policies(&self) -> Vec<NamespacePolicy> {
+        self.namespaces
+            .iter()
+            .map(NamespaceConfig::policy)
+            .collect()
+    }
+}
+
+impl NamespaceConfig {
+    pub fn new(name: &str) -> Self {
+        NamespaceConfig {
+            name: name.into(),
+            subscribe: SubscribePolicy::Public,
+            publish: false,
+            presence: false,
+            join_leave: false,
+            typing: false,
+            history_size: 0,
+            history_ttl: default_history_ttl(),
+        }
+    }
+
+    fn policy(&self) -> NamespacePolicy {
+        NamespacePolicy {
+            name: self.name.clone(),
+            subscribe: self.subscribe,
+            publish: self.publish,
+            presence: self.presence,
+            join_leave: self.join_leave,
+            typing: self.typing,
+            history_size: self.history_size,
+            history_ttl: self.history_ttl,
+        }
+    }
+}
+
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    for (name, value) in env {
+        if !name.starts_with("HERALD_") || ENV_OTHER.contains(&name.as_str()) {
+            continue;
+        }
+        let Some((_, section, key, kind)) = ENV_KEYS.iter().find(|(n, ..)| *n == name) else {
+            return Err(ConfigError::new(
+                name,
+                "not a Herald setting (see docs/configuration.md)",
+            ));
+        };
+        let parsed = match kind {
+            Kind::Text => toml::Value::String(value),
+            Kind::Integer => toml::Value::Integer(value.trim().parse().map_err(|_| {
+                ConfigError::new(name.clone(), format!("{value:?} is not a whole number"))
+            })?),
+            Kind::List => toml::Value::Array(
+                value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| toml::Value::String(s.to_string()))
+                    .collect(),
+            ),
+        };
+        let target = match section {
+            None => &mut *table,
+            Some(section) => {
+                let entry = table
+                    .entry(section.to_string())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                match entry {
+                    toml::Value::Table(t) => t,
+                    _ => return Err(ConfigError::new(*section, "must be a table")),
+                }
+            }
+        };
+        target.insert(key.to_string(), parsed);
+    }
+    Ok(())
+}
+
+/// A random 32-byte secret, base64url without padding (43 characters).
+pub fn fresh_secret() -> String {
+    use base64::Engine as _;
+    let bytes: [u8; 32] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The commented configuration `herald init` writes, with fresh secrets.
+pub fn init_template() -> String {
+    INIT_TEMPLATE
+        .replace("@JWT_SECRET@", &fresh_secret())
+        .replace("@API_KEY@", &fresh_secret())
+}
+
+const INIT_TEMPLATE: &str = r#"# Herald configuration. Every key can be overridden by an environment variable
+# HERALD_<SECTION>_<KEY>, e.g. HERALD_LISTEN or HERALD_LIMITS_MAX_FRAME_BYTES.
+# The reference for every key is docs/configuration.md.
+
+listen = "127.0.0.1:8000"            # address for WebSocket, API and metrics
+engine = "memory"                    # single node, everything in memory
+# Origins allowed to open a WebSocket or call the API from a browser.
+# Empty: same-origin pages and non-browser clients only. "*" allows any origin.
+allowed_origins = []
+
+[auth]
+jwt_algorithm = "HS256"              # or "RS256" / "ES256" with jwt_public_key_file
+jwt_secret = "@JWT_SECRET@"
+# jwt_public_key_file = "jwt-public.pem"
+# jwt_audience = "my-app"            # tokens must carry this aud
+# jwt_issuer = "https://auth.example.com"
+jwt_leeway = "5s"                    # clock skew tolerated on exp
+
+[api]
+# Backends send "Authorization: Bearer <key>". Several keys allow rotation.
+keys = ["@API_KEY@"]
+
+[limits]
+max_frame_bytes = 65536              # larger client frame: close 4009
+commands_per_minute = 100            # per connection, sustained (token bucket) ...
+commands_burst = 20                  # ... plus this burst; over it: error rate_limited, then 4008
+subscriptions_per_connection = 128   # beyond: error limit_exceeded
+connections_per_user = 16            # per node; the next one is closed with 4011
+connections_per_ip_per_second = 100  # new connections; over it: HTTP 429
+trusted_proxies = []                 # CIDRs whose X-Forwarded-For is believed
+handshake_timeout = "10s"            # upgrade plus auth frame
+heartbeat_interval = "25s"           # server ping; silent for two intervals: dropped (4012)
+outbound_queue_bytes = 1048576       # per connection; a client that falls further behind: 4010
+shutdown_drain = "10s"               # SIGTERM: 1012 disconnects spread over this window
+max_api_body_bytes = 8388608         # largest HTTP API request body
+
+# Each user's personal channel user:{sub} exists without configuration.
+
+[[namespace]]
+name = "chat"                        # channels "chat:*"
+subscribe = "public"                 # public | personal | claims
+publish = true                       # clients may publish
+
+[[namespace]]
+name = "site"
+subscribe = "claims"                 # the token's "channels" claim must match, e.g. ["site:7"]
+
+# A namespace named "*" covers every namespace not configured by name.
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_init_template_is_a_valid_config() {
+        let config = Config::from_toml(&init_template()).expect("valid");
+        assert_eq!(config.namespaces.len(), 2);
+        assert_eq!(config.limits.max_frame_bytes, 65536);
+    }
+
+    #[test]
+    fn environment_overrides_keys() {
+        let mut path = std::env::temp_dir();
+        path.push(format!("herald-config-test-{}.toml", std::process::id()));
+        std::fs::write(&path, init_template()).expect("write");
+        let config = Config::load(
+            Some(&path),
+            env(&[
+                ("HERALD_LISTEN", "0.0.0.0:9000"),
+                ("HERALD_API_KEYS", "0123456789abcdef, fedcba9876543210"),
+                ("HERALD_LIMITS_MAX_FRAME_BYTES", "1024"),
+                ("HERALD_LIMITS_HEARTBEAT_INTERVAL", "5s"),
+                ("HERALD_AUTH_JWT_SECRET", "12345678901234567890"),
+                ("HERALD_LOG", "debug"),
+                ("PATH", "/bin"),
+            ]),
+        )
+        .expect("valid");
+        std::fs::remove_file(&path).ok();
+        assert_eq!(config.listen.port(), 9000);
+        assert_eq!(config.api.keys.len(), 2);
+        assert_eq!(config.limits.max_frame_bytes, 1024);
+        assert_eq!(config.limits.heartbeat_interval, Duration::from_secs(5));
+        assert_eq!(
+            config.auth.jwt_secret.as_deref(),
+            Some("12345678901234567890")
+        );
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let base = init_template();
+        let cases = [
+            (
+                base.replace("max_frame_bytes = 65536", "max_frame_bytes = \"big\""),
+                "max_frame_bytes",
+            ),
+            (
+                base.replace(
+                    "handshake_timeout = \"10s\"",
+                    "handshake_timeout = \"soon\"",
+                ),
+                "handshake_timeout",
+            ),
+            (
+                base.replace("commands_burst = 20", "commands_burst = 20\nbogus = 1"),
+                "bogus",
+            ),
+            (
+                base.replace("engine = \"memory\"", "engine = \"redis\""),
+                "engine",
+            ),
+            (
+                base.replace("subscribe = \"claims\"", "subscribe = \"sometimes\""),
+                "sometimes",
+            ),
+            (
+                base.replace("connections_per_user = 16", "connections_per_user = 0"),
+                "limits.connections_per_user",
+            ),
+            (
+                base.replace("name = \"site\"", "name = \"chat\""),
+                "namespace[1].name",
+            ),
+        ];
+        for (text, needle) in cases {
+            let err = Config::from_toml(&text).expect_err(needle).to_string();
+            assert!(err.contains(needle), "{err:?} should mention {needle}");
+        }
+        let err =
+            Config::load(None, env(&[("HERALD_LIMITS_MAX_FRAME_BYTE", "1")])).expect_err("typo");
+        assert!(err.to_string().contains("HERALD_LIMITS_MAX_FRAME_BYTE"));
+        let err = Config::load(None, env(&[("HERALD_LIMITS_MAX_FRAME_BYTES", "lots")]))
+            .expect_err("not a number");
+        assert!(err.to_string().contains("HERALD_LIMITS_MAX_FRAME_BYTES"));
+    }
+
+    #[test]
+    fn development_config_is_valid_and_overridable() {
+        Config::development().validate().expect("valid");
+        let config =
+            Config::load_development(env(&[("HERALD_LISTEN", "127.0.0.1:9100")])).expect("valid");
+        assert_eq!(config.listen.port(), 9100);
+        assert_eq!(config.namespaces[0].name, "*");
+    }
+}

@@ -1,0 +1,174 @@
+//! Prometheus metrics, served as text at `/metrics`.
+//!
+//! Counters are atomics updated where things happen; gauges that the hub already counts
+//! (connections, subscriptions, channels) are read from it at scrape time rather than kept twice.
+//! `docs/configuration.md` ("Metrics") lists every series.
+
+use std::time::Duration;
+
+use herald_core::{CloseCode, ErrorCode, Hub};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    pub code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+/// Every metric Herald exports.
+pub struct Metrics {
+    registry: Registry,
+    connections: Gauge,
+    users: Gauge,
+    channels: Gauge,
+    subscriptions: Gauge,
+    /// Connections accepted (authenticated) since start.
+    pub connections_accepted: Counter,
+    /// Publications accepted (HTTP API and clients).
+    pub messages_in: Counter,
+    /// Publications written to client sockets.
+    pub messages_out: Counter,
+    /// Time from a publication reaching this node to its write to a socket; one sample per write
+    /// batch, for the oldest publication in it.
+    pub publish_to_write: Histogram,
+    /// Errors returned, by code.
+    pub errors: Family<CodeLabel, Counter>,
+    /// Connections closed by the server, by reason; `client_closed` when the client left.
+    pub disconnects: Family<ReasonLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("herald");
+        let connections = Gauge::default();
+        let users = Gauge::default();
+        let channels = Gauge::default();
+        let subscriptions = Gauge::default();
+        let connections_accepted = Counter::default();
+        let messages_in = Counter::default();
+        let messages_out = Counter::default();
+        let buckets = [
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        ];
+        let publish_to_write = Histogram::new(buckets);
+        let errors = Family::<CodeLabel, Counter>::default();
+        let disconnects = Family::<ReasonLabel, Counter>::default();
+        for code in ErrorCode::ALL {
+            let _ = errors.get_or_create(&CodeLabel {
+                code: code.as_str(),
+            });
+        }
+        for code in CloseCode::ALL {
+            let _ = disconnects.get_or_create(&ReasonLabel {
+                reason: code.label(),
+            });
+        }
+        let _ = disconnects.get_or_create(&ReasonLabel {
+            reason: "client_closed",
+        });
+
+        registry.register(
+            "connections",
+            "Open client connections",
+            connections.clone(),
+        );
+        registry.register("users", "Distinct users connected", users.clone());
+        registry.register(
+            "channels",
+            "Channels with subscribers on this node",
+            channels.clone(),
+        );
+        registry.register(
+            "subscriptions",
+            "Channel subscriptions on this node",
+            subscriptions.clone(),
+        );
+        registry.register(
+            "connections_accepted",
+            "Connections authenticated since start",
+            connections_accepted.clone(),
+        );
+        registry.register("messages_in", "Publications accepted", messages_in.clone());
+        registry.register(
+            "messages_out",
+            "Publications written to client sockets",
+            messages_out.clone(),
+        );
+        registry.register(
+            "publish_to_write_seconds",
+            "Time from a publication reaching this node to its write to a socket",
+            publish_to_write.clone(),
+        );
+        registry.register(
+            "errors",
+            "Errors returned to clients and API callers, by code",
+            errors.clone(),
+        );
+        registry.register(
+            "disconnects",
+            "Connections closed, by reason",
+            disconnects.clone(),
+        );
+
+        Metrics {
+            registry,
+            connections,
+            users,
+            channels,
+            subscriptions,
+            connections_accepted,
+            messages_in,
+            messages_out,
+            publish_to_write,
+            errors,
+            disconnects,
+        }
+    }
+
+    pub fn error(&self, code: ErrorCode) {
+        self.errors
+            .get_or_create(&CodeLabel {
+                code: code.as_str(),
+            })
+            .inc();
+    }
+
+    pub fn disconnect(&self, reason: &'static str) {
+        self.disconnects
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    pub fn observe_write(&self, oldest: Duration) {
+        self.publish_to_write.observe(oldest.as_secs_f64());
+    }
+
+    /// The Prometheus text exposition, with gauges read from `hub`.
+    pub fn render(&self, hub: &Hub) -> String {
+        let snapshot = hub.snapshot();
+        self.connections.set(snapshot.connections as i64);
+        self.users.set(snapshot.users as i64);
+        self.channels.set(snapshot.channels as i64);
+        self.subscriptions.set(snapshot.subscriptions as i64);
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,163 @@
+//! The server: shared state, the router, and [`run`], the one entry point that serves a listener
+//! until a shutdown signal and then drains.
+//!
+//! `run` takes an already-bound listener and a shutdown future, so tests start a real server on
+//! `127.0.0.1:0` and stop it at will, exactly as `herald serve` does with SIGTERM.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderValue, Method};
+use axum::routing::{get, post};
+use axum::Router;
+use herald_core::{CloseCode, Disconnect, Hub, HubConfig, MemoryEngine, Namespaces};
+use tokio::net::TcpListener;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::api;
+use crate::auth::Authenticator;
+use crate::config::{Config, ConfigError};
+use crate::limits::ConnectionRate;
+use crate::metrics::Metrics;
+use crate::transport::ws;
+
+/// Everything a request handler needs, shared by all of them.
+pub struct AppState {
+    pub config: Config,
+    pub hub: Hub,
+    pub auth: Authenticator,
+    pub metrics: Metrics,
+    /// New connections per IP per second.
+    pub connection_rate: ConnectionRate,
+    pub started: Instant,
+    /// Set when shutdown begins: new WebSocket upgrades are refused and `/ready` fails.
+    shutting_down: AtomicBool,
+}
+
+pub type App = Arc<AppState>;
+
+impl AppState {
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
+    }
+}
+
+/// Builds the state for `config`: the engine, the hub, the authenticator.
+pub fn build(config: Config) -> Result<App, ConfigError> {
+    config.validate()?;
+    let auth = Authenticator::from_config(&config.auth)?;
+    let engine = Arc::new(MemoryEngine::new());
+    engine.spawn_sweeper(Duration::from_secs(30));
+    let hub = Hub::new(
+        HubConfig {
+            namespaces: Namespaces::new(config.namespace_policies()),
+            connections_per_user: config.limits.connections_per_user,
+            subscriptions_per_connection: config.limits.subscriptions_per_connection,
+            outbound_queue_bytes: config.limits.outbound_queue_bytes,
+        },
+        engine,
+    );
+    Ok(Arc::new(AppState {
+        connection_rate: ConnectionRate::new(config.limits.connections_per_ip_per_second),
+        config,
+        hub,
+        auth,
+        metrics: Metrics::new(),
+        started: Instant::now(),
+        shutting_down: AtomicBool::new(false),
+    }))
+}
+
+/// The HTTP routes.
+pub fn router(app: App) -> Router {
+    let api = Router::new()
+        .route("/publish", post(api::publish))
+        .route("/broadcast", post(api::broadcast))
+        .route("/batch", post(api::batch))
+        .route("/disconnect", post(api::disconnect))
+        .route("/unsubscribe", post(api::unsubscribe))
+        .route("/channels", get(api::channels))
+        .route("/users/{user}", get(api::user))
+        .route("/stats", get(api::stats))
+        .route_layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            api::require_api_key,
+        ))
+        .layer(DefaultBodyLimit::max(app.config.limits.max_api_body_bytes));
+    let api = match cors(&app.config.allowed_origins) {
+        Some(layer) => api.layer(layer),
+        None => api,
+    };
+    Router::new()
+        .route("/ws", get(ws::upgrade))
+        .route("/health", get(api::health))
+        .route("/ready", get(api::ready))
+        .route("/metrics", get(api::metrics))
+        .nest("/api", api)
+        .fallback(api::not_found)
+        .with_state(app)
+}
+
+/// CORS for the API, from `allowed_origins`; none when the list is empty (same-origin only).
+fn cors(allowed: &[String]) -> Option<CorsLayer> {
+    if allowed.is_empty() {
+        return None;
+    }
+    let origin = if allowed.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(allowed.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(origin)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([
+                axum::http::header::AUTHORIZATION,
+                axum::http::header::CONTENT_TYPE,
+            ]),
+    )
+}
+
+/// Serves `listener` until `shutdown` completes, then drains: stop accepting, send every client a
+/// `disconnect` with 1012 spread over `limits.shutdown_drain`, wait for the queues to flush, return.
+pub async fn run(
+    listener: TcpListener,
+    app: App,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (stop_accepting, accepting_stopped) = tokio::sync::oneshot::channel::<()>();
+    let service = router(app.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, service)
+            .with_graceful_shutdown(async {
+                let _ = accepting_stopped.await;
+            })
+            .await
+    });
+    shutdown.await;
+    tracing::info!("shutdown: no longer accepting; disconnecting clients");
+    app.shutting_down.store(true, Ordering::Relaxed);
+    let _ = stop_accepting.send(());
+    let drain = app.config.limits.shutdown_drain;
+    app.hub
+        .disconnect_all(
+            Disconnect::new(CloseCode::ServerRestarting, "server restarting"),
+            drain,
+        )
+        .await;
+    // Connection tasks now write what was queued, then the disconnect; give them a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while app.hub.snapshot().connections > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    match tokio::time::timeout(Duration::from_secs(5), server).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(join)) => Err(std::io::Error::other(join)),
+        Err(_) => Ok(()),
+    }
+}

@@ -1,0 +1,445 @@
+//! The WebSocket transport: `GET /ws`, speaking the native protocol.
+//!
+//! One task per connection owns the socket. It authenticates the client (header, `?token=` or a
+//! first `auth` frame within the handshake timeout), registers a [`Session`] with the hub, and
+//! then loops: write everything the hub queued in one batch and one flush, read and answer the
+//! client's commands, ping every heartbeat interval, and close with the documented code when a
+//! limit is hit, the token expires, or the hub asks. The hub never touches the socket, and no lock
+//! is held while this task awaits.
+//!
+//! Buffer sizes are chosen here, deliberately: tungstenite's defaults (a 128 KiB read buffer and
+//! an unbounded write buffer per connection) would cost an idle connection far more than its
+//! state. The real bound on what is waiting for a client is the hub's outbox
+//! (`limits.outbound_queue_bytes`).
+
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use futures_util::SinkExt;
+use herald_core::hub::Outbound;
+use herald_core::protocol::{self, Command, RequestId};
+use herald_core::publication::{now_millis, WireFormat};
+use herald_core::{CloseCode, Disconnect, ErrorCode, HeraldError, Session};
+use serde::Deserialize;
+use tokio::time::{sleep, sleep_until, timeout, Instant};
+
+use crate::api::ApiError;
+use crate::auth::bearer_token;
+use crate::limits::{client_ip, origin_allowed, CommandBucket};
+use crate::server::App;
+
+/// Bytes tungstenite reads from the socket at a time.
+const READ_BUFFER: usize = 4 * 1024;
+/// tungstenite writes to the socket once this much is buffered (or on flush).
+const WRITE_BUFFER: usize = 16 * 1024;
+/// Longest a batch write may take before the connection is considered dead.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest the closing handshake may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+#[derive(Deserialize)]
+pub struct TokenQuery {
+    token: Option<String>,
+}
+
+/// `GET /ws`: checks origin and connection rate, then upgrades.
+pub async fn upgrade(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(query): Query<TokenQuery>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let limits = &app.config.limits;
+    let refuse = |error: HeraldError| {
+        app.metrics.error(error.code);
+        ApiError(error).into_response()
+    };
+    if app.is_shutting_down() {
+        return refuse(HeraldError::unavailable("server is shutting down"));
+    }
+    if !origin_allowed(&headers, &app.config.allowed_origins) {
+        return refuse(HeraldError::forbidden("origin not allowed"));
+    }
+    let ip = client_ip(peer, &headers, &limits.trusted_proxies);
+    if !app.connection_rate.admit(ip) {
+        return refuse(HeraldError::new(
+            ErrorCode::RateLimited,
+            "too many new connections from this address",
+        ));
+    }
+    let token = bearer_token(&headers).map(str::to_owned).or(query.token);
+    let deadline = Instant::now() + limits.handshake_timeout;
+    ws.read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_write_buffer_size(WRITE_BUFFER + limits.outbound_queue_bytes + limits.max_frame_bytes)
+        .max_message_size(limits.max_frame_bytes)
+        .max_frame_size(limits.max_frame_bytes)
+        .on_upgrade(move |socket| async move {
+            let connection = Connection { socket, app };
+            connection.run(token, deadline).await;
+        })
+}
+
+/// Why the serving loop ended without a close decision of ours.
+enum Ended {
+    /// The server decided to close: send `disconnect` and a close frame.
+    Close(Disconnect),
+    /// The client closed, or the socket failed: nothing more can be sent.
+    Gone,
+}
+
+impl From<Disconnect> for Ended {
+    fn from(d: Disconnect) -> Self {
+        Ended::Close(d)
+    }
+}
+
+/// The socket failed or timed out while writing.
+struct Gone;
+
+impl From<Gone> for Ended {
+    fn from(_: Gone) -> Self {
+        Ended::Gone
+    }
+}
+
+struct Connection {
+    socket: WebSocket,
+    app: App,
+}
+
+// === impl Connection ===
+
+impl Connection {
+    async fn run(mut self, header_token: Option<String>, deadline: Instant) {
+        let token = match header_token {
+            Some(token) => token,
+            None => match self.await_auth_frame(deadline).await {
+                Ok(token) => token,
+                Err(ended) => return self.finish(ended).await,
+            },
+        };
+        let verified = match self.app.auth.verify(&token) {
+            Ok(verified) => verified,
+            Err(e) => {
+                let d = Disconnect::new(CloseCode::Unauthorized, e.0);
+                return self.finish(d.into()).await;
+            }
+        };
+        let session = match self.app.hub.connect(verified.identity).await {
+            Ok(session) => session,
+            Err(d) => return self.finish(d.into()).await,
+        };
+        self.app.metrics.connections_accepted.inc();
+        tracing::debug!(client = %session.client_id(), user = %session.user(), "connected");
+        let hello = protocol::connected(
+            session.client_id(),
+            session.user(),
+            self.app.config.limits.heartbeat_interval.as_secs(),
+            Some(verified.expires_at),
+        );
+        let ended = match self.send(hello).await {
+            Ok(()) => self.serve(&session, verified.expires_at).await,
+            Err(gone) => gone.into(),
+        };
+        drop(session);
+        self.finish(ended).await;
+    }
+
+    /// Waits for the first frame, which must be `{"type":"auth","token":...}`.
+    async fn await_auth_frame(&mut self, deadline: Instant) -> Result<String, Ended> {
+        let unauthorized =
+            |reason: &str| Ended::Close(Disconnect::new(CloseCode::Unauthorized, reason));
+        loop {
+            let frame = match tokio::time::timeout_at(deadline, self.socket.recv()).await {
+                Err(_) => return Err(unauthorized("no auth frame within the handshake timeout")),
+                Ok(frame) => frame,
+            };
+            match frame {
+                Some(Ok(Message::Text(text))) => {
+                    return match protocol::parse_command(&text) {
+                        Ok((_, Command::Auth { token })) => Ok(token),
+                        _ => Err(unauthorized(
+                            "the first frame must be an auth frame with a token",
+                        )),
+                    }
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(Message::Binary(_))) => {
+                    return Err(unauthorized(
+                        "the first frame must be an auth frame with a token",
+                    ))
+                }
+                Some(Err(e)) => return Err(self.read_failed(e)),
+                Some(Ok(Message::Close(_))) | None => return Err(Ended::Gone),
+            }
+        }
+    }
+
+    /// The connection's main loop, until it ends.
+    async fn serve(&mut self, session: &Session, expires_at: u64) -> Ended {
+        let app = self.app.clone();
+        let limits = &app.config.limits;
+        let interval = limits.heartbeat_interval;
+        let mut heartbeat = tokio::time::interval_at(Instant::now() + interval, interval);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let leeway = app.config.auth.jwt_leeway;
+        let mut expiry = pin!(sleep_until(deadline_of(expires_at, leeway)));
+        let mut bucket = CommandBucket::new(limits.commands_per_minute, limits.commands_burst);
+        let mut refused_in_a_row = 0u32;
+        let mut last_heard = Instant::now();
+        let mut batch = Vec::new();
+        loop {
+            let close = session.outbox().take(&mut batch);
+            if !batch.is_empty() {
+                if let Err(gone) = self.write_batch(&mut batch, session).await {
+                    return gone.into();
+                }
+            }
+            if let Some(d) = close {
+                return d.into();
+            }
+            tokio::select! {
+                () = session.outbox().wait() => {}
+                frame = self.socket.recv() => {
+                    last_heard = Instant::now();
+                    let text = match frame {
+                        Some(Ok(Message::Text(text))) => text,
+                        Some(Ok(Message::Binary(_))) => {
+                            let e = HeraldError::bad_request("binary frames are not accepted; send JSON text frames");
+                            if let Err(gone) = self.send_error(None, &e).await { return gone.into() }
+                            continue;
+                        }
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                        Some(Ok(Message::Close(_))) | None => return Ended::Gone,
+                        Some(Err(e)) => return self.read_failed(e),
+                    };
+                    if !bucket.try_take(std::time::Instant::now()) {
+                        refused_in_a_row += 1;
+                        if refused_in_a_row > limits.commands_burst {
+                            return Disconnect::new(CloseCode::RateLimited, "kept sending after rate_limited").into();
+                        }
+                        let e = HeraldError::new(ErrorCode::RateLimited, "too many commands; slow down");
+                        let id = protocol::parse_command(&text).err().and_then(|r| r.id);
+                        if let Err(gone) = self.send_error(id.as_ref(), &e).await { return gone.into() }
+                        continue;
+                    }
+                    refused_in_a_row = 0;
+                    match self.handle(session, &text).await {
+                        Ok(Some(new_expiry)) => expiry.as_mut().reset(deadline_of(new_expiry, leeway)),
+                        Ok(None) => {}
+                        Err(ended) => return ended,
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    if last_heard.elapsed() > interval * 2 {
+                        return Disconnect::new(CloseCode::IdleTimeout, "no pong or frame for two heartbeat intervals").into();
+                    }
+                    if let Err(gone) = self.write(Message::Ping(Default::default())).await { return gone.into() }
+                }
+                () = &mut expiry => {
+                    return Disconnect::new(CloseCode::TokenExpired, "token expired").into();
+                }
+            }
+        }
+    }
+
+    /// Handles one command. Returns the new token expiry after a successful `refresh`.
+    async fn handle(&mut self, session: &Session, text: &str) -> Result<Option<u64>, Ended> {
+        let (id, command) = match protocol::parse_command(text) {
+            Ok(parsed) => parsed,
+            Err(rejected) => {
+                self.send_error(rejected.id.as_ref(), &rejected.error)
+                    .await?;
+                return Ok(None);
+            }
+        };
+        let id = id.as_ref();
+        let app = self.app.clone();
+        let outcome: Result<String, HeraldError> = match command {
+            Command::Auth { .. } => Err(HeraldError::bad_request("already authenticated")),
+            Command::Subscribe { channel, since: _ } => session
+                .subscribe(&channel)
+                .await
+                .map(|position| protocol::subscribed(id, &channel, position.as_ref())),
+            Command::Unsubscribe { channel } => session
+                .unsubscribe(&channel)
+                .map(|()| protocol::unsubscribed(id, &channel)),
+            Command::Publish {
+                channel,
+                event,
+                data,
+            } => {
+                let published = session.publish(channel, event, data).await;
+                if published.is_ok() {
+                    app.metrics.messages_in.inc();
+                }
+                published.map(|position| protocol::reply(id, &position))
+            }
+            Command::Typing { .. } | Command::Presence { .. } | Command::History { .. } => {
+                Err(HeraldError::unavailable(
+                    "presence, typing and history are not available in this release",
+                ))
+            }
+            Command::Refresh { token } => match app.auth.verify(&token) {
+                Err(e) => Err(HeraldError::new(ErrorCode::Unauthorized, e.0)),
+                Ok(v) if v.identity.user != *session.user() => Err(HeraldError::forbidden(
+                    "a refresh token must be for the same user",
+                )),
+                Ok(v) => {
+                    let expires_at = v.expires_at;
+                    session.set_identity(v.identity);
+                    self.send(protocol::reply(
+                        id,
+                        &serde_json::json!({ "expires_at": expires_at }),
+                    ))
+                    .await?;
+                    return Ok(Some(expires_at));
+                }
+            },
+            Command::Ping => Ok(protocol::reply(
+                id,
+                &serde_json::json!({ "pong": now_millis() }),
+            )),
+        };
+        match outcome {
+            Ok(frame) => self.send(frame).await?,
+            Err(e) => self.send_error(id, &e).await?,
+        }
+        Ok(None)
+    }
+
+    /// Writes a batch of queued items with one flush; gives up when the hub closes the connection
+    /// meanwhile (the client stopped reading) or the write takes longer than `WRITE_TIMEOUT`.
+    async fn write_batch(
+        &mut self,
+        batch: &mut Vec<Outbound>,
+        session: &Session,
+    ) -> Result<(), Gone> {
+        let mut oldest = None;
+        let mut publications = 0u64;
+        for item in batch.iter() {
+            if let Outbound::Publication(p) = item {
+                publications += 1;
+                oldest = oldest.or(Some(p.received_at));
+            }
+        }
+        let socket = &mut self.socket;
+        let items = std::mem::take(batch);
+        let mut write = pin!(async move {
+            for item in items {
+                let text: Utf8Bytes = match item {
+                    Outbound::Publication(p) => p.encoded(WireFormat::NativeWebSocket, |p| {
+                        Utf8Bytes::from(protocol::message(p))
+                    }),
+                    Outbound::Unsubscribed(channel) => {
+                        protocol::unsubscribed(None, &channel).into()
+                    }
+                };
+                socket.feed(Message::Text(text)).await?;
+            }
+            socket.flush().await
+        });
+        let mut deadline = pin!(sleep(WRITE_TIMEOUT));
+        loop {
+            tokio::select! {
+                result = &mut write => {
+                    result.map_err(|_| Gone)?;
+                    break;
+                }
+                () = session.outbox().wait() => {
+                    if session.outbox().is_closing() {
+                        return Err(Gone);
+                    }
+                }
+                () = &mut deadline => return Err(Gone),
+            }
+        }
+        let metrics = &self.app.metrics;
+        metrics.messages_out.inc_by(publications);
+        if let Some(oldest) = oldest {
+            metrics.observe_write(oldest.elapsed());
+        }
+        Ok(())
+    }
+
+    async fn write(&mut self, message: Message) -> Result<(), Gone> {
+        match timeout(WRITE_TIMEOUT, self.socket.send(message)).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(Gone),
+        }
+    }
+
+    async fn send(&mut self, frame: String) -> Result<(), Gone> {
+        self.write(Message::Text(frame.into())).await
+    }
+
+    async fn send_error(
+        &mut self,
+        id: Option<&RequestId>,
+        error: &HeraldError,
+    ) -> Result<(), Gone> {
+        self.app.metrics.error(error.code);
+        self.send(protocol::error(id, error.code, &error.message))
+            .await
+    }
+
+    /// What a read error means: a frame over the size limit is closed with 4009.
+    fn read_failed(&self, error: axum::Error) -> Ended {
+        let inner = error.into_inner();
+        match inner.downcast_ref::<tungstenite::Error>() {
+            Some(tungstenite::Error::Capacity(_)) => Ended::Close(Disconnect::new(
+                CloseCode::FrameTooLarge,
+                format!(
+                    "frame larger than {} bytes",
+                    self.app.config.limits.max_frame_bytes
+                ),
+            )),
+            _ => Ended::Gone,
+        }
+    }
+
+    /// Ends the connection: for a server decision, the `disconnect` frame, a close frame with its
+    /// code, and a short wait for the client's close; then counts the reason.
+    async fn finish(mut self, ended: Ended) {
+        let reason = match ended {
+            Ended::Gone => "client_closed",
+            Ended::Close(d) => {
+                let frame = protocol::disconnect(&d);
+                let reason: String = d.reason.chars().take(100).collect();
+                let close = CloseFrame {
+                    code: d.code.code(),
+                    reason: reason.into(),
+                };
+                let socket = &mut self.socket;
+                let _ = timeout(CLOSE_TIMEOUT, async {
+                    socket.feed(Message::Text(frame.into())).await?;
+                    socket.send(Message::Close(Some(close))).await?;
+                    while let Some(Ok(message)) = socket.recv().await {
+                        if matches!(message, Message::Close(_)) {
+                            break;
+                        }
+                    }
+                    Ok::<(), axum::Error>(())
+                })
+                .await;
+                tracing::debug!(code = d.code.code(), reason = %d.reason, "closed by server");
+                d.code.label()
+            }
+        };
+        self.app.metrics.disconnect(reason);
+    }
+}
+
+/// The instant a connection whose token has `exp = expires_at` (Unix seconds) must close: the
+/// expiry plus the configured clock-skew leeway.
+fn deadline_of(expires_at: u64, leeway: Duration) -> Instant {
+    let remaining = expires_at.saturating_mul(1000).saturating_sub(now_millis());
+    Instant::now() + Duration::from_millis(remaining) + leeway
+}
