@@ -1,0 +1,407 @@
+//! The test harness: a real Herald server on `127.0.0.1:0`, real WebSocket clients, and a real
+//! HTTP client for the API, so that each test reads as the behaviour it checks.
+//!
+//! ```ignore
+//! let server = TestServer::start(TestServer::config()).await;
+//! let mut alice = server.connect("alice").await;
+//! alice.subscribe("chat:1").await;
+//! server.publish("chat:1", json!({"text": "hi"})).await;
+//! assert_eq!(alice.next_message().await["data"]["text"], "hi");
+//! ```
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use herald::auth::{sign_hs256, Claims};
+use herald::config::{Config, NamespaceConfig};
+use herald::server;
+use herald_core::SubscribePolicy;
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const SECRET: &str = "test-secret-0123456789-abcdefghij";
+pub const API_KEY: &str = "test-api-key-0123456789";
+/// How long a test waits for a frame that should come.
+pub const PATIENCE: Duration = Duration::from_secs(5);
+
+pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub config: Config,
+    http: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestServer {
+    /// A test configuration: known secrets, namespaces `chat` (public, clients publish), `site`
+    /// (claims), `alarms` (public), `feed` (public) and `notes` (personal).
+    pub fn config() -> Config {
+        let mut chat = NamespaceConfig::new("chat");
+        chat.publish = true;
+        let mut site = NamespaceConfig::new("site");
+        site.subscribe = SubscribePolicy::Claims;
+        let mut notes = NamespaceConfig::new("notes");
+        notes.subscribe = SubscribePolicy::Personal;
+        let mut config = Config {
+            namespaces: vec![
+                chat,
+                site,
+                notes,
+                NamespaceConfig::new("alarms"),
+                NamespaceConfig::new("feed"),
+            ],
+            ..Config::default()
+        };
+        config.auth.jwt_secret = Some(SECRET.into());
+        config.api.keys = vec![API_KEY.into()];
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        // Generous enough for a test that opens hundreds of connections at once.
+        config.limits.connections_per_ip_per_second = 100_000;
+        config.limits.shutdown_drain = Duration::from_millis(200);
+        config
+    }
+
+    pub async fn start(config: Config) -> TestServer {
+        let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = server::build(config.clone()).expect("test config is valid");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server::run(listener, app, async {
+            let _ = stopped.await;
+        }));
+        TestServer {
+            addr,
+            config,
+            http: reqwest::Client::new(),
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Starts the default test server.
+    pub async fn start_default() -> TestServer {
+        TestServer::start(TestServer::config()).await
+    }
+
+    /// Signals shutdown and waits for `run` to return.
+    pub async fn stop(mut self) -> std::io::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let task = self.task.take().unwrap();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("server stops in time")
+            .unwrap()
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// A valid one-hour token for `user`.
+    pub fn token(&self, user: &str) -> String {
+        self.token_with(Claims::new(
+            user,
+            None,
+            Duration::from_secs(3600),
+            &self.config.auth,
+        ))
+    }
+
+    /// A token for `user` granting `channels`.
+    pub fn token_for_channels(&self, user: &str, channels: &[&str]) -> String {
+        let channels = channels.iter().map(|c| c.to_string()).collect();
+        self.token_with(Claims::new(
+            user,
+            Some(channels),
+            Duration::from_secs(3600),
+            &self.config.auth,
+        ))
+    }
+
+    pub fn token_with(&self, claims: Claims) -> String {
+        sign_hs256(SECRET, &claims).unwrap()
+    }
+
+    /// Opens a WebSocket with `token` in the Authorization header, without reading anything.
+    pub async fn open_with_header(&self, token: &str) -> Socket {
+        let mut request = self.ws_url().into_client_request().unwrap();
+        request.headers_mut().insert(
+            "authorization",
+            HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+        );
+        tokio_tungstenite::connect_async(request).await.unwrap().0
+    }
+
+    /// Opens a WebSocket with no credentials at all.
+    pub async fn open_bare(&self) -> Socket {
+        tokio_tungstenite::connect_async(self.ws_url())
+            .await
+            .unwrap()
+            .0
+    }
+
+    /// Connects as `user` (token in the header) and waits for `connected`.
+    pub async fn connect(&self, user: &str) -> Client {
+        let socket = self.open_with_header(&self.token(user)).await;
+        Client::established(socket).await
+    }
+
+    /// Connects with `token` and waits for `connected`.
+    pub async fn connect_with_token(&self, token: &str) -> Client {
+        let socket = self.open_with_header(token).await;
+        Client::established(socket).await
+    }
+
+    // === the HTTP API ===
+
+    /// `POST path` with the API key; returns status and JSON body.
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.request(
+            reqwest::Method::POST,
+            path,
+            Some(API_KEY),
+            Some(body.to_string()),
+        )
+        .await
+    }
+
+    /// `GET path` with the API key.
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.request(reqwest::Method::GET, path, Some(API_KEY), None)
+            .await
+    }
+
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<String>,
+    ) -> (u16, Value) {
+        let mut request = self.http.request(method, self.url(path));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, body)
+    }
+
+    /// Publishes `data` to `channel` through the API and returns the `{offset, epoch}` body.
+    pub async fn publish(&self, channel: &str, data: Value) -> Value {
+        let (status, body) = self
+            .post("/api/publish", json!({"channel": channel, "data": data}))
+            .await;
+        assert_eq!(status, 200, "publish to {channel} failed: {body}");
+        body
+    }
+
+    /// The value of one Prometheus series, e.g. `herald_errors_total{code="bad_request"}`.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|line| {
+                line.strip_prefix(series)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no series {series} in /metrics"))
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A connected WebSocket client.
+pub struct Client {
+    pub socket: Socket,
+    pub client_id: String,
+    pub user: String,
+    next_id: u64,
+}
+
+/// How a connection ended.
+#[derive(Debug)]
+pub struct Closed {
+    /// The `disconnect` frame, when the server sent one.
+    pub disconnect: Option<Value>,
+    /// The WebSocket close code, when a close frame arrived.
+    pub code: Option<u16>,
+}
+
+impl Client {
+    /// Waits for the `connected` frame on a freshly opened socket.
+    pub async fn established(socket: Socket) -> Client {
+        let mut client = Client {
+            socket,
+            client_id: String::new(),
+            user: String::new(),
+            next_id: 1,
+        };
+        let hello = client.next().await;
+        assert_eq!(
+            hello["type"], "connected",
+            "expected connected, got {hello}"
+        );
+        client.client_id = hello["client"].as_str().unwrap().to_string();
+        client.user = hello["user"].as_str().unwrap().to_string();
+        client
+    }
+
+    pub async fn send(&mut self, frame: Value) {
+        self.send_text(&frame.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.socket.send(Message::Text(text.into())).await.unwrap();
+    }
+
+    /// The next JSON frame, skipping pings and pongs. Panics after `PATIENCE`.
+    pub async fn next(&mut self) -> Value {
+        self.try_next(PATIENCE)
+            .await
+            .expect("a frame within the patience window")
+    }
+
+    /// The next JSON frame within `wait`, or `None`.
+    pub async fn try_next(&mut self, wait: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let frame = tokio::time::timeout_at(deadline, self.socket.next())
+                .await
+                .ok()??;
+            match frame {
+                Ok(Message::Text(text)) => return Some(serde_json::from_str(&text).unwrap()),
+                Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+                Ok(other) => panic!("unexpected frame {other:?}"),
+                Err(e) => panic!("socket error {e}"),
+            }
+        }
+    }
+
+    /// The next `message` frame, skipping anything else.
+    pub async fn next_message(&mut self) -> Value {
+        loop {
+            let frame = self.next().await;
+            if frame["type"] == "message" {
+                return frame;
+            }
+        }
+    }
+
+    /// Sends `frame` with a fresh `id` and returns the frame that answers it.
+    pub async fn request(&mut self, mut frame: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        frame["id"] = json!(id);
+        self.send(frame).await;
+        loop {
+            let reply = self.next().await;
+            if reply["id"] == json!(id) {
+                return reply;
+            }
+        }
+    }
+
+    /// Subscribes and returns the reply (`subscribed` or `error`).
+    pub async fn subscribe(&mut self, channel: &str) -> Value {
+        self.request(json!({"type": "subscribe", "channel": channel}))
+            .await
+    }
+
+    /// Subscribes and asserts that it worked.
+    pub async fn subscribed(&mut self, channel: &str) -> Value {
+        let reply = self.subscribe(channel).await;
+        assert_eq!(reply["type"], "subscribed", "subscribe {channel}: {reply}");
+        reply
+    }
+
+    /// Asserts that nothing but pings arrives for `wait`.
+    pub async fn assert_silent(&mut self, wait: Duration) {
+        if let Some(frame) = self.try_next(wait).await {
+            panic!("expected silence, got {frame}");
+        }
+    }
+
+    /// Reads until the server closes the connection; returns the disconnect frame and code.
+    pub async fn closed(&mut self) -> Closed {
+        closed(&mut self.socket).await
+    }
+}
+
+/// Reads `socket` until it closes; returns the last `disconnect` frame and the close code.
+pub async fn closed(socket: &mut Socket) -> Closed {
+    let mut result = Closed {
+        disconnect: None,
+        code: None,
+    };
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let Ok(frame) = tokio::time::timeout_at(deadline, socket.next()).await else {
+            panic!("connection did not close in time; so far {result:?}");
+        };
+        match frame {
+            Some(Ok(Message::Text(text))) => {
+                let value: Value = serde_json::from_str(&text).unwrap();
+                if value["type"] == "disconnect" {
+                    result.disconnect = Some(value);
+                }
+            }
+            Some(Ok(Message::Close(frame))) => {
+                result.code = frame.map(|f| u16::from(f.code));
+                return result;
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => return result,
+        }
+    }
+}
+
+/// Asserts a connection ended with `code`, both in the disconnect frame and the close frame.
+pub fn assert_closed_with(closed: &Closed, code: u16) {
+    assert_eq!(closed.code, Some(code), "close code; got {closed:?}");
+    let disconnect = closed
+        .disconnect
+        .as_ref()
+        .expect("a disconnect frame before the close");
+    assert_eq!(disconnect["code"], code, "disconnect frame {disconnect}");
+}
