@@ -110,7 +110,7 @@ pub enum CloseCode {
     TokenExpired,
     /// The client kept sending after being told `rate_limited`.
     RateLimited,
-    /// A frame larger than `limits.max_frame_bytes`, or a binary frame.
+    /// A frame larger than `limits.max_frame_bytes`.
     FrameTooLarge,
     /// The outgoing queue went past `limits.outbound_queue_bytes`.
     SlowConsumer,

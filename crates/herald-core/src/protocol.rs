@@ -80,9 +80,16 @@ struct RawCommand {
     channel: Option<String>,
     since: Option<StreamPosition>,
     event: Option<String>,
+    /// Present (even as `null`) or absent; `null` is valid data.
+    #[serde(default, deserialize_with = "present")]
     data: Option<Box<RawValue>>,
     token: Option<String>,
     limit: Option<u32>,
+}
+
+/// Reads a field that is present as `Some`, including a JSON `null`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(Some)
 }
 
 /// A frame that could not be turned into a command, with the `id` when one could be read.

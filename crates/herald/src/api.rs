@@ -320,6 +320,7 @@ pub async fn stats(State(app): State<App>) -> ApiResult<serde_json::Value> {
         "messages_out": app.metrics.messages_out.get(),
         "deliveries_queued": snapshot.deliveries,
         "slow_consumers": snapshot.slow_consumers,
+        "queued_bytes": snapshot.queued_bytes,
         "uptime_s": app.started.elapsed().as_secs(),
     });
     Ok(Json(json!({

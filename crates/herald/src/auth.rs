@@ -23,10 +23,19 @@ pub struct Claims {
     pub iat: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channels: Option<Vec<String>>,
+    /// One audience or several (RFC 7519 allows both).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aud: Option<String>,
+    pub aud: Option<Audience>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
+}
+
+/// The `aud` claim: a string or an array of strings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Audience {
+    One(String),
+    Many(Vec<String>),
 }
 
 /// A verified token.
@@ -156,7 +165,7 @@ impl Claims {
             exp: now + ttl.as_secs(),
             iat: Some(now),
             channels,
-            aud: config.jwt_audience.clone(),
+            aud: config.jwt_audience.clone().map(Audience::One),
             iss: config.jwt_issuer.clone(),
         }
     }

@@ -467,7 +467,8 @@ impl Config {
             ));
         }
         let l = &self.limits;
-        let positive: [(&str, u64); 8] = [
+        let positive: [(&str, u64); 9] = [
+            ("limits.commands_burst", l.commands_burst.into()),
             ("limits.max_frame_bytes", l.max_frame_bytes as u64),
             ("limits.commands_per_minute", l.commands_per_minute.into()),
             (
@@ -521,6 +522,14 @@ impl Config {
                         "{:?} is not a namespace name (channel characters, no ':'; or \"*\")",
                         ns.name
                     ),
+                ));
+            }
+            if ns.name == herald_core::channel::PERSONAL_NAMESPACE
+                && ns.subscribe != SubscribePolicy::Personal
+            {
+                return Err(ConfigError::new(
+                    format!("namespace[{i}].subscribe"),
+                    "the \"user\" namespace holds personal channels and must be \"personal\"",
                 ));
             }
             if ns.subscribe == SubscribePolicy::Proxy {

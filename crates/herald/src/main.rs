@@ -73,14 +73,7 @@ fn main() -> ExitCode {
             ttl,
         } => token(config, &user, channels, ttl),
         Command::Init { path, force } => init(path, force),
-        Command::CheckConfig { config } => load(Some(config)).map(|c| {
-            println!(
-                "{}: ok ({} namespaces, listen {})",
-                "config",
-                c.namespaces.len(),
-                c.listen
-            );
-        }),
+        Command::CheckConfig { config } => check_config(config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -89,6 +82,20 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Loads and validates everything `serve` would, including the JWT key file, without serving.
+fn check_config(path: PathBuf) -> Result<(), String> {
+    let config = load(Some(path.clone()))?;
+    herald::auth::Authenticator::from_config(&config.auth)
+        .map_err(|e| format!("configuration error: {e}"))?;
+    println!(
+        "{}: ok ({} namespaces, listen {})",
+        path.display(),
+        config.namespaces.len(),
+        config.listen
+    );
+    Ok(())
 }
 
 fn load(path: Option<PathBuf>) -> Result<Config, String> {
@@ -198,7 +205,11 @@ fn init(path: PathBuf, force: bool) -> Result<(), String> {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .init();
 }
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C).

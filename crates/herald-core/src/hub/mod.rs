@@ -29,6 +29,9 @@ use crate::publication::{Publication, Publisher, StreamPosition};
 
 const CHANNEL_SHARDS: usize = 64;
 
+/// Longest event name accepted, in bytes.
+pub const MAX_EVENT_BYTES: usize = 255;
+
 /// The hub's limits, from configuration.
 #[derive(Debug, Clone)]
 pub struct HubConfig {
@@ -111,6 +114,8 @@ pub struct HubSnapshot {
     pub publications: u64,
     pub deliveries: u64,
     pub slow_consumers: u64,
+    /// Bytes waiting in connections' outboxes right now.
+    pub queued_bytes: usize,
 }
 
 // === impl Hub ===
@@ -211,6 +216,11 @@ impl Hub {
         data: Box<RawValue>,
         from: Option<Publisher>,
     ) -> Result<StreamPosition, HeraldError> {
+        if event.as_ref().is_some_and(|e| e.len() > MAX_EVENT_BYTES) {
+            return Err(HeraldError::bad_request(format!(
+                "event name longer than {MAX_EVENT_BYTES} bytes"
+            )));
+        }
         self.shared
             .engine
             .publish(PublishRequest {
@@ -279,14 +289,24 @@ impl Hub {
     /// Node-wide figures.
     pub fn snapshot(&self) -> HubSnapshot {
         let s = &self.shared;
+        let (users, queued_bytes) = {
+            let users = s.users.lock();
+            let queued = users
+                .values()
+                .flatten()
+                .map(|session| session.outbox.queued_bytes())
+                .sum();
+            (users.len(), queued)
+        };
         HubSnapshot {
             connections: s.sessions.load(Ordering::Relaxed),
-            users: s.users.lock().len(),
+            users,
             channels: s.channels.iter().map(|shard| shard.read().len()).sum(),
             subscriptions: s.subscriptions.load(Ordering::Relaxed),
             publications: s.stats.publications.load(Ordering::Relaxed),
             deliveries: s.stats.deliveries.load(Ordering::Relaxed),
             slow_consumers: s.stats.slow_consumers.load(Ordering::Relaxed),
+            queued_bytes,
         }
     }
 

@@ -84,13 +84,14 @@ impl Outbox {
             self.ready.notify_one();
             return Pushed::Overflowed;
         }
-        let was_empty = state.queue.is_empty();
         state.queue.push_back(item);
         state.bytes += size;
         drop(state);
-        if was_empty {
-            self.ready.notify_one();
-        }
+        // Every push notifies, not only the first into an empty queue: a notification that finds
+        // the connection already notified costs one atomic operation, and waking only on the
+        // empty-to-non-empty edge lost wake-ups under load (a stream to 50 sockets stalled until
+        // the next heartbeat). `tests/slow_consumer.rs` streams to 1,000 sockets to keep it so.
+        self.ready.notify_one();
         Pushed::Queued
     }
 

@@ -103,6 +103,14 @@ impl From<Disconnect> for Ended {
 /// The socket failed or timed out while writing.
 struct Gone;
 
+/// Why a batch write stopped early.
+enum WriteStopped {
+    /// The socket failed or the write timed out.
+    Gone,
+    /// The hub closed the connection meanwhile (slow consumer, API disconnect, shutdown).
+    Closing,
+}
+
 impl From<Gone> for Ended {
     fn from(_: Gone) -> Self {
         Ended::Gone
@@ -141,7 +149,7 @@ impl Connection {
         let hello = protocol::connected(
             session.client_id(),
             session.user(),
-            self.app.config.limits.heartbeat_interval.as_secs(),
+            self.app.config.limits.heartbeat_interval.as_secs().max(1),
             Some(verified.expires_at),
         );
         let ended = match self.send(hello).await {
@@ -198,8 +206,16 @@ impl Connection {
         loop {
             let close = session.outbox().take(&mut batch);
             if !batch.is_empty() {
-                if let Err(gone) = self.write_batch(&mut batch, session).await {
-                    return gone.into();
+                match self.write_batch(&mut batch, session).await {
+                    Ok(()) => {}
+                    Err(WriteStopped::Gone) => return Ended::Gone,
+                    Err(WriteStopped::Closing) => {
+                        batch.clear();
+                        if let Some(d) = session.outbox().take(&mut batch) {
+                            return d.into();
+                        }
+                        return Ended::Gone;
+                    }
                 }
             }
             if let Some(d) = close {
@@ -209,13 +225,12 @@ impl Connection {
                 () = session.outbox().wait() => {}
                 frame = self.socket.recv() => {
                     last_heard = Instant::now();
-                    let text = match frame {
-                        Some(Ok(Message::Text(text))) => text,
-                        Some(Ok(Message::Binary(_))) => {
-                            let e = HeraldError::bad_request("binary frames are not accepted; send JSON text frames");
-                            if let Err(gone) = self.send_error(None, &e).await { return gone.into() }
-                            continue;
-                        }
+                    let parsed = match frame {
+                        Some(Ok(Message::Text(text))) => protocol::parse_command(&text),
+                        Some(Ok(Message::Binary(_))) => Err(protocol::Rejected {
+                            id: None,
+                            error: HeraldError::bad_request("binary frames are not accepted; send JSON text frames"),
+                        }),
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                         Some(Ok(Message::Close(_))) | None => return Ended::Gone,
                         Some(Err(e)) => return self.read_failed(e),
@@ -226,12 +241,15 @@ impl Connection {
                             return Disconnect::new(CloseCode::RateLimited, "kept sending after rate_limited").into();
                         }
                         let e = HeraldError::new(ErrorCode::RateLimited, "too many commands; slow down");
-                        let id = protocol::parse_command(&text).err().and_then(|r| r.id);
-                        if let Err(gone) = self.send_error(id.as_ref(), &e).await { return gone.into() }
+                        let id = match &parsed {
+                            Ok((id, _)) => id.as_ref(),
+                            Err(rejected) => rejected.id.as_ref(),
+                        };
+                        if let Err(gone) = self.send_error(id, &e).await { return gone.into() }
                         continue;
                     }
                     refused_in_a_row = 0;
-                    match self.handle(session, &text).await {
+                    match self.handle(session, parsed).await {
                         Ok(Some(new_expiry)) => expiry.as_mut().reset(deadline_of(new_expiry, leeway)),
                         Ok(None) => {}
                         Err(ended) => return ended,
@@ -251,8 +269,12 @@ impl Connection {
     }
 
     /// Handles one command. Returns the new token expiry after a successful `refresh`.
-    async fn handle(&mut self, session: &Session, text: &str) -> Result<Option<u64>, Ended> {
-        let (id, command) = match protocol::parse_command(text) {
+    async fn handle(
+        &mut self,
+        session: &Session,
+        parsed: Result<(Option<RequestId>, Command), protocol::Rejected>,
+    ) -> Result<Option<u64>, Ended> {
+        let (id, command) = match parsed {
             Ok(parsed) => parsed,
             Err(rejected) => {
                 self.send_error(rejected.id.as_ref(), &rejected.error)
@@ -321,7 +343,7 @@ impl Connection {
         &mut self,
         batch: &mut Vec<Outbound>,
         session: &Session,
-    ) -> Result<(), Gone> {
+    ) -> Result<(), WriteStopped> {
         let mut oldest = None;
         let mut publications = 0u64;
         for item in batch.iter() {
@@ -350,15 +372,15 @@ impl Connection {
         loop {
             tokio::select! {
                 result = &mut write => {
-                    result.map_err(|_| Gone)?;
+                    result.map_err(|_| WriteStopped::Gone)?;
                     break;
                 }
                 () = session.outbox().wait() => {
                     if session.outbox().is_closing() {
-                        return Err(Gone);
+                        return Err(WriteStopped::Closing);
                     }
                 }
-                () = &mut deadline => return Err(Gone),
+                () = &mut deadline => return Err(WriteStopped::Gone),
             }
         }
         let metrics = &self.app.metrics;
@@ -412,7 +434,12 @@ impl Connection {
             Ended::Gone => "client_closed",
             Ended::Close(d) => {
                 let frame = protocol::disconnect(&d);
-                let reason: String = d.reason.chars().take(100).collect();
+                // A close frame's reason is at most 123 bytes.
+                let mut end = d.reason.len().min(120);
+                while !d.reason.is_char_boundary(end) {
+                    end -= 1;
+                }
+                let reason = d.reason[..end].to_string();
                 let close = CloseFrame {
                     code: d.code.code(),
                     reason: reason.into(),

@@ -405,3 +405,139 @@ pub fn assert_closed_with(closed: &Closed, code: u16) {
         .expect("a disconnect frame before the close");
     assert_eq!(disconnect["code"], code, "disconnect frame {disconnect}");
 }
+
+/// The real `herald` binary, started as its own process with a config file.
+pub struct ServerProcess {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    pub config: Config,
+    dir: PathBuf,
+}
+
+use std::io::BufRead;
+use std::path::PathBuf;
+
+impl ServerProcess {
+    /// Writes `toml_extra` after the test secrets and namespaces, starts `herald serve`, and waits
+    /// for its "listening" line.
+    pub fn start(toml_extra: &str) -> ServerProcess {
+        let dir = std::env::temp_dir().join(format!(
+            "herald-test-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let text = format!(
+            "listen = \"127.0.0.1:0\"\n\
+             [auth]\njwt_secret = \"{SECRET}\"\n\
+             [api]\nkeys = [\"{API_KEY}\"]\n\
+             {toml_extra}\n\
+             [[namespace]]\nname = \"feed\"\n\
+             [[namespace]]\nname = \"chat\"\npublish = true\n"
+        );
+        let path = dir.join("herald.toml");
+        std::fs::write(&path, &text).unwrap();
+        let config = Config::from_toml(&text).unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env(
+                "HERALD_LOG",
+                std::env::var("TEST_HERALD_LOG").unwrap_or("info".into()),
+            )
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (found, address) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut found = Some(found);
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if std::env::var("TEST_HERALD_LOG").is_ok() {
+                    eprintln!("server: {line}");
+                }
+                if let Some(rest) = line.split("address=").nth(1) {
+                    if let Some(sender) = found.take() {
+                        let addr = rest
+                            .split_whitespace()
+                            .next()
+                            .unwrap_or_default()
+                            .to_string();
+                        let _ = sender.send(addr);
+                    }
+                }
+            }
+        });
+        let addr = address
+            .recv_timeout(Duration::from_secs(10))
+            .expect("herald prints its address")
+            .parse()
+            .unwrap();
+        ServerProcess {
+            child,
+            addr,
+            config,
+            dir,
+        }
+    }
+
+    /// A handle for the test API helpers, pointed at this process.
+    pub fn handle(&self) -> TestServer {
+        TestServer {
+            addr: self.addr,
+            config: self.config.clone(),
+            http: reqwest::Client::new(),
+            stop: None,
+            task: None,
+        }
+    }
+
+    /// The server's resident memory, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap()
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("herald did not exit within {within:?}");
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}

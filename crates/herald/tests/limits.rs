@@ -1,0 +1,371 @@
+//! Every limit and every kind of bad input gets its documented answer, is counted, and leaves the
+//! server and the other clients unharmed.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{assert_closed_with, closed, Client, TestServer, API_KEY};
+use futures_util::SinkExt;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::Message;
+
+/// A bystander subscribed to `chat:bystander` that must keep receiving whatever others do.
+async fn bystander(server: &TestServer) -> Client {
+    let mut client = server.connect("bystander").await;
+    client.subscribed("chat:bystander").await;
+    client
+}
+
+async fn assert_still_receives(server: &TestServer, client: &mut Client) {
+    let n = rand_marker();
+    server.publish("chat:bystander", json!({"marker": n})).await;
+    assert_eq!(client.next_message().await["data"]["marker"], n);
+}
+
+fn rand_marker() -> u64 {
+    herald_core::publication::now_millis()
+}
+
+#[tokio::test]
+async fn bad_frames_get_bad_request_and_the_connection_survives() {
+    let server = TestServer::start_default().await;
+    let mut other = bystander(&server).await;
+    let mut client = server.connect("alice").await;
+
+    // (frame, the id the error must carry)
+    let cases: &[(&str, serde_json::Value)] = &[
+        ("{not json", json!(null)),
+        ("", json!(null)),
+        ("[1,2]", json!(null)),
+        ("42", json!(null)),
+        (r#"{"id":1}"#, json!(1)),
+        (r#"{"type":"teleport","id":2}"#, json!(2)),
+        (r#"{"type":7,"id":3}"#, json!(3)),
+        (r#"{"type":"subscribe","id":4}"#, json!(4)),
+        (r#"{"type":"subscribe","channel":17,"id":5}"#, json!(5)),
+        (r#"{"type":"subscribe","channel":["a"],"id":6}"#, json!(6)),
+        (
+            r#"{"type":"subscribe","channel":"has space","id":7}"#,
+            json!(7),
+        ),
+        (
+            r#"{"type":"subscribe","channel":"semi;colon","id":8}"#,
+            json!(8),
+        ),
+        (r#"{"type":"subscribe","channel":"","id":9}"#, json!(9)),
+        (
+            r#"{"type":"publish","channel":"chat:1","id":10}"#,
+            json!(10),
+        ),
+        (
+            r#"{"type":"subscribe","channel":"chat:1","since":"yesterday","id":11}"#,
+            json!(11),
+        ),
+        (r#"{"type":"auth","token":"x","id":12}"#, json!(12)),
+    ];
+    for (frame, id) in cases {
+        client.send_text(frame).await;
+        let error = client.next().await;
+        assert_eq!(error["type"], "error", "{frame}: {error}");
+        assert_eq!(error["code"], "bad_request", "{frame}: {error}");
+        assert_eq!(
+            error.get("id").cloned().unwrap_or(json!(null)),
+            *id,
+            "{frame}"
+        );
+        assert!(!error["message"].as_str().unwrap().is_empty());
+    }
+    let long_name = format!(
+        r#"{{"type":"subscribe","channel":"{}","id":99}}"#,
+        "a".repeat(256)
+    );
+    client.send_text(&long_name).await;
+    assert_eq!(client.next().await["code"], "bad_request");
+
+    client
+        .socket
+        .send(Message::Binary(vec![1, 2, 3].into()))
+        .await
+        .unwrap();
+    let binary = client.next().await;
+    assert_eq!(binary["code"], "bad_request", "{binary}");
+
+    // Still connected and working.
+    client.subscribed("chat:1").await;
+    server.publish("chat:1", json!("ok")).await;
+    assert_eq!(client.next_message().await["data"], "ok");
+    assert_still_receives(&server, &mut other).await;
+    assert!(
+        server
+            .metric("herald_errors_total{code=\"bad_request\"}")
+            .await
+            >= 18.0
+    );
+}
+
+#[tokio::test]
+async fn an_oversize_frame_is_closed_with_4009() {
+    let mut config = TestServer::config();
+    config.limits.max_frame_bytes = 1024;
+    let server = TestServer::start(config).await;
+    let mut other = bystander(&server).await;
+    let mut client = server.connect("alice").await;
+    let big = json!({"type": "publish", "channel": "chat:1", "data": "x".repeat(2000)});
+    client.send(big).await;
+    assert_closed_with(&client.closed().await, 4009);
+    assert_still_receives(&server, &mut other).await;
+    assert_eq!(
+        server
+            .metric("herald_disconnects_total{reason=\"frame_too_large\"}")
+            .await,
+        1.0
+    );
+
+    // The API refuses data larger than the frame limit too.
+    let (status, body) = server
+        .post(
+            "/api/publish",
+            json!({"channel": "chat:1", "data": "x".repeat(2000)}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (413, Some("too_large"))
+    );
+}
+
+#[tokio::test]
+async fn commands_over_the_rate_get_rate_limited_then_4008() {
+    let mut config = TestServer::config();
+    config.limits.commands_per_minute = 60;
+    config.limits.commands_burst = 5;
+    let server = TestServer::start(config).await;
+    let mut other = bystander(&server).await;
+    let mut client = server.connect("alice").await;
+    for i in 0..5 {
+        let reply = client.request(json!({"type": "ping"})).await;
+        assert_eq!(reply["type"], "reply", "command {i} is within the burst");
+    }
+    let limited = client.request(json!({"type": "ping"})).await;
+    assert_eq!(limited["code"], "rate_limited");
+    // Ignoring the warning: more than `commands_burst` refusals in a row close the connection.
+    for _ in 0..10 {
+        client.send(json!({"type": "ping"})).await;
+    }
+    assert_closed_with(&client.closed().await, 4008);
+    assert_still_receives(&server, &mut other).await;
+    assert!(
+        server
+            .metric("herald_errors_total{code=\"rate_limited\"}")
+            .await
+            >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn subscriptions_per_connection_are_limited() {
+    let mut config = TestServer::config();
+    config.limits.subscriptions_per_connection = 3;
+    let server = TestServer::start(config).await;
+    let mut client = server.connect("alice").await;
+    for i in 0..3 {
+        client.subscribed(&format!("chat:{i}")).await;
+    }
+    let refused = client.subscribe("chat:3").await;
+    assert_eq!(refused["code"], "limit_exceeded");
+    // Re-subscribing to a channel it has is not a new subscription.
+    client.subscribed("chat:0").await;
+    client
+        .request(json!({"type": "unsubscribe", "channel": "chat:0"}))
+        .await;
+    client.subscribed("chat:3").await;
+}
+
+#[tokio::test]
+async fn connections_per_user_are_limited_with_4011() {
+    let mut config = TestServer::config();
+    config.limits.connections_per_user = 2;
+    let server = TestServer::start(config).await;
+    let _first = server.connect("alice").await;
+    let mut second = server.connect("alice").await;
+    let mut third = server.open_with_header(&server.token("alice")).await;
+    let refused = closed(&mut third).await;
+    assert_closed_with(&refused, 4011);
+    // Other users are not affected, and a slot frees when a connection closes.
+    server.connect("bob").await;
+    second.socket.close(None).await.unwrap();
+    drop(second);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    server.connect("alice").await;
+}
+
+#[tokio::test]
+async fn new_connections_per_ip_per_second_are_limited_with_429() {
+    let mut config = TestServer::config();
+    config.limits.connections_per_ip_per_second = 3;
+    let server = TestServer::start(config).await;
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        let mut request = server.ws_url().into_client_request().unwrap();
+        request.headers_mut().insert(
+            "authorization",
+            HeaderValue::from_str(&format!("Bearer {}", server.token("alice"))).unwrap(),
+        );
+        match tokio_tungstenite::connect_async(request).await {
+            Ok(_) => statuses.push(101),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                statuses.push(response.status().as_u16())
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    // Windows are whole seconds; a boundary may fall inside the loop, so allow one reset.
+    assert!(
+        statuses.iter().filter(|s| **s == 429).count() >= 1,
+        "{statuses:?}"
+    );
+    assert!(statuses.iter().filter(|s| **s == 101).count() <= 6);
+    assert!(
+        server
+            .metric("herald_errors_total{code=\"rate_limited\"}")
+            .await
+            >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn origins_not_allowed_are_refused_with_403() {
+    let mut config = TestServer::config();
+    config.allowed_origins = vec!["https://app.example.com".into()];
+    let server = TestServer::start(config).await;
+    let attempt = |origin: &'static str| {
+        let url = server.ws_url();
+        let token = server.token("alice");
+        async move {
+            let mut request = url.into_client_request().unwrap();
+            request
+                .headers_mut()
+                .insert("origin", HeaderValue::from_static(origin));
+            request.headers_mut().insert(
+                "authorization",
+                HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+            );
+            match tokio_tungstenite::connect_async(request).await {
+                Ok(_) => 101,
+                Err(tokio_tungstenite::tungstenite::Error::Http(r)) => r.status().as_u16(),
+                Err(e) => panic!("{e}"),
+            }
+        }
+    };
+    assert_eq!(attempt("https://evil.example").await, 403);
+    assert_eq!(attempt("https://app.example.com").await, 101);
+    // No Origin header: a non-browser client.
+    server.connect("alice").await;
+}
+
+#[tokio::test]
+async fn a_silent_client_is_dropped_after_two_heartbeats() {
+    let mut config = TestServer::config();
+    config.limits.heartbeat_interval = Duration::from_millis(200);
+    let server = TestServer::start(config).await;
+    let mut other = server.connect("other").await;
+    other.subscribed("chat:bystander").await;
+    // A client that never reads never answers the server's pings.
+    let silent = server.connect("silent").await;
+    let started = std::time::Instant::now();
+    let mut socket = silent.socket;
+    // Reading `other` keeps it alive (its library answers pings as it reads).
+    for _ in 0..5 {
+        other.assert_silent(Duration::from_millis(150)).await;
+    }
+    let ended = closed(&mut socket).await;
+    assert_closed_with(&ended, 4012);
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    assert_still_receives(&server, &mut other).await;
+}
+
+#[tokio::test]
+async fn bad_api_requests_get_json_errors() {
+    let mut config = TestServer::config();
+    config.limits.max_api_body_bytes = 4096;
+    let server = TestServer::start(config).await;
+    let cases = [
+        ("/api/publish", "{not json".to_string(), 400, "bad_request"),
+        (
+            "/api/publish",
+            json!({"channel": "chat:1"}).to_string(),
+            400,
+            "bad_request",
+        ),
+        (
+            "/api/publish",
+            json!({"channel": 5, "data": 1}).to_string(),
+            400,
+            "bad_request",
+        ),
+        (
+            "/api/publish",
+            json!({"channel": "chat:1", "data": 1, "extra": 1}).to_string(),
+            400,
+            "bad_request",
+        ),
+        (
+            "/api/publish",
+            json!({"channel": "bad name", "data": 1}).to_string(),
+            400,
+            "bad_request",
+        ),
+        (
+            "/api/publish",
+            json!({"channel": "unknown:1", "data": 1}).to_string(),
+            404,
+            "not_found",
+        ),
+        (
+            "/api/publish",
+            json!({"channel": "chat:1", "data": "x".repeat(5000)}).to_string(),
+            413,
+            "too_large",
+        ),
+        (
+            "/api/broadcast",
+            json!({"channels": [], "data": 1}).to_string(),
+            400,
+            "bad_request",
+        ),
+        (
+            "/api/batch",
+            json!({"publications": "no"}).to_string(),
+            400,
+            "bad_request",
+        ),
+        ("/api/disconnect", json!({}).to_string(), 400, "bad_request"),
+        (
+            "/api/unsubscribe",
+            json!({"user": "a", "channel": "no way"}).to_string(),
+            400,
+            "bad_request",
+        ),
+        ("/api/nothing-here", "{}".to_string(), 404, "not_found"),
+    ];
+    for (path, body, status, code) in cases {
+        let (got, error) = server
+            .request(
+                reqwest::Method::POST,
+                path,
+                Some(API_KEY),
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(got, status, "{path} {body}: {error}");
+        assert_eq!(error["error"]["code"], code, "{path} {body}");
+        assert!(error["error"]["message"].is_string());
+    }
+    // The server is fine afterwards.
+    server.publish("chat:1", json!(1)).await;
+}

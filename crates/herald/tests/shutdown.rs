@@ -1,0 +1,41 @@
+//! SIGTERM drains: every client gets `disconnect` with 1012 and `reconnect: true`, queued
+//! messages are flushed first, and the process exits 0.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{assert_closed_with, ServerProcess};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_disconnects_everyone_with_1012_and_exits_0() {
+    let mut process = ServerProcess::start("[limits]\nshutdown_drain = \"500ms\"\n");
+    let server = process.handle();
+    let mut clients = Vec::new();
+    for i in 0..5 {
+        let mut client = server.connect(&format!("u{i}")).await;
+        client.subscribed("feed:last").await;
+        clients.push(client);
+    }
+    server.publish("feed:last", json!("before shutdown")).await;
+    process.terminate();
+    for client in &mut clients {
+        assert_eq!(client.next_message().await["data"], "before shutdown");
+        let closed = client.closed().await;
+        assert_closed_with(&closed, 1012);
+        assert_eq!(closed.disconnect.unwrap()["reconnect"], true);
+    }
+    assert_eq!(process.wait_exit(Duration::from_secs(10)), Some(0));
+}
+
+#[tokio::test]
+async fn the_in_process_server_stops_cleanly() {
+    let server = common::TestServer::start_default().await;
+    let mut client = server.connect("alice").await;
+    let stopping = tokio::spawn(async move { server.stop().await });
+    assert_closed_with(&client.closed().await, 1012);
+    stopping.await.unwrap().unwrap();
+}
