@@ -266,6 +266,32 @@ async fn origins_not_allowed_are_refused_with_403() {
     assert_eq!(attempt("https://app.example.com").await, 101);
     // No Origin header: a non-browser client.
     server.connect("alice").await;
+
+    // The API answers CORS preflights for allowed origins only.
+    let preflight = |origin: &'static str| {
+        let url = server.url("/api/publish");
+        async move {
+            reqwest::Client::new()
+                .request(reqwest::Method::OPTIONS, url)
+                .header("origin", origin)
+                .header("access-control-request-method", "POST")
+                .header(
+                    "access-control-request-headers",
+                    "authorization,content-type",
+                )
+                .send()
+                .await
+                .unwrap()
+                .headers()
+                .get("access-control-allow-origin")
+                .map(|v| v.to_str().unwrap().to_string())
+        }
+    };
+    assert_eq!(
+        preflight("https://app.example.com").await.as_deref(),
+        Some("https://app.example.com")
+    );
+    assert_eq!(preflight("https://evil.example").await, None);
 }
 
 #[tokio::test]
