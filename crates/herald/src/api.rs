@@ -339,11 +339,11 @@ pub async fn health() -> Json<serde_json::Value> {
 /// `GET /ready`: the engine answers and the server is not shutting down.
 pub async fn ready(State(app): State<App>) -> Response {
     if app.is_shutting_down() {
-        return ApiError(HeraldError::unavailable("shutting down")).into_response();
+        return counted(&app, HeraldError::unavailable("shutting down")).into_response();
     }
     match app.hub.engine().ready().await {
         Ok(()) => Json(json!({ "status": "ready" })).into_response(),
-        Err(e) => ApiError(e).into_response(),
+        Err(e) => counted(&app, e).into_response(),
     }
 }
 

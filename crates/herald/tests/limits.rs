@@ -184,6 +184,12 @@ async fn subscriptions_per_connection_are_limited() {
         .request(json!({"type": "unsubscribe", "channel": "chat:0"}))
         .await;
     client.subscribed("chat:3").await;
+    // The personal channel never counts, even when re-subscribed at the limit.
+    let left = client
+        .request(json!({"type": "unsubscribe", "channel": "user:alice"}))
+        .await;
+    assert_eq!(left["type"], "unsubscribed");
+    client.subscribed("user:alice").await;
 }
 
 #[tokio::test]

@@ -20,10 +20,18 @@ async fn sigterm_disconnects_everyone_with_1012_and_exits_0() {
         client.subscribed("feed:last").await;
         clients.push(client);
     }
-    server.publish("feed:last", json!("before shutdown")).await;
+    for n in 1..=50 {
+        server.publish("feed:last", json!(n)).await;
+    }
     process.terminate();
     for client in &mut clients {
-        assert_eq!(client.next_message().await["data"], "before shutdown");
+        for n in 1..=50 {
+            assert_eq!(
+                client.next_message().await["data"],
+                n,
+                "queued messages are flushed first"
+            );
+        }
         let closed = client.closed().await;
         assert_closed_with(&closed, 1012);
         assert_eq!(closed.disconnect.unwrap()["reconnect"], true);

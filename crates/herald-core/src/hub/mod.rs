@@ -522,14 +522,13 @@ impl Session {
             .config
             .namespaces
             .check_subscribe(&identity, channel)?;
-        {
+        let personal = ChannelName::personal(&self.core.user);
+        if personal.as_ref() != Some(channel) {
+            // The personal channel is not counted against the limit.
             let subs = self.core.subscriptions.lock();
             let limit = self.hub.shared.config.subscriptions_per_connection;
-            // The personal channel is not counted.
-            let counted = subs.len()
-                - usize::from(
-                    ChannelName::personal(&self.core.user).is_some_and(|p| subs.contains(&p)),
-                );
+            let counted =
+                subs.len() - usize::from(personal.as_ref().is_some_and(|p| subs.contains(p)));
             if !subs.contains(channel) && counted >= limit {
                 return Err(HeraldError::new(
                     ErrorCode::LimitExceeded,

@@ -105,9 +105,9 @@ impl Outbox {
         self.ready.notify_one();
     }
 
-    /// Whether a close was asked for.
-    pub fn is_closing(&self) -> bool {
-        self.state.lock().close.is_some()
+    /// The close code, if a close was asked for.
+    pub fn closing(&self) -> Option<CloseCode> {
+        self.state.lock().close.as_ref().map(|d| d.code)
     }
 
     /// Moves everything queued into `batch` (in order) and returns the close, if one was asked for.

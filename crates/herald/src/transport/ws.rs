@@ -107,7 +107,7 @@ struct Gone;
 enum WriteStopped {
     /// The socket failed or the write timed out.
     Gone,
-    /// The hub closed the connection meanwhile (slow consumer, API disconnect, shutdown).
+    /// The hub closed the connection as a slow consumer meanwhile.
     Closing,
 }
 
@@ -257,7 +257,7 @@ impl Connection {
                 }
                 _ = heartbeat.tick() => {
                     if last_heard.elapsed() > interval * 2 {
-                        return Disconnect::new(CloseCode::IdleTimeout, "no pong or frame for two heartbeat intervals").into();
+                        return Disconnect::new(CloseCode::IdleTimeout, "no pong or frame for more than two heartbeat intervals").into();
                     }
                     if let Err(gone) = self.write(Message::Ping(Default::default())).await { return gone.into() }
                 }
@@ -376,7 +376,10 @@ impl Connection {
                     break;
                 }
                 () = session.outbox().wait() => {
-                    if session.outbox().is_closing() {
+                    // Only a slow consumer abandons a write in progress: its queue was dropped
+                    // and its socket is not draining. Any other close (API, shutdown) lets the
+                    // batch finish, so that what was queued is still delivered.
+                    if session.outbox().closing() == Some(CloseCode::SlowConsumer) {
                         return Err(WriteStopped::Closing);
                     }
                 }
@@ -465,8 +468,10 @@ impl Connection {
 }
 
 /// The instant a connection whose token has `exp = expires_at` (Unix seconds) must close: the
-/// expiry plus the configured clock-skew leeway.
+/// expiry plus the configured clock-skew leeway (already past if both have passed).
 fn deadline_of(expires_at: u64, leeway: Duration) -> Instant {
-    let remaining = expires_at.saturating_mul(1000).saturating_sub(now_millis());
-    Instant::now() + Duration::from_millis(remaining) + leeway
+    let close_at_ms = expires_at
+        .saturating_mul(1000)
+        .saturating_add(leeway.as_millis() as u64);
+    Instant::now() + Duration::from_millis(close_at_ms.saturating_sub(now_millis()))
 }
