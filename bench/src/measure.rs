@@ -1,0 +1,154 @@
+//! What the generator measures: every delivery (latency, gaps, duplicates) and the processes'
+//! CPU time and memory from `/proc`.
+//!
+//! The generator runs on one thread, so the recorder is a plain `RefCell` shared by all
+//! connection tasks: no atomics or locks on the receive path.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+/// Which stream a delivery belongs to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    /// The channel every connection shares (`bench:all`).
+    Shared = 0,
+    /// The connection's personal channel (`user:{id}`).
+    Personal = 1,
+}
+
+/// Counts and latencies of the deliveries in one step.
+pub struct Recorder {
+    pub start: Instant,
+    pub latency_us: Histogram<u64>,
+    pub received: u64,
+    pub gaps: u64,
+    pub duplicates: u64,
+    /// Per connection and stream: the next offset expected; 0 until the first delivery, which
+    /// sets the baseline (a connection may join a stream that already has history).
+    next: Vec<[u64; 2]>,
+}
+
+pub type SharedRecorder = Rc<RefCell<Recorder>>;
+
+impl Recorder {
+    pub fn new(start: Instant, connections: usize) -> SharedRecorder {
+        Rc::new(RefCell::new(Recorder {
+            start,
+            latency_us: new_histogram(),
+            received: 0,
+            gaps: 0,
+            duplicates: 0,
+            next: vec![[0, 0]; connections],
+        }))
+    }
+
+    /// Microseconds since the generator started: the clock publications are stamped with.
+    pub fn now_us(&self) -> u64 {
+        self.start.elapsed().as_micros() as u64
+    }
+
+    /// Records a delivery at `offset`, stamped `t` (µs), to connection `conn`.
+    pub fn record(&mut self, conn: usize, stream: Stream, offset: u64, t: u64) {
+        let n = offset;
+        let now = self.now_us();
+        let _ = self.latency_us.record(now.saturating_sub(t).max(1));
+        self.received += 1;
+        let Some(next) = self.next.get_mut(conn).map(|n| &mut n[stream as usize]) else {
+            return;
+        };
+        if *next == 0 || n == *next {
+            *next = n + 1;
+        } else if n > *next {
+            self.gaps += n - *next;
+            *next = n + 1;
+        } else {
+            self.duplicates += 1;
+        }
+    }
+
+    /// Starts a new step: clears latencies and counts, keeps the sequence expectations.
+    pub fn reset_step(&mut self) {
+        self.latency_us = new_histogram();
+        self.received = 0;
+        self.gaps = 0;
+        self.duplicates = 0;
+    }
+
+    /// Grows the expectation table for connections added later (churn).
+    pub fn ensure(&mut self, connections: usize) {
+        if self.next.len() < connections {
+            self.next.resize(connections, [0, 0]);
+        }
+    }
+}
+
+fn new_histogram() -> Histogram<u64> {
+    // 1 µs to 10 minutes, 3 significant digits; valid bounds, and values above are clamped.
+    let mut histogram = Histogram::new(3).unwrap_or_else(|_| unreachable!("3 digits is valid"));
+    histogram.auto(true);
+    histogram
+}
+
+/// CPU seconds (user + system) a process has used, from `/proc/PID/stat`.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / clock_ticks())
+}
+
+fn clock_ticks() -> f64 {
+    // Linux reports CPU time in USER_HZ, which is 100 on every mainstream architecture.
+    100.0
+}
+
+/// Resident memory of a process in KiB, from `/proc/PID/status`.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// CPU use of a process over an interval, as a percentage of one core.
+pub struct CpuMeter {
+    pid: u32,
+    wall: Instant,
+    cpu: f64,
+}
+
+impl CpuMeter {
+    pub fn start(pid: u32) -> CpuMeter {
+        CpuMeter {
+            pid,
+            wall: Instant::now(),
+            cpu: cpu_seconds(pid).unwrap_or(0.0),
+        }
+    }
+
+    /// Percent of one core used since `start`.
+    pub fn percent(&self) -> f64 {
+        let wall = self.wall.elapsed().as_secs_f64().max(1e-6);
+        let cpu = cpu_seconds(self.pid).unwrap_or(self.cpu);
+        (cpu - self.cpu) / wall * 100.0
+    }
+}
+
+/// Waits until `done()` holds or `limit` passes; returns whether it held.
+pub async fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    done()
+}

@@ -1,0 +1,396 @@
+//! The scenarios: idle, broadcast, personal, churn and slow consumers, each in steps of rising
+//! load. Every step reports deliveries, loss, latency percentiles and both processes' CPU.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{self, StreamExt};
+
+use crate::fleet::{self, Connection, SHARED_CHANNEL};
+use crate::measure::{rss_kib, wait_until, CpuMeter, Recorder, SharedRecorder};
+use crate::publish::{Published, Publisher};
+use crate::report::Step;
+use crate::Target;
+
+/// A step whose p99 passes this is saturated; the scenario stops raising the load.
+const SATURATED_P99_MS: f64 = 1000.0;
+/// Connections opened at once while building a fleet.
+const CONNECT_CONCURRENCY: usize = 200;
+
+pub struct Ctx {
+    pub target: Target,
+    pub server_pid: Option<u32>,
+    pub step: Duration,
+}
+
+impl Ctx {
+    fn server_rss_mib(&self) -> Option<f64> {
+        self.server_pid
+            .and_then(rss_kib)
+            .map(|kib| kib as f64 / 1024.0)
+    }
+}
+
+/// Opens connections `range` concurrently; the first error aborts.
+async fn open_fleet(
+    ctx: &Ctx,
+    range: std::ops::Range<usize>,
+    shared: bool,
+    recorder: &SharedRecorder,
+) -> Result<Vec<Connection>, String> {
+    recorder.borrow_mut().ensure(range.end);
+    let opened: Vec<Result<Connection, String>> = stream::iter(range)
+        .map(|i| fleet::open(&ctx.target, i, shared, recorder.clone()))
+        .buffer_unordered(CONNECT_CONCURRENCY)
+        .collect()
+        .await;
+    opened.into_iter().collect()
+}
+
+async fn close_fleet(mut connections: Vec<Connection>) {
+    for c in &mut connections {
+        c.close();
+    }
+    let _ = wait_until(Duration::from_secs(10), || {
+        connections.iter().all(|c| c.ended.get())
+    })
+    .await;
+}
+
+/// Runs `publish`, waits for the deliveries it should cause (`fanout` per publication), and
+/// measures the step.
+async fn measure_step(
+    ctx: &Ctx,
+    recorder: &SharedRecorder,
+    scenario: &'static str,
+    connections: usize,
+    load: String,
+    fanout: u64,
+    publish: impl Future<Output = Published>,
+) -> Step {
+    recorder.borrow_mut().reset_step();
+    let server_cpu = ctx.server_pid.map(CpuMeter::start);
+    let generator_cpu = CpuMeter::start(std::process::id());
+    let started = Instant::now();
+    let published = publish.await;
+    let expected = published.accepted * fanout;
+    let _ = wait_until(Duration::from_secs(5), || {
+        recorder.borrow().received >= expected
+    })
+    .await;
+    let seconds = started.elapsed().as_secs_f64();
+    let r = recorder.borrow();
+    let quantile = |q: f64| Some(r.latency_us.value_at_quantile(q) as f64 / 1000.0);
+    let received = r.received - r.duplicates;
+    let generator_cpu_pct = generator_cpu.percent();
+    Step {
+        scenario,
+        connections,
+        load,
+        seconds,
+        published: Some(published.accepted),
+        deliveries: Some(r.received),
+        deliveries_per_s: Some(r.received as f64 / seconds),
+        lost: Some(expected.saturating_sub(received).max(r.gaps)),
+        duplicates: Some(r.duplicates),
+        p50_ms: quantile(0.5),
+        p99_ms: quantile(0.99),
+        p999_ms: quantile(0.999),
+        max_ms: Some(r.latency_us.max() as f64 / 1000.0),
+        server_cpu_pct: server_cpu.map(|m| m.percent()),
+        server_rss_mib: ctx.server_rss_mib(),
+        generator_cpu_pct,
+        generator_bound: generator_cpu_pct > 90.0,
+        publisher_behind: published.fell_behind,
+        note: (published.failed > 0).then(|| format!("{} publish errors", published.failed)),
+        ..Step::default()
+    }
+}
+
+fn saturated(step: &Step) -> bool {
+    step.p99_ms.unwrap_or(0.0) > SATURATED_P99_MS || step.lost.unwrap_or(0) > 0
+}
+
+/// Body of a broadcast publication: `n` and the send time.
+fn shared_body(recorder: &SharedRecorder, n: u64) -> String {
+    let t = recorder.borrow().now_us();
+    format!(r#"{{"channel":"{SHARED_CHANNEL}","data":{{"n":{n},"t":{t}}}}}"#)
+}
+
+/// Idle: `n` connections on their personal channel and the shared one; memory per connection,
+/// connect rate, and idle CPU (heartbeats only) over `idle`.
+pub async fn idle(ctx: &Ctx, n: usize, idle: Duration) -> Result<Vec<Step>, String> {
+    let recorder = Recorder::new(Instant::now(), n);
+    let rss_before = ctx.server_pid.and_then(rss_kib);
+    let generator_cpu = CpuMeter::start(std::process::id());
+    let started = Instant::now();
+    let fleet = open_fleet(ctx, 0..n, true, &recorder).await?;
+    let connect_seconds = started.elapsed().as_secs_f64();
+    let connect_cpu = generator_cpu.percent();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_after = ctx.server_pid.and_then(rss_kib);
+    let server_cpu = ctx.server_pid.map(CpuMeter::start);
+    let generator_idle = CpuMeter::start(std::process::id());
+    tokio::time::sleep(idle).await;
+    let bytes_per_connection = match (rss_before, rss_after) {
+        (Some(before), Some(after)) => {
+            Some(after.saturating_sub(before) as f64 * 1024.0 / n as f64)
+        }
+        _ => None,
+    };
+    let step = Step {
+        scenario: "idle",
+        connections: n,
+        load: format!("idle {}s", idle.as_secs()),
+        seconds: idle.as_secs_f64(),
+        server_cpu_pct: server_cpu.map(|m| m.percent()),
+        server_rss_mib: rss_after.map(|k| k as f64 / 1024.0),
+        bytes_per_connection,
+        connects_per_s: Some(n as f64 / connect_seconds),
+        generator_cpu_pct: generator_idle.percent(),
+        generator_bound: connect_cpu > 90.0,
+        note: Some(format!(
+            "connect {:.0}/s (generator {connect_cpu:.0}% CPU while connecting)",
+            n as f64 / connect_seconds
+        )),
+        ..Step::default()
+    };
+    close_fleet(fleet).await;
+    Ok(vec![step])
+}
+
+/// Broadcast: `n` subscribers of one channel; publications at each of `rates`, then as fast as
+/// the publisher can (the ceiling).
+pub async fn broadcast(ctx: &Ctx, n: usize, rates: &[f64]) -> Result<Vec<Step>, String> {
+    let recorder = Recorder::new(Instant::now(), n);
+    let fleet = open_fleet(ctx, 0..n, true, &recorder).await?;
+    let publisher = Publisher::new(&ctx.target, "/api/publish");
+    let seq = Cell::new(0u64);
+    let mut steps = Vec::new();
+    let mut loads: Vec<Option<f64>> = rates.iter().copied().map(Some).collect();
+    loads.push(None);
+    for rate in loads {
+        let body = |_| {
+            seq.set(seq.get() + 1);
+            (shared_body(&recorder, seq.get()), 1)
+        };
+        let label = rate.map_or_else(|| "max pub/s".to_string(), |r| format!("{r} pub/s"));
+        let step = measure_step(
+            ctx,
+            &recorder,
+            "broadcast",
+            n,
+            label,
+            n as u64,
+            publisher.run(rate, ctx.step, body),
+        )
+        .await;
+        let stop = rate.is_some() && saturated(&step);
+        steps.push(step);
+        if stop {
+            break;
+        }
+    }
+    close_fleet(fleet).await;
+    Ok(steps)
+}
+
+/// Personal: `n` users, each publication to one user's channel (round robin), at each of
+/// `rates`; `batch` publications per HTTP request (1 = `/api/publish`, more = `/api/batch`).
+pub async fn personal(
+    ctx: &Ctx,
+    n: usize,
+    rates: &[f64],
+    batch: usize,
+) -> Result<Vec<Step>, String> {
+    let recorder = Recorder::new(Instant::now(), n);
+    let fleet = open_fleet(ctx, 0..n, false, &recorder).await?;
+    let path = if batch > 1 {
+        "/api/batch"
+    } else {
+        "/api/publish"
+    };
+    let publisher = Publisher::new(&ctx.target, path);
+    let next = Cell::new(0u64);
+    let mut steps = Vec::new();
+    for &rate in rates {
+        let body = |_| {
+            let t = recorder.borrow().now_us();
+            let mut items = Vec::with_capacity(batch);
+            for _ in 0..batch.max(1) {
+                let i = next.get();
+                next.set(i + 1);
+                let user = fleet::user_of((i % n as u64) as usize);
+                items.push(format!(
+                    r#"{{"channel":"user:{user}","data":{{"n":{i},"t":{t}}}}}"#
+                ));
+            }
+            let text = if batch > 1 {
+                format!(r#"{{"publications":[{}]}}"#, items.join(","))
+            } else {
+                items.pop().unwrap_or_default()
+            };
+            (text, batch.max(1) as u64)
+        };
+        let requests_per_s = rate / batch.max(1) as f64;
+        let label = if batch > 1 {
+            format!("{rate} msg/s (batch {batch})")
+        } else {
+            format!("{rate} msg/s")
+        };
+        let step = measure_step(
+            ctx,
+            &recorder,
+            "personal",
+            n,
+            label,
+            1,
+            publisher.run(Some(requests_per_s), ctx.step, body),
+        )
+        .await;
+        let stop = saturated(&step);
+        steps.push(step);
+        if stop {
+            break;
+        }
+    }
+    close_fleet(fleet).await;
+    Ok(steps)
+}
+
+/// Churn: `n` subscribers of a live broadcast at `broadcast_rate`; at each of `rates`, new
+/// connections (fresh JWT each) replace the oldest ones at that many per second.
+pub async fn churn(
+    ctx: &Ctx,
+    n: usize,
+    rates: &[f64],
+    broadcast_rate: f64,
+) -> Result<Vec<Step>, String> {
+    let recorder = Recorder::new(Instant::now(), n);
+    let mut fleet: std::collections::VecDeque<Connection> =
+        open_fleet(ctx, 0..n, true, &recorder).await?.into();
+    let publisher = Publisher::new(&ctx.target, "/api/publish");
+    let seq = Cell::new(0u64);
+    let next_index = Cell::new(n);
+    let failures = Rc::new(Cell::new(0u64));
+    let mut steps = Vec::new();
+    for &rate in rates {
+        let body = |_| {
+            seq.set(seq.get() + 1);
+            (shared_body(&recorder, seq.get()), 1)
+        };
+        let churned = Cell::new(0u64);
+        let churn_loop = async {
+            let started = Instant::now();
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+            while started.elapsed() < ctx.step {
+                tick.tick().await;
+                let index = next_index.get();
+                next_index.set(index + 1);
+                match fleet::open(&ctx.target, index, true, recorder.clone()).await {
+                    Ok(connection) => {
+                        fleet.push_back(connection);
+                        if let Some(mut old) = fleet.pop_front() {
+                            old.close();
+                        }
+                        churned.set(churned.get() + 1);
+                    }
+                    Err(_) => failures.set(failures.get() + 1),
+                }
+            }
+        };
+        let publish = async {
+            let (published, ()) = tokio::join!(
+                publisher.run(Some(broadcast_rate), ctx.step, body),
+                churn_loop
+            );
+            published
+        };
+        // The fleet changes during the step, so loss is judged by offset gaps, not totals.
+        let mut step = measure_step(
+            ctx,
+            &recorder,
+            "churn",
+            n,
+            format!("{rate} conn/s"),
+            0,
+            publish,
+        )
+        .await;
+        step.lost = Some(recorder.borrow().gaps);
+        step.connects_per_s = Some(churned.get() as f64 / step.seconds);
+        step.note = Some(format!(
+            "broadcast {broadcast_rate} pub/s; {} connects, {} failed",
+            churned.get(),
+            failures.get()
+        ));
+        steps.push(step);
+    }
+    close_fleet(fleet.into()).await;
+    Ok(steps)
+}
+
+/// Slow consumers: a broadcast at `rate` to `n` subscribers, first with everyone reading, then
+/// with `percent`% of them no longer reading. The others' p99 should stay close and the server's
+/// memory bounded (the slow ones are dropped with 4010).
+pub async fn slow(ctx: &Ctx, n: usize, rate: f64, percent: f64) -> Result<Vec<Step>, String> {
+    let recorder = Recorder::new(Instant::now(), n);
+    let fleet = open_fleet(ctx, 0..n, true, &recorder).await?;
+    let publisher = Publisher::new(&ctx.target, "/api/publish");
+    let seq = Cell::new(0u64);
+    let body = |_| {
+        seq.set(seq.get() + 1);
+        (shared_body(&recorder, seq.get()), 1)
+    };
+    let mut baseline = measure_step(
+        ctx,
+        &recorder,
+        "slow",
+        n,
+        format!("{rate} pub/s, all reading"),
+        n as u64,
+        publisher.run(Some(rate), ctx.step, body),
+    )
+    .await;
+    baseline.note = Some("baseline".into());
+
+    let every = (100.0 / percent).round().max(1.0) as usize;
+    let mut paused = 0;
+    for (i, c) in fleet.iter().enumerate() {
+        if i % every == 0 {
+            c.paused.set(true);
+            paused += 1;
+        }
+    }
+    let body = |_| {
+        seq.set(seq.get() + 1);
+        (shared_body(&recorder, seq.get()), 1)
+    };
+    let readers = (n - paused) as u64;
+    let mut with_slow = measure_step(
+        ctx,
+        &recorder,
+        "slow",
+        n,
+        format!("{rate} pub/s, {percent}% not reading"),
+        readers,
+        publisher.run(Some(rate), ctx.step, body),
+    )
+    .await;
+    let ratio = match (baseline.p99_ms, with_slow.p99_ms) {
+        (Some(a), Some(b)) if a > 0.0 => b / a,
+        _ => 0.0,
+    };
+    let dropped = fleet
+        .iter()
+        .filter(|c| c.paused.get() && c.ended.get())
+        .count();
+    with_slow.note = Some(format!(
+        "{paused} not reading, {dropped} of them dropped so far; p99 {:.0}% of baseline",
+        ratio * 100.0
+    ));
+    close_fleet(fleet).await;
+    Ok(vec![baseline, with_slow])
+}
