@@ -16,6 +16,9 @@ use crate::channel::ChannelName;
 use crate::error::{CloseCode, Disconnect};
 use crate::publication::Publication;
 
+/// Queue slots kept allocated between takes (16 bytes each).
+const KEPT_CAPACITY: usize = 8;
+
 /// Something the hub wants written to a connection. The transport decides the bytes.
 #[derive(Debug, Clone)]
 pub enum Outbound {
@@ -111,14 +114,17 @@ impl Outbox {
     }
 
     /// Moves everything queued into `batch` (in order) and returns the close, if one was asked for.
+    ///
+    /// The queue keeps a small allocation between takes, so that a steady stream does not
+    /// allocate and free once per delivery; one that grew past that during a burst is released.
     pub fn take(&self, batch: &mut Vec<Outbound>) -> Option<Disconnect> {
         let mut state = self.state.lock();
-        let queue = std::mem::take(&mut state.queue);
+        batch.extend(state.queue.drain(..));
+        if state.queue.capacity() > KEPT_CAPACITY {
+            state.queue = VecDeque::new();
+        }
         state.bytes = 0;
-        let close = state.close.clone();
-        drop(state);
-        batch.extend(queue);
-        close
+        state.close.clone()
     }
 
     /// Waits until something was pushed or a close was asked for since the last `take`.

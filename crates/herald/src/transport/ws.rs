@@ -33,8 +33,10 @@ use crate::auth::bearer_token;
 use crate::limits::{client_ip, origin_allowed, CommandBucket};
 use crate::server::App;
 
-/// Bytes tungstenite reads from the socket at a time.
-const READ_BUFFER: usize = 4 * 1024;
+/// Bytes tungstenite reads from the socket at a time. tungstenite allocates this much for every
+/// connection up front, and clients send small commands, so it is kept small; a larger frame is
+/// read in several calls.
+const READ_BUFFER: usize = 256;
 /// tungstenite writes to the socket once this much is buffered (or on flush).
 const WRITE_BUFFER: usize = 16 * 1024;
 /// Longest a batch write may take before the connection is considered dead.
@@ -81,8 +83,10 @@ pub async fn upgrade(
         .max_message_size(limits.max_frame_bytes)
         .max_frame_size(limits.max_frame_bytes)
         .on_upgrade(move |socket| async move {
+            // The connection gets a task of its own, sized by `Connection::run` alone; axum's
+            // upgrade task (which also holds the HTTP upgrade's state) ends here and is freed.
             let connection = Connection { socket, app };
-            connection.run(token, deadline).await;
+            tokio::spawn(connection.run(token, deadline));
         })
 }
 
@@ -128,21 +132,21 @@ impl Connection {
     async fn run(mut self, header_token: Option<String>, deadline: Instant) {
         let token = match header_token {
             Some(token) => token,
-            None => match self.await_auth_frame(deadline).await {
+            None => match Box::pin(self.await_auth_frame(deadline)).await {
                 Ok(token) => token,
-                Err(ended) => return self.finish(ended).await,
+                Err(ended) => return Box::pin(self.finish(ended)).await,
             },
         };
         let verified = match self.app.auth.verify(&token) {
             Ok(verified) => verified,
             Err(e) => {
                 let d = Disconnect::new(CloseCode::Unauthorized, e.0);
-                return self.finish(d.into()).await;
+                return Box::pin(self.finish(d.into())).await;
             }
         };
-        let session = match self.app.hub.connect(verified.identity).await {
+        let session = match Box::pin(self.app.hub.connect(verified.identity)).await {
             Ok(session) => session,
-            Err(d) => return self.finish(d.into()).await,
+            Err(d) => return Box::pin(self.finish(d.into())).await,
         };
         self.app.metrics.connections_accepted.inc();
         tracing::debug!(client = %session.client_id(), user = %session.user(), "connected");
@@ -157,7 +161,7 @@ impl Connection {
             Err(gone) => gone.into(),
         };
         drop(session);
-        self.finish(ended).await;
+        Box::pin(self.finish(ended)).await;
     }
 
     /// Waits for the first frame, which must be `{"type":"auth","token":...}`.
@@ -206,7 +210,9 @@ impl Connection {
         loop {
             let close = session.outbox().take(&mut batch);
             if !batch.is_empty() {
-                match self.write_batch(&mut batch, session).await {
+                // Boxed: a write's state only exists while writing, and inline it would make
+                // every idle connection's task larger.
+                match Box::pin(self.write_batch(&mut batch, session)).await {
                     Ok(()) => {}
                     Err(WriteStopped::Gone) => return Ended::Gone,
                     Err(WriteStopped::Closing) => {
@@ -249,7 +255,9 @@ impl Connection {
                         continue;
                     }
                     refused_in_a_row = 0;
-                    match self.handle(session, parsed).await {
+                    // Boxed: commands are rare next to deliveries, and an inline command future would
+                    // make every idle connection's task larger.
+                    match Box::pin(self.handle(session, parsed)).await {
                         Ok(Some(new_expiry)) => expiry.as_mut().reset(deadline_of(new_expiry, leeway)),
                         Ok(None) => {}
                         Err(ended) => return ended,
@@ -352,10 +360,9 @@ impl Connection {
                 oldest = oldest.or(Some(p.received_at));
             }
         }
-        let socket = &mut self.socket;
-        let items = std::mem::take(batch);
+        let Connection { socket, app } = self;
         let mut write = pin!(async move {
-            for item in items {
+            for item in batch.drain(..) {
                 let text: Utf8Bytes = match item {
                     Outbound::Publication(p) => p.encoded(WireFormat::NativeWebSocket, |p| {
                         Utf8Bytes::from(protocol::message(p))
@@ -368,6 +375,13 @@ impl Connection {
             }
             socket.flush().await
         });
+        // Most writes finish at once; the timer and the wait on the outbox are only set up for
+        // one that does not.
+        if let Some(result) = futures_util::FutureExt::now_or_never(write.as_mut()) {
+            result.map_err(|_| WriteStopped::Gone)?;
+            count_written(&app.metrics, publications, oldest);
+            return Ok(());
+        }
         let mut deadline = pin!(sleep(WRITE_TIMEOUT));
         loop {
             tokio::select! {
@@ -386,11 +400,7 @@ impl Connection {
                 () = &mut deadline => return Err(WriteStopped::Gone),
             }
         }
-        let metrics = &self.app.metrics;
-        metrics.messages_out.inc_by(publications);
-        if let Some(oldest) = oldest {
-            metrics.observe_write(oldest.elapsed());
-        }
+        count_written(&app.metrics, publications, oldest);
         Ok(())
     }
 
@@ -464,6 +474,18 @@ impl Connection {
             }
         };
         self.app.metrics.disconnect(reason);
+    }
+}
+
+/// Counts a finished batch write in the metrics.
+fn count_written(
+    metrics: &crate::metrics::Metrics,
+    publications: u64,
+    oldest: Option<std::time::Instant>,
+) {
+    metrics.messages_out.inc_by(publications);
+    if let Some(oldest) = oldest {
+        metrics.observe_write(oldest.elapsed());
     }
 }
 
