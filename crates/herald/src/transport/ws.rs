@@ -90,7 +90,7 @@ pub async fn upgrade(
         })
 }
 
-/// Why the serving loop ended without a close decision of ours.
+/// How a connection ended.
 enum Ended {
     /// The server decided to close: send `disconnect` and a close frame.
     Close(Disconnect),
@@ -213,7 +213,12 @@ impl Connection {
                 // Boxed: a write's state only exists while writing, and inline it would make
                 // every idle connection's task larger.
                 match Box::pin(self.write_batch(&mut batch, session)).await {
-                    Ok(()) => {}
+                    Ok(()) => {
+                        // Keep a small buffer for the next batch, not one grown by a burst.
+                        if batch.capacity() > 64 {
+                            batch = Vec::new();
+                        }
+                    }
                     Err(WriteStopped::Gone) => return Ended::Gone,
                     Err(WriteStopped::Closing) => {
                         batch.clear();

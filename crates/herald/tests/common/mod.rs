@@ -419,7 +419,8 @@ use std::path::PathBuf;
 
 impl ServerProcess {
     /// Writes `toml_extra` after the test secrets and namespaces, starts `herald serve`, and waits
-    /// for its "listening" line.
+    /// for its "listening" line. Set `TEST_HERALD_LOG` (e.g. `herald=debug`) to see the server's
+    /// log in the test output.
     pub fn start(toml_extra: &str) -> ServerProcess {
         let dir = std::env::temp_dir().join(format!(
             "herald-test-{}-{}",
