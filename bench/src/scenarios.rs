@@ -289,6 +289,7 @@ pub async fn churn(
                 tick.tick().await;
                 let index = next_index.get();
                 next_index.set(index + 1);
+                recorder.borrow_mut().ensure(index + 1);
                 match fleet::open(&ctx.target, index, true, recorder.clone()).await {
                     Ok(connection) => {
                         fleet.push_back(connection);
@@ -356,6 +357,7 @@ pub async fn slow(ctx: &Ctx, n: usize, rate: f64, percent: f64) -> Result<Vec<St
     .await;
     baseline.note = Some("baseline".into());
 
+    let slow_before = slow_consumers(ctx).await;
     let every = (100.0 / percent).round().max(1.0) as usize;
     let mut paused = 0;
     for (i, c) in fleet.iter().enumerate() {
@@ -383,14 +385,26 @@ pub async fn slow(ctx: &Ctx, n: usize, rate: f64, percent: f64) -> Result<Vec<St
         (Some(a), Some(b)) if a > 0.0 => b / a,
         _ => 0.0,
     };
-    let dropped = fleet
-        .iter()
-        .filter(|c| c.paused.get() && c.ended.get())
-        .count();
+    let dropped = match (slow_before, slow_consumers(ctx).await) {
+        (Some(before), Some(after)) => (after - before).to_string(),
+        _ => "?".into(),
+    };
     with_slow.note = Some(format!(
-        "{paused} not reading, {dropped} of them dropped so far; p99 {:.0}% of baseline",
+        "{paused} not reading, {dropped} dropped as slow consumers (4010) by the server; p99 {:.0}% of baseline",
         ratio * 100.0
     ));
     close_fleet(fleet).await;
     Ok(vec![baseline, with_slow])
+}
+
+/// The server's count of connections closed as slow consumers (`/api/stats`).
+async fn slow_consumers(ctx: &Ctx) -> Option<u64> {
+    let response = reqwest::Client::new()
+        .get(format!("{}/api/stats", ctx.target.http_base))
+        .bearer_auth(&ctx.target.api_key)
+        .send()
+        .await
+        .ok()?;
+    let stats: serde_json::Value = response.json().await.ok()?;
+    stats["node"]["slow_consumers"].as_u64()
 }

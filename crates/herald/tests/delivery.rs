@@ -310,3 +310,27 @@ async fn channels_users_and_stats_describe_the_node() {
         .await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn a_close_from_the_client_is_answered_cleanly() {
+    use futures_util::{SinkExt, StreamExt};
+    let server = TestServer::start_default().await;
+    let mut alice = server.connect("alice").await;
+    alice.socket.close(None).await.unwrap();
+    // The server's close reply arrives and the stream ends without a protocol error.
+    let mut clean = false;
+    while let Ok(Some(frame)) =
+        tokio::time::timeout(Duration::from_secs(5), alice.socket.next()).await
+    {
+        match frame {
+            Ok(tokio_tungstenite::tungstenite::Message::Close(_)) => clean = true,
+            Ok(_) => {}
+            Err(e) => panic!("unclean close: {e}"),
+        }
+    }
+    assert!(clean, "the server answered the close frame");
+    let _ = alice
+        .socket
+        .send(tokio_tungstenite::tungstenite::Message::Text("x".into()))
+        .await;
+}

@@ -47,3 +47,26 @@ async fn the_in_process_server_stops_cleanly() {
     assert_closed_with(&client.closed().await, 1012);
     stopping.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn a_connection_that_authenticates_during_the_drain_is_refused_with_1012() {
+    let mut config = common::TestServer::config();
+    config.limits.shutdown_drain = std::time::Duration::from_millis(500);
+    let server = common::TestServer::start(config).await;
+    let mut early = server.connect("early").await;
+    // Upgraded but not yet authenticated when the shutdown begins.
+    let mut late = server.open_bare().await;
+    let token = server.token("late");
+    let stopping = tokio::spawn(async move { server.stop().await });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let auth = json!({"type": "auth", "token": token}).to_string();
+    futures_util::SinkExt::send(
+        &mut late,
+        tokio_tungstenite::tungstenite::Message::Text(auth.into()),
+    )
+    .await
+    .unwrap();
+    assert_closed_with(&common::closed(&mut late).await, 1012);
+    assert_closed_with(&early.closed().await, 1012);
+    stopping.await.unwrap().unwrap();
+}

@@ -28,6 +28,8 @@ struct Stream {
     last_offset: u64,
     last_publish: Instant,
     ttl: Duration,
+    /// Set by the sweep when it removes the stream; a publish that finds it set looks again.
+    dead: bool,
 }
 
 /// The in-process engine. Cheap to share (`Arc`).
@@ -67,12 +69,18 @@ impl MemoryEngine {
         });
     }
 
-    /// Drops every stream whose last publication is older than its TTL.
+    /// Drops every stream whose last publication is older than its TTL. A stream that is busy
+    /// (a publish holds it) is kept until the next sweep, so the map lock never waits on one.
     pub fn sweep(&self, now: Instant) {
-        self.streams.lock().retain(|_, stream| {
-            let s = stream.lock();
-            now.duration_since(s.last_publish) < s.ttl
-        });
+        self.streams
+            .lock()
+            .retain(|_, stream| match stream.try_lock() {
+                Some(mut s) if now.duration_since(s.last_publish) >= s.ttl => {
+                    s.dead = true;
+                    false
+                }
+                _ => true,
+            });
     }
 
     /// How many channel streams are held.
@@ -90,6 +98,7 @@ impl MemoryEngine {
                     last_offset: 0,
                     last_publish: Instant::now(),
                     ttl,
+                    dead: false,
                 }))
             })
             .clone()
@@ -122,8 +131,14 @@ impl Engine for MemoryEngine {
 
     async fn publish(&self, request: PublishRequest) -> Result<StreamPosition, HeraldError> {
         let sink = self.sink()?;
-        let stream = self.stream(&request.channel, request.stream_ttl);
-        let mut s = stream.lock();
+        // A stream the sweep removed between the look-up and the lock is dead: look again (the
+        // sweep only removes streams nobody holds, and a new one is never dead).
+        let mut s = loop {
+            let guard = self.stream(&request.channel, request.stream_ttl).lock_arc();
+            if !guard.dead {
+                break guard;
+            }
+        };
         s.last_offset += 1;
         s.last_publish = Instant::now();
         s.ttl = request.stream_ttl;

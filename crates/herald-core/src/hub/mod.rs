@@ -48,7 +48,8 @@ pub struct HubStats {
     pub publications: AtomicU64,
     /// Publications queued for a subscriber.
     pub deliveries: AtomicU64,
-    /// Connections closed because their outgoing queue overflowed.
+    /// Connections closed as slow consumers: their outgoing queue overflowed (counted here) or
+    /// a write to them timed out (counted by the transport).
     pub slow_consumers: AtomicU64,
 }
 
@@ -64,6 +65,8 @@ struct HubShared {
     subscriptions: AtomicUsize,
     next_session: AtomicU64,
     stats: HubStats,
+    /// Set by `disconnect_all`: connections that finish authenticating afterwards are refused.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 /// The node's hub. Cheap to clone.
@@ -132,6 +135,7 @@ impl Hub {
             subscriptions: AtomicUsize::new(0),
             next_session: AtomicU64::new(1),
             stats: HubStats::default(),
+            draining: std::sync::atomic::AtomicBool::new(false),
         });
         engine.attach(Arc::new(HubSink(Arc::downgrade(&shared))));
         Hub { shared }
@@ -165,6 +169,14 @@ impl Hub {
         });
         {
             let mut users = shared.users.lock();
+            // Checked under the users lock, which `disconnect_all` takes after setting the flag:
+            // a connection is either in its list or refused here.
+            if shared.draining.load(Ordering::SeqCst) {
+                return Err(Disconnect::new(
+                    CloseCode::ServerRestarting,
+                    "server restarting",
+                ));
+            }
             let sessions = users.entry(core.user.clone()).or_default();
             if sessions.len() >= shared.config.connections_per_user {
                 if sessions.is_empty() {
@@ -313,6 +325,8 @@ impl Hub {
     /// Asks every connection on this node to close with `disconnect`, spreading the closes evenly
     /// over `window` so that clients do not all reconnect at the same instant.
     pub async fn disconnect_all(&self, disconnect: Disconnect, window: std::time::Duration) {
+        // From now on, connections that finish authenticating are refused with 1012.
+        self.shared.draining.store(true, Ordering::SeqCst);
         let sessions: Vec<Arc<SessionCore>> = self
             .shared
             .users
@@ -321,15 +335,13 @@ impl Hub {
             .flatten()
             .cloned()
             .collect();
-        if sessions.is_empty() {
-            return;
-        }
-        let step = window / sessions.len() as u32;
-        for session in sessions {
+        let count = sessions.len() as u32;
+        let start = tokio::time::Instant::now();
+        for (i, session) in sessions.into_iter().enumerate() {
+            // Each close at its own instant in the window (sleeping `window / n` each time would
+            // round up to a millisecond apiece and overrun the window past 1,000 connections).
+            tokio::time::sleep_until(start + window * i as u32 / count).await;
             session.outbox.close(disconnect.clone());
-            if !step.is_zero() {
-                tokio::time::sleep(step).await;
-            }
         }
     }
 
@@ -438,7 +450,11 @@ impl SessionRef<'_> {
     /// Adds the session to `channel`'s subscribers. Returns whether it is the channel's first
     /// subscriber on this node. Does nothing if already subscribed.
     fn add(&self, channel: &ChannelName) -> Option<bool> {
-        if !self.core.subscriptions.lock().insert(channel.clone()) {
+        // The session's set stays locked while the shard is updated, so that the set and the
+        // index never disagree (lock order: session set, then shard; nothing takes them the
+        // other way round).
+        let mut subscriptions = self.core.subscriptions.lock();
+        if !subscriptions.insert(channel.clone()) {
             return None;
         }
         let mut shard = self.hub.shard(channel).write();
@@ -453,7 +469,8 @@ impl SessionRef<'_> {
     }
 
     fn remove_subscription(&self, channel: &ChannelName) -> bool {
-        if !self.core.subscriptions.lock().remove(channel) {
+        let mut subscriptions = self.core.subscriptions.lock();
+        if !subscriptions.remove(channel) {
             return false;
         }
         let mut shard = self.hub.shard(channel).write();

@@ -76,7 +76,9 @@ impl Outbox {
         if state.close.is_some() {
             return Pushed::Closed;
         }
-        if state.bytes + size > self.limit_bytes {
+        // An item always fits into an empty queue, so one message as large as the frame limit
+        // never closes a connection that is keeping up.
+        if state.bytes > 0 && state.bytes + size > self.limit_bytes {
             state.queue = VecDeque::new();
             state.bytes = 0;
             state.close = Some(Disconnect::new(
@@ -159,6 +161,13 @@ mod tests {
         assert_eq!(close.code, CloseCode::SlowConsumer);
         assert!(batch.is_empty());
         assert_eq!(outbox.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn an_item_larger_than_the_bound_fits_into_an_empty_queue() {
+        let outbox = Outbox::new(10);
+        assert_eq!(outbox.push(notice("a:1")), Pushed::Queued);
+        assert_eq!(outbox.push(notice("a:2")), Pushed::Overflowed);
     }
 
     #[test]

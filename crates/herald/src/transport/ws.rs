@@ -109,10 +109,12 @@ struct Gone;
 
 /// Why a batch write stopped early.
 enum WriteStopped {
-    /// The socket failed or the write timed out.
+    /// The socket failed.
     Gone,
     /// The hub closed the connection as a slow consumer meanwhile.
     Closing,
+    /// The write did not finish within `WRITE_TIMEOUT`: the client is not reading.
+    TimedOut,
 }
 
 impl From<Gone> for Ended {
@@ -220,6 +222,18 @@ impl Connection {
                         }
                     }
                     Err(WriteStopped::Gone) => return Ended::Gone,
+                    Err(WriteStopped::TimedOut) => {
+                        self.app
+                            .hub
+                            .stats()
+                            .slow_consumers
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        return Disconnect::new(
+                            CloseCode::SlowConsumer,
+                            "a write did not finish in time: the client is not reading",
+                        )
+                        .into();
+                    }
                     Err(WriteStopped::Closing) => {
                         batch.clear();
                         if let Some(d) = session.outbox().take(&mut batch) {
@@ -402,7 +416,7 @@ impl Connection {
                         return Err(WriteStopped::Closing);
                     }
                 }
-                () = &mut deadline => return Err(WriteStopped::Gone),
+                () = &mut deadline => return Err(WriteStopped::TimedOut),
             }
         }
         count_written(&app.metrics, publications, oldest);
@@ -449,7 +463,12 @@ impl Connection {
     /// code, and a short wait for the client's close; then counts the reason.
     async fn finish(mut self, ended: Ended) {
         let reason = match ended {
-            Ended::Gone => "client_closed",
+            Ended::Gone => {
+                // If the client sent a close, tungstenite has queued the reply; send it so the
+                // client sees a clean close (a dead socket fails or times out at once).
+                let _ = timeout(CLOSE_TIMEOUT, self.socket.flush()).await;
+                "client_closed"
+            }
             Ended::Close(d) => {
                 let frame = protocol::disconnect(&d);
                 // A close frame's reason is at most 123 bytes.
