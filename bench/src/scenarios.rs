@@ -113,10 +113,15 @@ fn saturated(step: &Step) -> bool {
     step.p99_ms.unwrap_or(0.0) > SATURATED_P99_MS || step.lost.unwrap_or(0) > 0
 }
 
-/// Body of a broadcast publication: `n` and the send time.
-fn shared_body(recorder: &SharedRecorder, n: u64) -> String {
-    let t = recorder.borrow().now_us();
-    format!(r#"{{"channel":"{SHARED_CHANNEL}","data":{{"n":{n},"t":{t}}}}}"#)
+/// The next publication of the shared channel: sequence number from `seq`, stamped with the
+/// send time. Returns the request body and how many publications it holds (one).
+fn next_shared(recorder: &SharedRecorder, seq: &Cell<u64>) -> (String, u64) {
+    seq.set(seq.get() + 1);
+    let (n, t) = (seq.get(), recorder.borrow().now_us());
+    (
+        format!(r#"{{"channel":"{SHARED_CHANNEL}","data":{{"n":{n},"t":{t}}}}}"#),
+        1,
+    )
 }
 
 /// Idle: `n` connections on their personal channel and the shared one; memory per connection,
@@ -172,10 +177,7 @@ pub async fn broadcast(ctx: &Ctx, n: usize, rates: &[f64]) -> Result<Vec<Step>, 
     let mut loads: Vec<Option<f64>> = rates.iter().copied().map(Some).collect();
     loads.push(None);
     for rate in loads {
-        let body = |_| {
-            seq.set(seq.get() + 1);
-            (shared_body(&recorder, seq.get()), 1)
-        };
+        let body = |_| next_shared(&recorder, &seq);
         let label = rate.map_or_else(|| "max pub/s".to_string(), |r| format!("{r} pub/s"));
         let step = measure_step(
             ctx,
@@ -277,10 +279,7 @@ pub async fn churn(
     let failures = Rc::new(Cell::new(0u64));
     let mut steps = Vec::new();
     for &rate in rates {
-        let body = |_| {
-            seq.set(seq.get() + 1);
-            (shared_body(&recorder, seq.get()), 1)
-        };
+        let body = |_| next_shared(&recorder, &seq);
         let churned = Cell::new(0u64);
         let churn_loop = async {
             let started = Instant::now();
@@ -341,10 +340,7 @@ pub async fn slow(ctx: &Ctx, n: usize, rate: f64, percent: f64) -> Result<Vec<St
     let fleet = open_fleet(ctx, 0..n, true, &recorder).await?;
     let publisher = Publisher::new(&ctx.target, "/api/publish");
     let seq = Cell::new(0u64);
-    let body = |_| {
-        seq.set(seq.get() + 1);
-        (shared_body(&recorder, seq.get()), 1)
-    };
+    let body = |_| next_shared(&recorder, &seq);
     let mut baseline = measure_step(
         ctx,
         &recorder,
@@ -366,10 +362,7 @@ pub async fn slow(ctx: &Ctx, n: usize, rate: f64, percent: f64) -> Result<Vec<St
             paused += 1;
         }
     }
-    let body = |_| {
-        seq.set(seq.get() + 1);
-        (shared_body(&recorder, seq.get()), 1)
-    };
+    let body = |_| next_shared(&recorder, &seq);
     let readers = (n - paused) as u64;
     let mut with_slow = measure_step(
         ctx,

@@ -100,12 +100,9 @@ async fn bad_frames_get_bad_request_and_the_connection_survives() {
     server.publish("chat:1", json!("ok")).await;
     assert_eq!(client.next_message().await["data"], "ok");
     assert_still_receives(&server, &mut other).await;
-    assert!(
-        server
-            .metric("herald_errors_total{code=\"bad_request\"}")
-            .await
-            >= 18.0
-    );
+    server
+        .assert_metric_at_least("herald_errors_total{code=\"bad_request\"}", 18.0)
+        .await;
 }
 
 #[tokio::test]
@@ -159,12 +156,9 @@ async fn commands_over_the_rate_get_rate_limited_then_4008() {
     }
     assert_closed_with(&client.closed().await, 4008);
     assert_still_receives(&server, &mut other).await;
-    assert!(
-        server
-            .metric("herald_errors_total{code=\"rate_limited\"}")
-            .await
-            >= 1.0
-    );
+    server
+        .assert_metric_at_least("herald_errors_total{code=\"rate_limited\"}", 1.0)
+        .await;
 }
 
 #[tokio::test]
@@ -235,13 +229,14 @@ async fn new_connections_per_ip_per_second_are_limited_with_429() {
         statuses.iter().filter(|s| **s == 429).count() >= 1,
         "{statuses:?}"
     );
-    assert!(statuses.iter().filter(|s| **s == 101).count() <= 6);
+    // The first `connections_per_ip_per_second` of a second are admitted.
     assert!(
-        server
-            .metric("herald_errors_total{code=\"rate_limited\"}")
-            .await
-            >= 1.0
+        statuses.iter().filter(|s| **s == 101).count() >= 3,
+        "{statuses:?}"
     );
+    server
+        .assert_metric_at_least("herald_errors_total{code=\"rate_limited\"}", 1.0)
+        .await;
 }
 
 #[tokio::test]

@@ -86,16 +86,17 @@ pub struct SessionCore {
 }
 
 impl SessionCore {
-    fn deliver(&self, item: Outbound, stats: &HubStats) {
+    /// Queues `item`; returns whether it was queued. The caller counts deliveries, so that a
+    /// fan-out adds to the shared counter once, not once per subscriber.
+    fn deliver(&self, item: Outbound, stats: &HubStats) -> bool {
         match self.outbox.push(item) {
-            Pushed::Queued => {
-                stats.deliveries.fetch_add(1, Ordering::Relaxed);
-            }
+            Pushed::Queued => true,
             Pushed::Overflowed => {
                 stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(client = %self.client, user = %self.user, "slow consumer: closing");
+                false
             }
-            Pushed::Closed => {}
+            Pushed::Closed => false,
         }
     }
 }
@@ -357,9 +358,12 @@ impl Hub {
         stats.publications.fetch_add(1, Ordering::Relaxed);
         let shard = self.shard(&publication.channel).read();
         if let Some(subscribers) = shard.get(&publication.channel) {
+            let mut queued = 0;
             for session in subscribers.values() {
-                session.deliver(Outbound::Publication(publication.clone()), stats);
+                queued +=
+                    u64::from(session.deliver(Outbound::Publication(publication.clone()), stats));
             }
+            stats.deliveries.fetch_add(queued, Ordering::Relaxed);
         }
     }
 
@@ -391,7 +395,10 @@ impl Hub {
                         core: &core,
                     };
                     if session.remove_subscription(&channel) {
-                        core.deliver(Outbound::Unsubscribed(channel.clone()), &self.shared.stats);
+                        let stats = &self.shared.stats;
+                        if core.deliver(Outbound::Unsubscribed(channel.clone()), stats) {
+                            stats.deliveries.fetch_add(1, Ordering::Relaxed);
+                        }
                         self.release_channel(&channel);
                     }
                 }
@@ -506,11 +513,6 @@ impl Session {
 
     pub fn outbox(&self) -> &Outbox {
         &self.core.outbox
-    }
-
-    /// The channels this connection is subscribed to.
-    pub fn subscriptions(&self) -> Vec<ChannelName> {
-        self.core.subscriptions.lock().iter().cloned().collect()
     }
 
     /// Replaces the connection's identity (after a token refresh for the same user).

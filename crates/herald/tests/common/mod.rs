@@ -220,6 +220,12 @@ impl TestServer {
         body
     }
 
+    /// Asserts that a Prometheus series has reached at least `min`.
+    pub async fn assert_metric_at_least(&self, series: &str, min: f64) {
+        let value = self.metric(series).await;
+        assert!(value >= min, "{series} is {value}, expected at least {min}");
+    }
+
     /// The value of one Prometheus series, e.g. `herald_errors_total{code="bad_request"}`.
     pub async fn metric(&self, series: &str) -> f64 {
         let text = self
