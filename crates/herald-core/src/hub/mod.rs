@@ -76,6 +76,10 @@ pub struct Hub {
 }
 
 /// What the hub keeps of a connection.
+/// Subscribers whose queues a fan-out loads into the cache before pushing to them (see
+/// [`Outbox::warm`]).
+const FAN_OUT_CHUNK: usize = 16;
+
 pub struct SessionCore {
     id: u64,
     client: Arc<str>,
@@ -359,9 +363,24 @@ impl Hub {
         let shard = self.shard(&publication.channel).read();
         if let Some(subscribers) = shard.get(&publication.channel) {
             let mut queued = 0;
-            for session in subscribers.values() {
-                queued +=
-                    u64::from(session.deliver(Outbound::Publication(publication.clone()), stats));
+            let mut chunk: [Option<&SessionCore>; FAN_OUT_CHUNK] = [None; FAN_OUT_CHUNK];
+            let mut subscribers = subscribers.values();
+            loop {
+                let mut filled = 0;
+                for (slot, session) in chunk.iter_mut().zip(subscribers.by_ref()) {
+                    // Start loading this subscriber's queue into the cache now, so that the
+                    // misses of a whole chunk overlap instead of stalling one push at a time.
+                    session.outbox.warm();
+                    *slot = Some(session);
+                    filled += 1;
+                }
+                for session in chunk[..filled].iter().flatten() {
+                    let item = Outbound::Publication(publication.clone());
+                    queued += u64::from(session.deliver(item, stats));
+                }
+                if filled < FAN_OUT_CHUNK {
+                    break;
+                }
             }
             stats.deliveries.fetch_add(queued, Ordering::Relaxed);
         }

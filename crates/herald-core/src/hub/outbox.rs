@@ -5,12 +5,21 @@
 //! its byte limit, the queue is emptied and closed with 4010 (slow consumer): the connection is
 //! dropped instead of the server growing memory or slowing the others. An idle connection's queue
 //! holds no allocation.
+//!
+//! The fan-out touches one outbox per subscriber, and with thousands of subscribers each one is
+//! cold in the CPU cache, so a push is kept to what it must touch: one lock word, the slot beside
+//! it (the first item waits inline; only a second one goes to the heap), and, if the connection's
+//! task is parked on this queue, its waker, which is kept under the same lock (a separate
+//! `tokio::sync::Notify` cost several more atomic operations on other cache lines per delivery).
+//! A wake-up is never lost: the task registers its waker under the lock it checks the queue
+//! under, and a push takes the waker under that lock.
 
 use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 
 use parking_lot::Mutex;
-use tokio::sync::Notify;
 
 use crate::channel::ChannelName;
 use crate::error::{CloseCode, Disconnect};
@@ -38,15 +47,29 @@ impl Outbound {
 
 #[derive(Default)]
 struct State {
-    queue: VecDeque<Outbound>,
+    /// The oldest queued item, kept inline: at ordinary rates a take finds just one.
+    first: Option<Outbound>,
+    /// Items after `first`, in order.
+    rest: VecDeque<Outbound>,
     bytes: usize,
     close: Option<Disconnect>,
+    /// The connection's task, when it is parked waiting on this queue.
+    waker: Option<Waker>,
+}
+
+impl State {
+    fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    fn wake(&mut self) -> Option<Waker> {
+        self.waker.take()
+    }
 }
 
 /// The bounded queue plus the wake-up for the connection's task.
 pub struct Outbox {
     state: Mutex<State>,
-    ready: Notify,
     limit_bytes: usize,
 }
 
@@ -64,7 +87,6 @@ impl Outbox {
     pub fn new(limit_bytes: usize) -> Self {
         Outbox {
             state: Mutex::new(State::default()),
-            ready: Notify::new(),
             limit_bytes,
         }
     }
@@ -79,24 +101,33 @@ impl Outbox {
         // An item always fits into an empty queue, so one message as large as the frame limit
         // never closes a connection that is keeping up.
         if state.bytes > 0 && state.bytes + size > self.limit_bytes {
-            state.queue = VecDeque::new();
+            state.first = None;
+            state.rest = VecDeque::new();
             state.bytes = 0;
             state.close = Some(Disconnect::new(
                 CloseCode::SlowConsumer,
                 "outgoing queue full: the client is not reading fast enough",
             ));
+            let waker = state.wake();
             drop(state);
-            self.ready.notify_one();
+            if let Some(waker) = waker {
+                waker.wake();
+            }
             return Pushed::Overflowed;
         }
-        state.queue.push_back(item);
+        if state.is_empty() {
+            state.first = Some(item);
+        } else {
+            state.rest.push_back(item);
+        }
         state.bytes += size;
+        let waker = state.wake();
         drop(state);
-        // Every push notifies, not only the first into an empty queue: a notification that finds
-        // the connection already notified costs one atomic operation, and waking only on the
-        // empty-to-non-empty edge lost wake-ups under load (a stream to 50 sockets stalled until
-        // the next heartbeat). `tests/slow_consumer.rs` streams to 1,000 sockets to keep it so.
-        self.ready.notify_one();
+        // The waker is taken under the lock and woken outside it; later pushes before the task
+        // runs find no waker and cost nothing more.
+        if let Some(waker) = waker {
+            waker.wake();
+        }
         Pushed::Queued
     }
 
@@ -106,8 +137,11 @@ impl Outbox {
         if state.close.is_none() {
             state.close = Some(disconnect);
         }
+        let waker = state.wake();
         drop(state);
-        self.ready.notify_one();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
     }
 
     /// The close code, if a close was asked for.
@@ -121,17 +155,43 @@ impl Outbox {
     /// allocate and free once per delivery; one that grew past that during a burst is released.
     pub fn take(&self, batch: &mut Vec<Outbound>) -> Option<Disconnect> {
         let mut state = self.state.lock();
-        batch.extend(state.queue.drain(..));
-        if state.queue.capacity() > KEPT_CAPACITY {
-            state.queue = VecDeque::new();
+        batch.extend(state.first.take());
+        batch.extend(state.rest.drain(..));
+        if state.rest.capacity() > KEPT_CAPACITY {
+            state.rest = VecDeque::new();
         }
         state.bytes = 0;
         state.close.clone()
     }
 
-    /// Waits until something was pushed or a close was asked for since the last `take`.
+    /// Waits until something is queued or a close was asked for.
     pub async fn wait(&self) {
-        self.ready.notified().await;
+        poll_fn(|cx| self.poll_wait(cx, |state| !state.is_empty() || state.close.is_some())).await
+    }
+
+    /// Waits until a close was asked for (used while a write is in progress, when queued items
+    /// are expected and are not a reason to wake).
+    pub async fn wait_closing(&self) {
+        poll_fn(|cx| self.poll_wait(cx, |state| state.close.is_some())).await
+    }
+
+    fn poll_wait(&self, cx: &mut Context<'_>, ready: impl Fn(&State) -> bool) -> Poll<()> {
+        let mut state = self.state.lock();
+        if ready(&state) {
+            return Poll::Ready(());
+        }
+        match &mut state.waker {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    /// Reads the queue's lock word, so that its cache line is on its way before the push that
+    /// needs it. A fan-out warms a chunk of subscribers, then pushes to them: the loads overlap,
+    /// where each push's locked instruction would otherwise wait for its own miss in turn.
+    pub fn warm(&self) {
+        std::hint::black_box(self.state.is_locked());
     }
 
     /// Bytes currently queued.
@@ -178,6 +238,7 @@ mod tests {
         }
         let mut batch = Vec::new();
         assert!(outbox.take(&mut batch).is_none());
+        assert_eq!(outbox.queued_bytes(), 0);
         let names: Vec<String> = batch
             .iter()
             .map(|o| match o {
@@ -186,5 +247,52 @@ mod tests {
             })
             .collect();
         assert_eq!(names, ["a:0", "a:1", "a:2", "a:3", "a:4"]);
+    }
+}
+
+#[cfg(test)]
+mod wake_tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn notice(name: &str) -> Outbound {
+        Outbound::Unsubscribed(ChannelName::parse(name).expect("channel"))
+    }
+
+    #[tokio::test]
+    async fn a_push_wakes_a_parked_waiter_and_a_queued_item_needs_no_wake() {
+        let outbox = Arc::new(Outbox::new(10_000));
+        let waiter = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { outbox.wait().await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        outbox.push(notice("a:1"));
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken")
+            .expect("joined");
+        // Already queued: ready at once.
+        tokio::time::timeout(Duration::from_secs(5), outbox.wait())
+            .await
+            .expect("ready");
+    }
+
+    #[tokio::test]
+    async fn wait_closing_ignores_pushes_and_wakes_on_close() {
+        let outbox = Arc::new(Outbox::new(10_000));
+        let waiter = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { outbox.wait_closing().await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        outbox.push(notice("a:1"));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished());
+        outbox.close(Disconnect::new(CloseCode::SlowConsumer, "test"));
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken")
+            .expect("joined");
     }
 }

@@ -402,19 +402,21 @@ impl Connection {
             return Ok(());
         }
         let mut deadline = pin!(sleep(WRITE_TIMEOUT));
+        let mut watch_close = true;
         loop {
             tokio::select! {
                 result = &mut write => {
                     result.map_err(|_| WriteStopped::Gone)?;
                     break;
                 }
-                () = session.outbox().wait() => {
+                () = session.outbox().wait_closing(), if watch_close => {
                     // Only a slow consumer abandons a write in progress: its queue was dropped
                     // and its socket is not draining. Any other close (API, shutdown) lets the
                     // batch finish, so that what was queued is still delivered.
                     if session.outbox().closing() == Some(CloseCode::SlowConsumer) {
                         return Err(WriteStopped::Closing);
                     }
+                    watch_close = false;
                 }
                 () = &mut deadline => return Err(WriteStopped::TimedOut),
             }
