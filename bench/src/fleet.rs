@@ -89,6 +89,8 @@ pub async fn open(
             .await
             .map_err(|e| format!("connect {user}: {e}"))?;
     expect_frame(&mut socket, "connected").await?;
+    // The personal channel's subscription is announced right after `connected`.
+    expect_frame(&mut socket, "subscribed").await?;
     if shared {
         let subscribe = format!(r#"{{"type":"subscribe","channel":"{SHARED_CHANNEL}"}}"#);
         socket

@@ -112,6 +112,14 @@ pub struct NamespacePolicy {
 }
 
 impl NamespacePolicy {
+    /// What the engine keeps of this namespace's channels.
+    pub fn history(&self) -> crate::engine::HistoryPolicy {
+        crate::engine::HistoryPolicy {
+            size: self.history_size,
+            ttl: self.history_ttl,
+        }
+    }
+
     /// A namespace with the given subscribe policy and everything else off.
     pub fn new(name: impl Into<String>, subscribe: SubscribePolicy) -> Self {
         NamespacePolicy {
@@ -182,10 +190,13 @@ impl Namespaces {
         by_name
             .entry(PERSONAL_NAMESPACE.to_string())
             .or_insert_with(|| {
-                Arc::new(NamespacePolicy::new(
-                    PERSONAL_NAMESPACE,
-                    SubscribePolicy::Personal,
-                ))
+                // Kept for offline delivery: a user away for up to an hour gets what was sent to
+                // them on reconnect.
+                let mut personal =
+                    NamespacePolicy::new(PERSONAL_NAMESPACE, SubscribePolicy::Personal);
+                personal.history_size = 100;
+                personal.history_ttl = Duration::from_secs(3600);
+                Arc::new(personal)
             });
         Namespaces { by_name, fallback }
     }

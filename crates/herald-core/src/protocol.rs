@@ -8,8 +8,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::channel::ChannelName;
+use crate::engine::{HistoryPage, HistoryQuery};
 use crate::error::{Disconnect, ErrorCode, HeraldError};
+use crate::hub::{Recovery, Subscribed};
 use crate::publication::{Publication, Publisher, StreamPosition};
+
+/// Most publications a `history` command or request returns at once, and most a `last` asks for.
+pub const MAX_HISTORY_LIMIT: u32 = 1000;
 
 /// The `id` a client may put on a command; the reply carries it back unchanged.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,10 +29,12 @@ pub enum RequestId {
 pub enum Command {
     Auth {
         token: String,
+        /// Where the personal channel's subscription starts (`since` or `last` on the frame).
+        personal: Recovery,
     },
     Subscribe {
         channel: ChannelName,
-        since: Option<StreamPosition>,
+        recovery: Recovery,
     },
     Unsubscribe {
         channel: ChannelName,
@@ -85,6 +92,7 @@ struct RawCommand {
     data: Option<Box<RawValue>>,
     token: Option<String>,
     limit: Option<u32>,
+    last: Option<u32>,
 }
 
 /// Reads a field that is present as `Some`, including a JSON `null`.
@@ -128,13 +136,15 @@ fn command_from_raw(raw: RawCommand) -> Result<Command, HeraldError> {
         }
     };
     let token = |raw: &RawCommand| raw.token.clone().ok_or_else(|| missing(&raw.kind, "token"));
+    let recovery = |raw: &RawCommand| recovery(raw.since.clone(), raw.last);
     Ok(match raw.kind.as_str() {
         "auth" => Command::Auth {
             token: token(&raw)?,
+            personal: recovery(&raw)?,
         },
         "subscribe" => Command::Subscribe {
             channel: channel()?,
-            since: raw.since.clone(),
+            recovery: recovery(&raw)?,
         },
         "unsubscribe" => Command::Unsubscribe {
             channel: channel()?,
@@ -164,6 +174,57 @@ fn command_from_raw(raw: RawCommand) -> Result<Command, HeraldError> {
                 "unknown command type {other:?}"
             )))
         }
+    })
+}
+
+/// Where a subscription starts, from a frame's `since` and `last` (at most one of them).
+pub fn recovery(since: Option<StreamPosition>, last: Option<u32>) -> Result<Recovery, HeraldError> {
+    match (since, last) {
+        (Some(_), Some(_)) => Err(HeraldError::bad_request(
+            "give either since or last, not both",
+        )),
+        (Some(position), None) => Ok(Recovery::Since(position)),
+        (None, Some(n)) if n > MAX_HISTORY_LIMIT => Err(HeraldError::bad_request(format!(
+            "last is at most {MAX_HISTORY_LIMIT}"
+        ))),
+        (None, Some(n)) => Ok(Recovery::Last(n as usize)),
+        (None, None) => Ok(Recovery::Live),
+    }
+}
+
+/// Parses a position given as `<offset>:<epoch>` (the `since` query parameter).
+pub fn parse_position(text: &str) -> Result<StreamPosition, HeraldError> {
+    text.split_once(':')
+        .and_then(|(offset, epoch)| {
+            let offset = offset.parse().ok()?;
+            (!epoch.is_empty()).then(|| StreamPosition {
+                offset,
+                epoch: epoch.to_owned(),
+            })
+        })
+        .ok_or_else(|| {
+            HeraldError::bad_request(format!(
+                "since must be <offset>:<epoch>, as in 17:3fa0c1d2e4; got {text:?}"
+            ))
+        })
+}
+
+/// A history read as a client or the API asks for it: `limit` is at most
+/// [`MAX_HISTORY_LIMIT`], which is also the default.
+pub fn history_query(
+    since: Option<StreamPosition>,
+    limit: Option<u32>,
+) -> Result<HistoryQuery, HeraldError> {
+    let limit = limit.unwrap_or(MAX_HISTORY_LIMIT);
+    if limit > MAX_HISTORY_LIMIT {
+        return Err(HeraldError::bad_request(format!(
+            "limit is at most {}",
+            MAX_HISTORY_LIMIT
+        )));
+    }
+    Ok(HistoryQuery {
+        since,
+        limit: Some(limit as usize),
     })
 }
 
@@ -199,32 +260,58 @@ pub fn connected(client: &str, user: &str, heartbeat_s: u64, expires_at: Option<
     })
 }
 
-/// `{"type":"subscribed",...}`: the reply to `subscribe`.
-pub fn subscribed(
-    id: Option<&RequestId>,
-    channel: &ChannelName,
-    position: Option<&StreamPosition>,
-) -> String {
+/// `{"type":"subscribed",...}`: the reply to `subscribe` (and, with no `id`, the notice for the
+/// personal channel right after `connected`). `recovered` is there when `since` was given.
+pub fn subscribed(id: Option<&RequestId>, subscribed: &Subscribed) -> String {
     #[derive(Serialize)]
-    struct Subscribed<'a> {
+    struct SubscribedFrame<'a> {
         r#type: &'static str,
         channel: &'a ChannelName,
+        epoch: &'a str,
+        offset: u64,
         #[serde(skip_serializing_if = "Option::is_none")]
-        epoch: Option<&'a str>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        offset: Option<u64>,
-        recovered: bool,
+        recovered: Option<bool>,
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a RequestId>,
     }
-    encode(&Subscribed {
+    encode(&SubscribedFrame {
         r#type: "subscribed",
-        channel,
-        epoch: position.map(|p| p.epoch.as_str()),
-        offset: position.map(|p| p.offset),
-        recovered: false,
+        channel: &subscribed.channel,
+        epoch: &subscribed.position.epoch,
+        offset: subscribed.position.offset,
+        recovered: subscribed.recovered,
         id,
     })
+}
+
+/// The result of a `history` command or `GET /api/channels/{channel}/history`: the channel's
+/// position, whether everything after `since` was still there (when `since` was given), and the
+/// publications, each shaped like a `message` frame.
+pub fn history_result<'a>(
+    channel: &'a ChannelName,
+    page: &'a HistoryPage,
+    since_given: bool,
+) -> impl Serialize + 'a {
+    #[derive(Serialize)]
+    struct HistoryResult<'a> {
+        channel: &'a ChannelName,
+        offset: u64,
+        epoch: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
+        publications: Vec<MessageFrame<'a>>,
+    }
+    HistoryResult {
+        channel,
+        offset: page.position.offset,
+        epoch: &page.position.epoch,
+        recovered: since_given.then_some(page.complete),
+        publications: page
+            .publications
+            .iter()
+            .map(|p| MessageFrame::of(p))
+            .collect(),
+    }
 }
 
 /// `{"type":"unsubscribed",...}`: the reply to `unsubscribe`, and the notice when the server API
@@ -298,27 +385,34 @@ pub fn disconnect(d: &Disconnect) -> String {
 /// `{"type":"message",...}`: a publication delivered to a subscriber. Encoded once per publication
 /// per node (see [`Publication::encoded`]).
 pub fn message(p: &Publication) -> String {
-    #[derive(Serialize)]
-    struct Message<'a> {
-        r#type: &'static str,
-        channel: &'a ChannelName,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        event: Option<&'a str>,
-        data: &'a RawValue,
-        offset: u64,
-        ts: u64,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        from: Option<&'a Publisher>,
+    encode(&MessageFrame::of(p))
+}
+
+#[derive(Serialize)]
+struct MessageFrame<'a> {
+    r#type: &'static str,
+    channel: &'a ChannelName,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event: Option<&'a str>,
+    data: &'a RawValue,
+    offset: u64,
+    ts: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    from: Option<&'a Publisher>,
+}
+
+impl<'a> MessageFrame<'a> {
+    fn of(p: &'a Publication) -> Self {
+        MessageFrame {
+            r#type: "message",
+            channel: &p.channel,
+            event: p.event.as_deref(),
+            data: &p.data,
+            offset: p.offset,
+            ts: p.ts,
+            from: p.from.as_ref(),
+        }
     }
-    encode(&Message {
-        r#type: "message",
-        channel: &p.channel,
-        event: p.event.as_deref(),
-        data: &p.data,
-        offset: p.offset,
-        ts: p.ts,
-        from: p.from.as_ref(),
-    })
 }
 
 #[cfg(test)]
@@ -349,6 +443,14 @@ mod tests {
             (r#"{"type":"typing","channel":"a:1"}"#, "typing"),
             (r#"{"type":"presence","channel":"a:1"}"#, "presence"),
             (r#"{"type":"history","channel":"a:1","limit":5}"#, "history"),
+            (
+                r#"{"type":"subscribe","channel":"a:1","last":10}"#,
+                "subscribe",
+            ),
+            (
+                r#"{"type":"auth","token":"t","since":{"offset":3,"epoch":"e"}}"#,
+                "auth",
+            ),
             (r#"{"type":"refresh","token":"t"}"#, "refresh"),
             (r#"{"type":"ping","id":"abc"}"#, "ping"),
         ];
@@ -367,6 +469,9 @@ mod tests {
             r#"{"type":"subscribe","channel":42,"id":9}"#,
             r#"{"type":"subscribe","channel":"bad name","id":9}"#,
             r#"{"type":"publish","channel":"a:1","id":9}"#,
+            r#"{"type":"subscribe","channel":"a:1","last":5,"since":{"offset":1,"epoch":"e"},"id":9}"#,
+            r#"{"type":"subscribe","channel":"a:1","last":100000,"id":9}"#,
+            r#"{"type":"subscribe","channel":"a:1","since":{"offset":-1,"epoch":"e"},"id":9}"#,
             r#"[1,2,3]"#,
         ] {
             assert_eq!(code_of(text), ErrorCode::BadRequest, "{text}");

@@ -11,7 +11,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use herald_core::{ChannelName, ErrorCode, HeraldError, StreamPosition};
+use herald_core::engine::HistoryQuery;
+use herald_core::{protocol, ChannelName, ErrorCode, HeraldError, StreamPosition};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -116,6 +117,7 @@ pub struct PublishBody {
     channel: String,
     event: Option<String>,
     data: Box<RawValue>,
+    idempotency_key: Option<String>,
 }
 
 /// The result of one publication in a broadcast or batch.
@@ -144,6 +146,7 @@ async fn publish_one(
     channel_name: &str,
     event: Option<String>,
     data: Box<RawValue>,
+    idempotency_key: Option<String>,
 ) -> Result<StreamPosition, HeraldError> {
     let channel = ChannelName::parse(channel_name)?;
     let limit = app.config.limits.max_frame_bytes;
@@ -156,7 +159,10 @@ async fn publish_one(
             ),
         ));
     }
-    let position = app.hub.publish(channel, event, data).await?;
+    let position = app
+        .hub
+        .publish(channel, event, data, idempotency_key)
+        .await?;
     app.metrics.messages_in.inc();
     Ok(position)
 }
@@ -190,10 +196,16 @@ pub async fn publish(
     State(app): State<App>,
     JsonBody(body): JsonBody<PublishBody>,
 ) -> ApiResult<StreamPosition> {
-    publish_one(&app, &body.channel, body.event, body.data)
-        .await
-        .map(Json)
-        .map_err(|e| counted(&app, e))
+    publish_one(
+        &app,
+        &body.channel,
+        body.event,
+        body.data,
+        body.idempotency_key,
+    )
+    .await
+    .map(Json)
+    .map_err(|e| counted(&app, e))
 }
 
 #[derive(Deserialize)]
@@ -214,7 +226,7 @@ pub async fn broadcast(
     }
     let mut results = Vec::with_capacity(body.channels.len());
     for name in body.channels {
-        let result = publish_one(&app, &name, body.event.clone(), body.data.clone()).await;
+        let result = publish_one(&app, &name, body.event.clone(), body.data.clone(), None).await;
         results.push(item_result(&app, name, result));
     }
     Ok(Json(json!({ "results": results })))
@@ -233,7 +245,7 @@ pub async fn batch(
 ) -> ApiResult<serde_json::Value> {
     let mut results = Vec::with_capacity(body.publications.len());
     for p in body.publications {
-        let result = publish_one(&app, &p.channel, p.event, p.data).await;
+        let result = publish_one(&app, &p.channel, p.event, p.data, p.idempotency_key).await;
         results.push(item_result(&app, p.channel, result));
     }
     Ok(Json(json!({ "results": results })))
@@ -295,6 +307,47 @@ pub async fn channels(
     Query(query): Query<ChannelsQuery>,
 ) -> ApiResult<serde_json::Value> {
     Ok(Json(json!({ "channels": app.hub.channels(&query.prefix) })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryParams {
+    since: Option<u64>,
+    epoch: Option<String>,
+    limit: Option<u32>,
+}
+
+/// `GET /api/channels/{channel}/history?since=&epoch=&limit=` → `{channel, offset, epoch,
+/// recovered?, publications}`. Without `since`, the newest `limit`; with it, up to `limit` after
+/// it (with `epoch`, checked against the stream's; without, the current epoch is assumed).
+pub async fn history(
+    State(app): State<App>,
+    Path(name): Path<String>,
+    Query(params): Query<HistoryParams>,
+) -> ApiResult<serde_json::Value> {
+    let channel = channel(&app, &name)?;
+    let result = async {
+        let since = match (params.since, params.epoch) {
+            (Some(offset), Some(epoch)) => Some(StreamPosition { offset, epoch }),
+            (Some(offset), None) => {
+                let current = app.hub.history(&channel, HistoryQuery::position()).await?;
+                Some(StreamPosition {
+                    offset,
+                    epoch: current.position.epoch,
+                })
+            }
+            (None, Some(_)) => return Err(HeraldError::bad_request("epoch needs since")),
+            (None, None) => None,
+        };
+        let query = protocol::history_query(since, params.limit)?;
+        let since_given = query.since.is_some();
+        let page = app.hub.history(&channel, query).await?;
+        Ok(
+            serde_json::to_value(protocol::history_result(&channel, &page, since_given))
+                .unwrap_or_default(),
+        )
+    };
+    result.await.map(Json).map_err(|e| counted(&app, e))
 }
 
 /// `GET /api/users/{user}` → `{user, online, connections}`.

@@ -84,10 +84,23 @@ pub struct AuthConfig {
     pub jwt_leeway: Duration,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
     pub keys: Vec<String>,
+    /// How long a publish's `idempotency_key` is remembered: a retry within it returns the first
+    /// result and publishes nothing.
+    #[serde(deserialize_with = "duration")]
+    pub idempotency_window: Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            keys: Vec::new(),
+            idempotency_window: Duration::from_secs(300),
+        }
+    }
 }
 
 /// Every limit, with the spec's defaults.
@@ -257,6 +270,12 @@ const ENV_KEYS: &[(&str, Option<&str>, &str, Kind)] = &[
     ),
     ("HERALD_API_KEYS", Some("api"), "keys", Kind::List),
     (
+        "HERALD_API_IDEMPOTENCY_WINDOW",
+        Some("api"),
+        "idempotency_window",
+        Kind::Text,
+    ),
+    (
         "HERALD_LIMITS_MAX_FRAME_BYTES",
         Some("limits"),
         "max_frame_bytes",
@@ -370,6 +389,7 @@ impl Config {
         let mut wildcard = toml::Table::new();
         wildcard.insert("name".into(), "*".into());
         wildcard.insert("publish".into(), true.into());
+        wildcard.insert("history_size".into(), 100.into());
         table.insert(
             "namespace".into(),
             toml::Value::Array(vec![wildcard.into()]),
@@ -401,6 +421,7 @@ impl Config {
     pub fn development() -> Config {
         let mut wildcard = NamespaceConfig::new("*");
         wildcard.publish = true;
+        wildcard.history_size = 100;
         Config {
             auth: AuthConfig {
                 jwt_secret: Some(fresh_secret()),
@@ -408,6 +429,7 @@ impl Config {
             },
             api: ApiConfig {
                 keys: vec![fresh_secret()],
+                ..ApiConfig::default()
             },
             namespaces: vec![wildcard],
             ..Config::default()

@@ -58,6 +58,7 @@ pub fn build(config: Config) -> Result<App, ConfigError> {
             connections_per_user: config.limits.connections_per_user,
             subscriptions_per_connection: config.limits.subscriptions_per_connection,
             outbound_queue_bytes: config.limits.outbound_queue_bytes,
+            idempotency_window: config.api.idempotency_window,
         },
         engine,
     );
@@ -81,6 +82,7 @@ pub fn router(app: App) -> Router {
         .route("/disconnect", post(api::disconnect))
         .route("/unsubscribe", post(api::unsubscribe))
         .route("/channels", get(api::channels))
+        .route("/channels/{channel}/history", get(api::history))
         .route("/users/{user}", get(api::user))
         .route("/stats", get(api::stats))
         .route_layer(axum::middleware::from_fn_with_state(

@@ -1,35 +1,193 @@
 //! The `memory` engine: one node, everything in this process.
 //!
-//! Each channel that has been published to has a stream: an epoch chosen when the stream is
-//! created and the next offset. Publishing to a channel takes that stream's own lock, assigns the
-//! offset and hands the publication to the hub while still holding it, so deliveries of one channel
-//! leave in offset order. The lock is a plain mutex held only across synchronous work (the hub's
-//! fan-out only queues bytes); it is never held across an `.await`.
+//! Each channel that has been published to or subscribed to has a stream: an epoch chosen when
+//! the stream is created, the last offset, and the retained history. Publishing takes that
+//! stream's own lock, assigns the offset, appends to history and hands the publication to the hub
+//! while still holding it, so deliveries of one channel leave in offset order and a history read
+//! (which takes the same lock) sees every publication that was not delivered after it. The lock is
+//! a plain mutex held only across synchronous work (the hub's fan-out only queues); it is never
+//! held across an `.await`.
 //!
-//! A stream that has seen no publication for its TTL is dropped by a sweep, and a later publication
-//! starts a new epoch; that keeps memory bounded by the channels active within their TTL.
+//! History is trimmed to the namespace's size on every append and to its TTL on every append and
+//! read and by a periodic sweep. A stream that has no subscriber on this node and has seen no
+//! publication for its TTL is dropped by the sweep, and a later publication starts a new epoch;
+//! that keeps memory bounded by the channels in use.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
 
-use super::{ClusterCommand, Engine, NodeSink, PublishRequest};
+use super::{
+    ClusterCommand, Engine, HistoryPage, HistoryPolicy, HistoryQuery, IdempotencyKey, NodeSink,
+    PublishRequest,
+};
 use crate::channel::ChannelName;
 use crate::error::HeraldError;
-use crate::publication::{Publication, StreamPosition};
+use crate::publication::{now_millis, Publication, StreamPosition};
+
+/// Idempotency keys remembered per channel; past this the oldest are forgotten early.
+pub const MAX_IDEMPOTENCY_KEYS: usize = 10_000;
 
 /// One channel's stream.
-struct Stream {
-    epoch: Arc<str>,
+pub(crate) struct Stream {
+    pub(crate) epoch: Arc<str>,
     /// The offset the last publication got; 0 before the first.
-    last_offset: u64,
-    last_publish: Instant,
-    ttl: Duration,
+    pub(crate) last_offset: u64,
+    /// The last publication, or when this node's last subscriber left.
+    last_active: Instant,
+    policy: HistoryPolicy,
+    /// Retained publications, oldest first; their offsets end at `last_offset` with no gap.
+    history: VecDeque<Arc<Publication>>,
+    /// Idempotency keys seen within their window (allocated on first use).
+    keys: Option<Box<RecentKeys>>,
+    /// Whether this node has subscribers for the channel (the stream is then never swept).
+    subscribed: bool,
     /// Set by the sweep when it removes the stream; a publish that finds it set looks again.
     dead: bool,
+}
+
+#[derive(Default)]
+struct RecentKeys {
+    by_key: HashMap<Box<str>, u64>,
+    /// In arrival order: when each key stops counting, and the key.
+    expiry: VecDeque<(Instant, Box<str>)>,
+}
+
+impl RecentKeys {
+    fn expire(&mut self, now: Instant) {
+        while let Some((until, _)) = self.expiry.front() {
+            if *until > now && self.expiry.len() <= MAX_IDEMPOTENCY_KEYS {
+                break;
+            }
+            if let Some((_, key)) = self.expiry.pop_front() {
+                self.by_key.remove(&key);
+            }
+        }
+    }
+}
+
+impl Stream {
+    fn new(policy: HistoryPolicy) -> Stream {
+        Stream {
+            epoch: new_epoch().into(),
+            last_offset: 0,
+            last_active: Instant::now(),
+            policy,
+            history: VecDeque::new(),
+            keys: None,
+            subscribed: false,
+            dead: false,
+        }
+    }
+
+    fn position(&self) -> StreamPosition {
+        StreamPosition {
+            offset: self.last_offset,
+            epoch: self.epoch.to_string(),
+        }
+    }
+
+    /// Drops what the policy no longer keeps: past the size, or older than the TTL.
+    fn trim(&mut self, now_ms: u64) {
+        while self.history.len() > self.policy.size {
+            self.history.pop_front();
+        }
+        let ttl_ms = self.policy.ttl.as_millis() as u64;
+        while self
+            .history
+            .front()
+            .is_some_and(|p| now_ms.saturating_sub(p.ts) >= ttl_ms)
+        {
+            self.history.pop_front();
+        }
+        if self.history.is_empty() && self.history.capacity() > 0 {
+            self.history = VecDeque::new();
+        }
+    }
+
+    /// The offset an earlier publish with this key got, if it is within its window.
+    fn published_with(&mut self, key: &IdempotencyKey, now: Instant) -> Option<u64> {
+        let keys = self.keys.as_mut()?;
+        keys.expire(now);
+        keys.by_key.get(&key.key).copied()
+    }
+
+    fn remember(&mut self, key: IdempotencyKey, offset: u64, now: Instant) {
+        let keys = self.keys.get_or_insert_with(Default::default);
+        keys.expiry.push_back((now + key.window, key.key.clone()));
+        keys.by_key.insert(key.key, offset);
+        keys.expire(now);
+    }
+
+    /// Places a publication in the stream: offset, history. The caller delivers it.
+    pub(crate) fn append(&mut self, request: PublishRequest) -> Arc<Publication> {
+        let now = Instant::now();
+        self.last_offset += 1;
+        self.last_active = now;
+        self.policy = request.history;
+        let publication = Arc::new(Publication::new(
+            request.channel,
+            request.event,
+            request.data,
+            (self.last_offset, self.epoch.clone()),
+            request.from,
+        ));
+        if let Some(key) = request.idempotency {
+            self.remember(key, self.last_offset, now);
+        }
+        if self.policy.size > 0 {
+            self.history.push_back(publication.clone());
+        }
+        self.trim(publication.ts);
+        publication
+    }
+
+    /// Reads history as `query` asks.
+    fn read(&mut self, query: &HistoryQuery) -> HistoryPage {
+        self.trim(now_millis());
+        let position = self.position();
+        let first_kept = self.last_offset + 1 - self.history.len() as u64;
+        let (skip, complete) = match &query.since {
+            None => (self.history.len(), true),
+            Some(since) => {
+                let complete = since.epoch.as_str() == &*self.epoch
+                    && since.offset <= self.last_offset
+                    && since.offset + 1 >= first_kept;
+                // Publications after `since` that are still kept.
+                let after = since.offset.saturating_add(1).max(first_kept);
+                let skip = (after - first_kept).min(self.history.len() as u64) as usize;
+                if complete {
+                    (skip, true)
+                } else {
+                    (self.history.len(), false)
+                }
+            }
+        };
+        let publications = match (&query.since, query.limit) {
+            // The newest `limit`.
+            (None, limit) => {
+                let n = limit.unwrap_or(self.history.len()).min(self.history.len());
+                self.history
+                    .range(self.history.len() - n..)
+                    .cloned()
+                    .collect()
+            }
+            (Some(_), limit) => {
+                let end = limit.map_or(self.history.len(), |l| {
+                    skip.saturating_add(l).min(self.history.len())
+                });
+                self.history.range(skip..end).cloned().collect()
+            }
+        };
+        HistoryPage {
+            publications,
+            position,
+            complete,
+        }
+    }
 }
 
 /// The in-process engine. Cheap to share (`Arc`).
@@ -54,8 +212,8 @@ impl MemoryEngine {
         }
     }
 
-    /// Starts the sweep that drops streams idle past their TTL, every `every`, until the engine is
-    /// dropped.
+    /// Starts the sweep that trims history and drops streams idle past their TTL, every `every`,
+    /// until the engine is dropped.
     pub fn spawn_sweeper(self: &Arc<Self>, every: Duration) {
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
@@ -69,17 +227,24 @@ impl MemoryEngine {
         });
     }
 
-    /// Drops every stream whose last publication is older than its TTL. A stream that is busy
-    /// (a publish holds it) is kept until the next sweep, so the map lock never waits on one.
+    /// Trims every stream's history to its TTL and drops every stream that has no subscriber here
+    /// and whose last publication is older than its TTL. A stream that is busy (a publish holds
+    /// it) is kept until the next sweep, so the map lock never waits on one.
     pub fn sweep(&self, now: Instant) {
+        let now_ms = now_millis();
         self.streams
             .lock()
             .retain(|_, stream| match stream.try_lock() {
-                Some(mut s) if now.duration_since(s.last_publish) >= s.ttl => {
-                    s.dead = true;
-                    false
+                Some(mut s) => {
+                    s.trim(now_ms);
+                    if !s.subscribed && now.duration_since(s.last_active) >= s.policy.ttl {
+                        s.dead = true;
+                        false
+                    } else {
+                        true
+                    }
                 }
-                _ => true,
+                None => true,
             });
     }
 
@@ -88,20 +253,27 @@ impl MemoryEngine {
         self.streams.lock().len()
     }
 
-    fn stream(&self, channel: &ChannelName, ttl: Duration) -> Arc<Mutex<Stream>> {
-        self.streams
-            .lock()
-            .entry(channel.clone())
-            .or_insert_with(|| {
-                Arc::new(Mutex::new(Stream {
-                    epoch: new_epoch().into(),
-                    last_offset: 0,
-                    last_publish: Instant::now(),
-                    ttl,
-                    dead: false,
-                }))
-            })
-            .clone()
+    /// Runs `f` on the channel's stream, creating it (with `policy`) if there is none.
+    pub(crate) fn with_stream<T>(
+        &self,
+        channel: &ChannelName,
+        policy: HistoryPolicy,
+        f: impl FnOnce(&mut Stream) -> T,
+    ) -> T {
+        // A stream the sweep removed between the look-up and the lock is dead: look again (the
+        // sweep only removes streams nobody holds, and a new one is never dead).
+        loop {
+            let stream = self
+                .streams
+                .lock()
+                .entry(channel.clone())
+                .or_insert_with(|| Arc::new(Mutex::new(Stream::new(policy))))
+                .clone();
+            let mut guard = stream.lock();
+            if !guard.dead {
+                return f(&mut guard);
+            }
+        }
     }
 
     fn sink(&self) -> Result<&Arc<dyn NodeSink>, HeraldError> {
@@ -112,7 +284,7 @@ impl MemoryEngine {
 }
 
 /// A short random epoch, new for every stream.
-fn new_epoch() -> String {
+pub(crate) fn new_epoch() -> String {
     let n: u64 = rand::random();
     format!("{:010x}", n & 0xff_ffff_ffff)
 }
@@ -131,49 +303,52 @@ impl Engine for MemoryEngine {
 
     async fn publish(&self, request: PublishRequest) -> Result<StreamPosition, HeraldError> {
         let sink = self.sink()?;
-        // A stream the sweep removed between the look-up and the lock is dead: look again (the
-        // sweep only removes streams nobody holds, and a new one is never dead).
-        let mut s = loop {
-            let guard = self.stream(&request.channel, request.stream_ttl).lock_arc();
-            if !guard.dead {
-                break guard;
+        let channel = request.channel.clone();
+        Ok(self.with_stream(&channel, request.history, |stream| {
+            if let Some(key) = &request.idempotency {
+                if let Some(offset) = stream.published_with(key, Instant::now()) {
+                    return StreamPosition {
+                        offset,
+                        epoch: stream.epoch.to_string(),
+                    };
+                }
             }
-        };
-        s.last_offset += 1;
-        s.last_publish = Instant::now();
-        s.ttl = request.stream_ttl;
-        let position = StreamPosition {
-            offset: s.last_offset,
-            epoch: s.epoch.to_string(),
-        };
-        let publication = Publication::new(
-            request.channel,
-            request.event,
-            request.data,
-            (s.last_offset, s.epoch.clone()),
-            request.from,
-        );
-        // Delivered under the stream's lock so that deliveries leave in offset order.
-        sink.deliver(Arc::new(publication));
-        Ok(position)
-    }
-
-    async fn position(&self, channel: &ChannelName) -> Result<Option<StreamPosition>, HeraldError> {
-        let stream = self.streams.lock().get(channel).cloned();
-        Ok(stream.map(|stream| {
-            let s = stream.lock();
-            StreamPosition {
-                offset: s.last_offset,
-                epoch: s.epoch.to_string(),
-            }
+            let publication = stream.append(request);
+            // Delivered under the stream's lock so that deliveries leave in offset order.
+            sink.deliver(publication);
+            stream.position()
         }))
     }
 
-    async fn node_subscribe(&self, _channel: &ChannelName) -> Result<(), HeraldError> {
+    async fn history(
+        &self,
+        channel: &ChannelName,
+        policy: HistoryPolicy,
+        query: HistoryQuery,
+    ) -> Result<HistoryPage, HeraldError> {
+        Ok(self.with_stream(channel, policy, |stream| {
+            stream.policy = policy;
+            stream.read(&query)
+        }))
+    }
+
+    async fn node_subscribe(&self, channel: &ChannelName) -> Result<(), HeraldError> {
+        // Created with an empty policy if new; the subscribe's history read that follows sets it.
+        let policy = HistoryPolicy {
+            size: 0,
+            ttl: Duration::ZERO,
+        };
+        self.with_stream(channel, policy, |stream| stream.subscribed = true);
         Ok(())
     }
 
-    async fn node_unsubscribe(&self, _channel: &ChannelName) -> Result<(), HeraldError> {
+    async fn node_unsubscribe(&self, channel: &ChannelName) -> Result<(), HeraldError> {
+        if let Some(stream) = self.streams.lock().get(channel).cloned() {
+            let mut s = stream.lock();
+            s.subscribed = false;
+            // The stream's TTL counts from now, so that a client that just left can recover.
+            s.last_active = Instant::now();
+        }
         Ok(())
     }
 
@@ -201,21 +376,35 @@ mod tests {
         fn command(&self, _: ClusterCommand) {}
     }
 
+    fn policy(size: usize, ttl: Duration) -> HistoryPolicy {
+        HistoryPolicy { size, ttl }
+    }
+
     fn request(channel: &str, ttl: Duration) -> PublishRequest {
         PublishRequest {
             channel: ChannelName::parse(channel).expect("channel"),
             event: None,
             data: RawValue::from_string("1".into()).expect("json"),
             from: None,
-            stream_ttl: ttl,
+            history: policy(10, ttl),
+            idempotency: None,
         }
+    }
+
+    fn attached() -> (MemoryEngine, Arc<Collect>) {
+        let engine = MemoryEngine::new();
+        let sink = Arc::new(Collect::default());
+        engine.attach(sink.clone());
+        (engine, sink)
+    }
+
+    fn offsets(page: &HistoryPage) -> Vec<u64> {
+        page.publications.iter().map(|p| p.offset).collect()
     }
 
     #[tokio::test]
     async fn offsets_are_gapless_per_channel_and_epochs_change_after_a_sweep() {
-        let engine = MemoryEngine::new();
-        let sink = Arc::new(Collect::default());
-        engine.attach(sink.clone());
+        let (engine, sink) = attached();
         let ttl = Duration::from_secs(60);
         let a1 = engine.publish(request("a:1", ttl)).await.expect("publish");
         let a2 = engine.publish(request("a:1", ttl)).await.expect("publish");
@@ -229,5 +418,109 @@ mod tests {
         let a3 = engine.publish(request("a:1", ttl)).await.expect("publish");
         assert_eq!(a3.offset, 1);
         assert_ne!(a3.epoch, a1.epoch);
+    }
+
+    #[tokio::test]
+    async fn a_subscribed_stream_outlives_its_ttl() {
+        let (engine, _) = attached();
+        let ch = ChannelName::parse("a:1").expect("channel");
+        engine.node_subscribe(&ch).await.expect("subscribe");
+        let p = engine
+            .publish(request("a:1", Duration::from_secs(1)))
+            .await
+            .expect("publish");
+        engine.sweep(Instant::now() + Duration::from_secs(5));
+        assert_eq!(engine.stream_count(), 1);
+        engine.node_unsubscribe(&ch).await.expect("unsubscribe");
+        engine.sweep(Instant::now() + Duration::from_secs(5));
+        assert_eq!(engine.stream_count(), 0);
+        let again = engine
+            .publish(request("a:1", Duration::from_secs(1)))
+            .await
+            .expect("publish");
+        assert_ne!(again.epoch, p.epoch);
+    }
+
+    #[tokio::test]
+    async fn history_is_bounded_by_size_and_reads_after_a_position() {
+        let (engine, _) = attached();
+        let ch = ChannelName::parse("a:1").expect("channel");
+        let ttl = Duration::from_secs(60);
+        let mut last = None;
+        for _ in 0..25 {
+            last = Some(engine.publish(request("a:1", ttl)).await.expect("publish"));
+        }
+        let epoch = last.expect("published").epoch;
+        let read = |since: Option<u64>, epoch: &str, limit: Option<usize>| {
+            let query = HistoryQuery {
+                since: since.map(|offset| StreamPosition {
+                    offset,
+                    epoch: epoch.into(),
+                }),
+                limit,
+            };
+            engine.history(&ch, policy(10, ttl), query)
+        };
+        // Kept: 16..=25.
+        let all = read(None, "", None).await.expect("read");
+        assert_eq!(offsets(&all), (16..=25).collect::<Vec<_>>());
+        assert_eq!(all.position.offset, 25);
+        let newest = read(None, "", Some(3)).await.expect("read");
+        assert_eq!(offsets(&newest), [23, 24, 25]);
+        let after = read(Some(20), &epoch, None).await.expect("read");
+        assert!(after.complete);
+        assert_eq!(offsets(&after), [21, 22, 23, 24, 25]);
+        let page = read(Some(15), &epoch, Some(2)).await.expect("read");
+        assert!(page.complete);
+        assert_eq!(offsets(&page), [16, 17]);
+        let current = read(Some(25), &epoch, None).await.expect("read");
+        assert!(current.complete && current.publications.is_empty());
+        // Trimmed, wrong epoch, ahead of the stream: incomplete, nothing returned.
+        for (since, epoch) in [(14, epoch.as_str()), (20, "other"), (26, epoch.as_str())] {
+            let page = read(Some(since), epoch, None).await.expect("read");
+            assert!(!page.complete, "since {since} {epoch}");
+            assert!(page.publications.is_empty());
+        }
+    }
+
+    #[tokio::test]
+    async fn history_expires_with_its_ttl() {
+        let (engine, _) = attached();
+        let ch = ChannelName::parse("a:1").expect("channel");
+        let ttl = Duration::from_millis(100);
+        engine.publish(request("a:1", ttl)).await.expect("publish");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        engine.publish(request("a:1", ttl)).await.expect("publish");
+        let page = engine
+            .history(&ch, policy(10, ttl), HistoryQuery::default())
+            .await
+            .expect("read");
+        assert_eq!(offsets(&page), [2]);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        engine.sweep(Instant::now());
+        let page = engine
+            .history(&ch, policy(10, ttl), HistoryQuery::default())
+            .await
+            .expect("read");
+        assert!(page.publications.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_repeated_idempotency_key_returns_the_first_position_and_delivers_once() {
+        let (engine, sink) = attached();
+        let keyed = |key: &str| {
+            let mut r = request("a:1", Duration::from_secs(60));
+            r.idempotency = Some(IdempotencyKey {
+                key: key.into(),
+                window: Duration::from_secs(60),
+            });
+            r
+        };
+        let first = engine.publish(keyed("k1")).await.expect("publish");
+        let again = engine.publish(keyed("k1")).await.expect("publish");
+        let other = engine.publish(keyed("k2")).await.expect("publish");
+        assert_eq!(first, again);
+        assert_eq!(other.offset, 2);
+        assert_eq!(sink.0.lock().len(), 2);
     }
 }

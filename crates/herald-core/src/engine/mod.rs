@@ -5,6 +5,12 @@
 //! [`NodeSink`] the hub attached. Commands that must reach connections on every node (disconnect a
 //! user, unsubscribe a user) travel the same way as [`ClusterCommand`]s.
 //!
+//! An engine also keeps each channel's history (the last publications, bounded by the namespace's
+//! size and TTL) and answers reads of it. Reads and deliveries are ordered against each other, so
+//! that the hub can recover a subscriber with no gap and no duplicate: it starts holding the
+//! channel's live deliveries for the session, reads history, and releases the held ones that came
+//! after what the read returned (see `hub::outbox`).
+//!
 //! The `memory` engine does all of this in-process. A Redis engine fits the same trait: `publish`
 //! becomes an offset increment plus a `PUBLISH`, `node_subscribe` a `SUBSCRIBE`, and the sink is fed
 //! from the pub/sub connection. The hub does not change.
@@ -23,6 +29,23 @@ use crate::publication::{Publication, Publisher, StreamPosition};
 
 pub use memory::MemoryEngine;
 
+/// How much of a channel's stream is kept, from its namespace: at most `size` publications, none
+/// older than `ttl`. A stream itself (its epoch and last offset) lives while this node has
+/// subscribers for it and for `ttl` after its last publication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryPolicy {
+    pub size: usize,
+    pub ttl: Duration,
+}
+
+/// A publish that the publisher may retry: within `window`, a second publish to the same channel
+/// with the same key returns the first one's position and stores nothing.
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey {
+    pub key: Box<str>,
+    pub window: Duration,
+}
+
 /// What the hub asks an engine to publish.
 #[derive(Debug, Clone)]
 pub struct PublishRequest {
@@ -30,9 +53,39 @@ pub struct PublishRequest {
     pub event: Option<Box<str>>,
     pub data: Box<RawValue>,
     pub from: Option<Publisher>,
-    /// How long the channel's stream (its offsets and, later, its history) outlives its last
-    /// publication.
-    pub stream_ttl: Duration,
+    pub history: HistoryPolicy,
+    pub idempotency: Option<IdempotencyKey>,
+}
+
+/// Which part of a channel's history to read.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryQuery {
+    /// Publications after this position; without it, the newest ones.
+    pub since: Option<StreamPosition>,
+    /// At most this many (the oldest ones after `since`, or the newest ones without it).
+    pub limit: Option<usize>,
+}
+
+impl HistoryQuery {
+    /// Reads no publications, only the stream's position.
+    pub fn position() -> HistoryQuery {
+        HistoryQuery {
+            since: None,
+            limit: Some(0),
+        }
+    }
+}
+
+/// What a history read found.
+#[derive(Debug, Clone)]
+pub struct HistoryPage {
+    /// Oldest first, gapless.
+    pub publications: Vec<Arc<Publication>>,
+    /// The stream's position when it was read (its last offset).
+    pub position: StreamPosition,
+    /// With `since`: whether history still held everything after it (same epoch, nothing
+    /// trimmed, not ahead of the stream). Without `since`: always true.
+    pub complete: bool,
 }
 
 /// A command for the connections of a user, wherever they are connected.
@@ -69,8 +122,15 @@ pub trait Engine: Send + Sync + 'static {
     /// subscribers. Returns its position once it is stored.
     async fn publish(&self, request: PublishRequest) -> Result<StreamPosition, HeraldError>;
 
-    /// The channel's current position, if it has a stream.
-    async fn position(&self, channel: &ChannelName) -> Result<Option<StreamPosition>, HeraldError>;
+    /// Reads the channel's history, creating its stream (and so fixing its epoch) if it has none.
+    /// The read is consistent with deliveries: every publication is either in the page or
+    /// delivered to the sink after the read.
+    async fn history(
+        &self,
+        channel: &ChannelName,
+        policy: HistoryPolicy,
+        query: HistoryQuery,
+    ) -> Result<HistoryPage, HeraldError>;
 
     /// This node has its first local subscriber for `channel`: start receiving its publications.
     async fn node_subscribe(&self, channel: &ChannelName) -> Result<(), HeraldError>;

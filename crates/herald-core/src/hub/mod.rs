@@ -23,7 +23,9 @@ use serde_json::value::RawValue;
 pub use outbox::{Outbound, Outbox, Pushed};
 
 use crate::channel::{ChannelName, Identity, NamespacePolicy, Namespaces};
-use crate::engine::{ClusterCommand, Engine, NodeSink, PublishRequest};
+use crate::engine::{
+    ClusterCommand, Engine, HistoryPage, HistoryQuery, IdempotencyKey, NodeSink, PublishRequest,
+};
 use crate::error::{CloseCode, Disconnect, ErrorCode, HeraldError};
 use crate::publication::{Publication, Publisher, StreamPosition};
 
@@ -32,6 +34,9 @@ const CHANNEL_SHARDS: usize = 64;
 /// Longest event name accepted, in bytes.
 pub const MAX_EVENT_BYTES: usize = 255;
 
+/// Longest idempotency key accepted, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
+
 /// The hub's limits, from configuration.
 #[derive(Debug, Clone)]
 pub struct HubConfig {
@@ -39,6 +44,31 @@ pub struct HubConfig {
     pub connections_per_user: usize,
     pub subscriptions_per_connection: usize,
     pub outbound_queue_bytes: usize,
+    /// How long a publish's idempotency key is remembered.
+    pub idempotency_window: std::time::Duration,
+}
+
+/// Where a new subscription starts.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Recovery {
+    /// At the channel's current position: only publications after the subscribe.
+    #[default]
+    Live,
+    /// Right after this position: everything published since, if history still has it.
+    Since(StreamPosition),
+    /// With the newest `n` publications from history first.
+    Last(usize),
+}
+
+/// A subscription that took effect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscribed {
+    pub channel: ChannelName,
+    /// The channel's position when the subscription began; publications after it follow.
+    pub position: StreamPosition,
+    /// With [`Recovery::Since`]: whether every missed publication follows (false: history no
+    /// longer had them, or the epoch changed, and the client should reload its state).
+    pub recovered: Option<bool>,
 }
 
 /// Counters the hub keeps for `/api/stats` and `/metrics`.
@@ -158,10 +188,16 @@ impl Hub {
         &self.shared.stats
     }
 
-    /// Registers a connection for `identity` and subscribes it to the user's personal channel.
+    /// Registers a connection for `identity` and subscribes it to the user's personal channel,
+    /// starting where `personal` says (so that a client coming back gets what it missed while
+    /// away). Returns the personal subscription too, when there is one.
     ///
     /// Refused with 4011 when the user already holds `connections_per_user` connections here.
-    pub async fn connect(&self, identity: Identity) -> Result<Session, Disconnect> {
+    pub async fn connect(
+        &self,
+        identity: Identity,
+        personal: Recovery,
+    ) -> Result<(Session, Option<Subscribed>), Disconnect> {
         let shared = &self.shared;
         let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
         let core = Arc::new(SessionCore {
@@ -202,27 +238,55 @@ impl Hub {
             hub: self.clone(),
             core,
         };
-        if let Some(personal) = ChannelName::personal(&session.core.user) {
-            // The personal channel does not count against the subscription limit, and its engine
-            // subscription failing is logged rather than refusing the connection.
-            if session.add_subscription(&personal) {
-                if let Err(e) = shared.engine.node_subscribe(&personal).await {
-                    tracing::warn!(channel = %personal, error = %e, "engine subscribe failed");
+        let mut subscribed = None;
+        if let Some(channel) = ChannelName::personal(&session.core.user) {
+            // The personal channel does not count against the subscription limit, and the engine
+            // failing is logged rather than refusing the connection.
+            match session.attach(&channel, personal).await {
+                Ok(s) => subscribed = Some(s),
+                Err(e) => {
+                    tracing::warn!(channel = %channel, error = %e, "personal subscribe failed")
                 }
             }
         }
-        Ok(session)
+        Ok((session, subscribed))
     }
 
-    /// Publishes on behalf of the server API (no subscribe check, no `from`).
+    /// Reads a channel's history on behalf of the server API (no permission check).
+    pub async fn history(
+        &self,
+        channel: &ChannelName,
+        query: HistoryQuery,
+    ) -> Result<HistoryPage, HeraldError> {
+        let policy = self.shared.config.namespaces.policy(channel)?.history();
+        self.shared.engine.history(channel, policy, query).await
+    }
+
+    /// Publishes on behalf of the server API (no subscribe check, no `from`). With an
+    /// idempotency key, a retry within the configured window returns the first position and
+    /// publishes nothing.
     pub async fn publish(
         &self,
         channel: ChannelName,
         event: Option<String>,
         data: Box<RawValue>,
+        idempotency_key: Option<String>,
     ) -> Result<StreamPosition, HeraldError> {
         let policy = self.shared.config.namespaces.policy(&channel)?.clone();
-        self.publish_with(&policy, channel, event, data, None).await
+        if idempotency_key
+            .as_ref()
+            .is_some_and(|k| k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY_BYTES)
+        {
+            return Err(HeraldError::bad_request(format!(
+                "idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} bytes"
+            )));
+        }
+        let idempotency = idempotency_key.map(|key| IdempotencyKey {
+            key: key.into_boxed_str(),
+            window: self.shared.config.idempotency_window,
+        });
+        self.publish_with(&policy, channel, event, data, None, idempotency)
+            .await
     }
 
     async fn publish_with(
@@ -232,6 +296,7 @@ impl Hub {
         event: Option<String>,
         data: Box<RawValue>,
         from: Option<Publisher>,
+        idempotency: Option<IdempotencyKey>,
     ) -> Result<StreamPosition, HeraldError> {
         if event.as_ref().is_some_and(|e| e.len() > MAX_EVENT_BYTES) {
             return Err(HeraldError::bad_request(format!(
@@ -245,7 +310,8 @@ impl Hub {
                 event: event.map(String::into_boxed_str),
                 data,
                 from,
-                stream_ttl: policy.history_ttl,
+                history: policy.history(),
+                idempotency,
             })
             .await
     }
@@ -539,21 +605,14 @@ impl Session {
         *self.core.identity.lock() = identity;
     }
 
-    fn add_subscription(&self, channel: &ChannelName) -> bool {
-        SessionRef {
-            hub: &self.hub,
-            core: &self.core,
-        }
-        .add(channel)
-        .unwrap_or(false)
-    }
-
-    /// Subscribes after checking the namespace policy and the subscription limit. Returns the
-    /// channel's current stream position, if it has one.
+    /// Subscribes after checking the namespace policy and the subscription limit, starting where
+    /// `recovery` says. Publications the recovery finds are queued before any live one, with no gap
+    /// and no duplicate between them.
     pub async fn subscribe(
         &self,
         channel: &ChannelName,
-    ) -> Result<Option<StreamPosition>, HeraldError> {
+        recovery: Recovery,
+    ) -> Result<Subscribed, HeraldError> {
         let identity = self.core.identity.lock().clone();
         self.hub
             .shared
@@ -574,17 +633,97 @@ impl Session {
                 ));
             }
         }
+        self.attach(channel, recovery).await
+    }
+
+    /// Subscribes (no permission check) and runs the recovery: hold the channel's live
+    /// publications, join the channel, read history, then queue what history returned and the
+    /// held publications that came after it.
+    async fn attach(
+        &self,
+        channel: &ChannelName,
+        recovery: Recovery,
+    ) -> Result<Subscribed, HeraldError> {
+        let hub = &self.hub.shared;
+        let policy = hub.config.namespaces.policy(channel)?.history();
+        let query = match &recovery {
+            Recovery::Live => HistoryQuery::position(),
+            Recovery::Since(position) => HistoryQuery {
+                since: Some(position.clone()),
+                limit: None,
+            },
+            Recovery::Last(n) => HistoryQuery {
+                since: None,
+                limit: Some(*n),
+            },
+        };
+        if self.core.subscriptions.lock().contains(channel) {
+            if recovery != Recovery::Live {
+                return Err(HeraldError::bad_request(format!(
+                    "already subscribed to {channel}; unsubscribe first to recover"
+                )));
+            }
+            let page = hub.engine.history(channel, policy, query).await?;
+            return Ok(Subscribed {
+                channel: channel.clone(),
+                position: page.position,
+                recovered: None,
+            });
+        }
+        let outbox = &self.core.outbox;
+        if !outbox.begin_recovery(channel) {
+            return Err(HeraldError::unavailable(
+                "another subscribe is in progress on this connection",
+            ));
+        }
         let session = SessionRef {
             hub: &self.hub,
             core: &self.core,
         };
-        if session.add(channel) == Some(true) {
-            if let Err(e) = self.hub.shared.engine.node_subscribe(channel).await {
-                session.remove_subscription(channel);
+        let joined = match session.add(channel) {
+            Some(true) => hub.engine.node_subscribe(channel).await,
+            _ => Ok(()),
+        };
+        let read = match joined {
+            Ok(()) => hub.engine.history(channel, policy, query).await,
+            Err(e) => Err(e),
+        };
+        let page = match read {
+            Ok(page) => page,
+            Err(e) => {
+                outbox.abort_recovery();
+                if session.remove_subscription(channel) {
+                    self.hub.release_channel(channel);
+                }
                 return Err(e);
             }
-        }
-        self.hub.shared.engine.position(channel).await
+        };
+        let recovered = match recovery {
+            Recovery::Since(_) => Some(page.complete),
+            Recovery::Live | Recovery::Last(_) => None,
+        };
+        let missed = if page.complete {
+            page.publications
+        } else {
+            Vec::new()
+        };
+        outbox.finish_recovery(missed, &page.position);
+        Ok(Subscribed {
+            channel: channel.clone(),
+            position: page.position,
+            recovered,
+        })
+    }
+
+    /// Reads a channel's history, where this connection may subscribe to it.
+    pub async fn history(
+        &self,
+        channel: &ChannelName,
+        query: HistoryQuery,
+    ) -> Result<HistoryPage, HeraldError> {
+        let identity = self.core.identity.lock().clone();
+        self.hub.namespaces().check_subscribe(&identity, channel)?;
+        self.hub.history(channel, query).await
     }
 
     /// Unsubscribes; `not_found` if the connection was not subscribed.
@@ -623,7 +762,7 @@ impl Session {
             client: self.core.client.clone(),
         };
         self.hub
-            .publish_with(&policy, channel, event, data, Some(from))
+            .publish_with(&policy, channel, event, data, Some(from), None)
             .await
     }
 }
@@ -664,6 +803,7 @@ mod tests {
             connections_per_user: per_user,
             subscriptions_per_connection: 2,
             outbound_queue_bytes: 1 << 20,
+            idempotency_window: std::time::Duration::from_secs(60),
         };
         Hub::new(config, Arc::new(MemoryEngine::new()))
     }
@@ -691,19 +831,29 @@ mod tests {
     #[tokio::test]
     async fn publications_reach_subscribers_only() {
         let hub = hub(4);
-        let a = hub.connect(Identity::new("a")).await.expect("connect");
-        let b = hub.connect(Identity::new("b")).await.expect("connect");
-        a.subscribe(&ch("chat:1")).await.expect("subscribe");
-        hub.publish(ch("chat:1"), None, data())
+        let a = hub
+            .connect(Identity::new("a"), Recovery::Live)
+            .await
+            .map(|(s, _)| s)
+            .expect("connect");
+        let b = hub
+            .connect(Identity::new("b"), Recovery::Live)
+            .await
+            .map(|(s, _)| s)
+            .expect("connect");
+        a.subscribe(&ch("chat:1"), Recovery::Live)
+            .await
+            .expect("subscribe");
+        hub.publish(ch("chat:1"), None, data(), None)
             .await
             .expect("publish");
-        hub.publish(ch("chat:1"), None, data())
+        hub.publish(ch("chat:1"), None, data(), None)
             .await
             .expect("publish");
         assert_eq!(drain(&a), [1, 2]);
         assert!(drain(&b).is_empty());
         a.unsubscribe(&ch("chat:1")).expect("unsubscribe");
-        hub.publish(ch("chat:1"), None, data())
+        hub.publish(ch("chat:1"), None, data(), None)
             .await
             .expect("publish");
         assert!(drain(&a).is_empty());
@@ -712,31 +862,53 @@ mod tests {
     #[tokio::test]
     async fn personal_channel_is_automatic_and_limits_hold() {
         let hub = hub(2);
-        let a1 = hub.connect(Identity::new("a")).await.expect("connect");
-        let _a2 = hub.connect(Identity::new("a")).await.expect("connect");
-        let refused = hub
-            .connect(Identity::new("a"))
+        let a1 = hub
+            .connect(Identity::new("a"), Recovery::Live)
             .await
+            .map(|(s, _)| s)
+            .expect("connect");
+        let _a2 = hub
+            .connect(Identity::new("a"), Recovery::Live)
+            .await
+            .map(|(s, _)| s)
+            .expect("connect");
+        let refused = hub
+            .connect(Identity::new("a"), Recovery::Live)
+            .await
+            .map(|(s, _)| s)
             .err()
             .expect("refused");
         assert_eq!(refused.code, CloseCode::TooManyConnections);
 
-        hub.publish(ch("user:a"), None, data())
+        hub.publish(ch("user:a"), None, data(), None)
             .await
             .expect("publish");
         assert_eq!(drain(&a1), [1]);
 
-        a1.subscribe(&ch("chat:1")).await.expect("1st");
-        a1.subscribe(&ch("chat:2")).await.expect("2nd");
-        let err = a1.subscribe(&ch("chat:3")).await.expect_err("3rd");
+        a1.subscribe(&ch("chat:1"), Recovery::Live)
+            .await
+            .expect("1st");
+        a1.subscribe(&ch("chat:2"), Recovery::Live)
+            .await
+            .expect("2nd");
+        let err = a1
+            .subscribe(&ch("chat:3"), Recovery::Live)
+            .await
+            .expect_err("3rd");
         assert_eq!(err.code, ErrorCode::LimitExceeded);
     }
 
     #[tokio::test]
     async fn dropping_a_session_cleans_every_index() {
         let hub = hub(4);
-        let a = hub.connect(Identity::new("a")).await.expect("connect");
-        a.subscribe(&ch("chat:1")).await.expect("subscribe");
+        let a = hub
+            .connect(Identity::new("a"), Recovery::Live)
+            .await
+            .map(|(s, _)| s)
+            .expect("connect");
+        a.subscribe(&ch("chat:1"), Recovery::Live)
+            .await
+            .expect("subscribe");
         assert_eq!(hub.snapshot().subscriptions, 2);
         drop(a);
         let snap = hub.snapshot();

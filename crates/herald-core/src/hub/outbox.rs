@@ -23,7 +23,7 @@ use parking_lot::Mutex;
 
 use crate::channel::ChannelName;
 use crate::error::{CloseCode, Disconnect};
-use crate::publication::Publication;
+use crate::publication::{Publication, StreamPosition};
 
 /// Queue slots kept allocated between takes (16 bytes each).
 const KEPT_CAPACITY: usize = 8;
@@ -55,6 +55,15 @@ struct State {
     close: Option<Disconnect>,
     /// The connection's task, when it is parked waiting on this queue.
     waker: Option<Waker>,
+    /// A channel being subscribed to, whose live publications are held until its history is in.
+    recovering: Option<Box<Recovering>>,
+}
+
+/// Live publications of a channel held while the hub reads the channel's history, so that what
+/// history returned and what arrives live can be joined without a gap or a duplicate.
+struct Recovering {
+    channel: ChannelName,
+    held: Vec<Arc<Publication>>,
 }
 
 impl State {
@@ -103,6 +112,7 @@ impl Outbox {
         if state.bytes > 0 && state.bytes + size > self.limit_bytes {
             state.first = None;
             state.rest = VecDeque::new();
+            state.recovering = None;
             state.bytes = 0;
             state.close = Some(Disconnect::new(
                 CloseCode::SlowConsumer,
@@ -115,12 +125,18 @@ impl Outbox {
             }
             return Pushed::Overflowed;
         }
+        state.bytes += size;
+        if let (Some(recovering), Outbound::Publication(p)) = (&mut state.recovering, &item) {
+            if p.channel == recovering.channel {
+                recovering.held.push(p.clone());
+                return Pushed::Queued;
+            }
+        }
         if state.is_empty() {
             state.first = Some(item);
         } else {
             state.rest.push_back(item);
         }
-        state.bytes += size;
         let waker = state.wake();
         drop(state);
         // The waker is taken under the lock and woken outside it; later pushes before the task
@@ -129,6 +145,61 @@ impl Outbox {
             waker.wake();
         }
         Pushed::Queued
+    }
+
+    /// Starts holding `channel`'s live publications (call before subscribing the connection to
+    /// it). Returns false if another channel is being recovered on this connection.
+    pub fn begin_recovery(&self, channel: &ChannelName) -> bool {
+        let mut state = self.state.lock();
+        if state.recovering.is_some() {
+            return false;
+        }
+        state.recovering = Some(Box::new(Recovering {
+            channel: channel.clone(),
+            held: Vec::new(),
+        }));
+        true
+    }
+
+    /// Ends the recovery: queues `missed` (history read after the hold began, oldest first), then
+    /// the held live publications that came after `position` (the stream's position when history
+    /// was read), in order. Missed publications are shared with history and not counted against
+    /// the queue's byte limit, so that replaying a long history cannot close a healthy client.
+    pub fn finish_recovery(&self, missed: Vec<Arc<Publication>>, position: &StreamPosition) {
+        let mut state = self.state.lock();
+        let Some(recovering) = state.recovering.take() else {
+            return;
+        };
+        if state.close.is_some() {
+            return;
+        }
+        let already_read =
+            |p: &Publication| *p.epoch == *position.epoch && p.offset <= position.offset;
+        let items = missed
+            .into_iter()
+            .chain(recovering.held.into_iter().filter(|p| !already_read(p)));
+        for p in items {
+            let item = Outbound::Publication(p);
+            if state.is_empty() {
+                state.first = Some(item);
+            } else {
+                state.rest.push_back(item);
+            }
+        }
+        let waker = if state.is_empty() { None } else { state.wake() };
+        drop(state);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// Drops a recovery that failed, with what it held.
+    pub fn abort_recovery(&self) {
+        let mut state = self.state.lock();
+        if let Some(recovering) = state.recovering.take() {
+            let held: usize = recovering.held.iter().map(|p| p.queued_size()).sum();
+            state.bytes = state.bytes.saturating_sub(held);
+        }
     }
 
     /// Asks the connection to close. The first reason wins; what was queued is still written.

@@ -21,7 +21,7 @@ use axum::extract::{ConnectInfo, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use futures_util::SinkExt;
-use herald_core::hub::Outbound;
+use herald_core::hub::{Outbound, Recovery};
 use herald_core::protocol::{self, Command, RequestId};
 use herald_core::publication::{now_millis, WireFormat};
 use herald_core::{CloseCode, Disconnect, ErrorCode, HeraldError, Session};
@@ -44,9 +44,13 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest the closing handshake may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// The query string of `GET /ws`: the token, and where the personal channel starts
+/// (`since=<offset>:<epoch>` or `last=<n>`), for clients that authenticate by header or query.
 #[derive(Deserialize)]
-pub struct TokenQuery {
+pub struct ConnectQuery {
     token: Option<String>,
+    since: Option<String>,
+    last: Option<u32>,
 }
 
 /// `GET /ws`: checks origin and connection rate, then upgrades.
@@ -54,7 +58,7 @@ pub async fn upgrade(
     State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Query(query): Query<TokenQuery>,
+    Query(query): Query<ConnectQuery>,
     ws: WebSocketUpgrade,
 ) -> Response {
     let limits = &app.config.limits;
@@ -75,6 +79,19 @@ pub async fn upgrade(
             "too many new connections from this address",
         ));
     }
+    let since = match query
+        .since
+        .as_deref()
+        .map(protocol::parse_position)
+        .transpose()
+    {
+        Ok(since) => since,
+        Err(e) => return refuse(e),
+    };
+    let personal = match protocol::recovery(since, query.last) {
+        Ok(personal) => personal,
+        Err(e) => return refuse(e),
+    };
     let token = bearer_token(&headers).map(str::to_owned).or(query.token);
     let deadline = Instant::now() + limits.handshake_timeout;
     ws.read_buffer_size(READ_BUFFER)
@@ -86,7 +103,7 @@ pub async fn upgrade(
             // The connection gets a task of its own, sized by `Connection::run` alone; axum's
             // upgrade task (which also holds the HTTP upgrade's state) ends here and is freed.
             let connection = Connection { socket, app };
-            tokio::spawn(connection.run(token, deadline));
+            tokio::spawn(connection.run(token, personal, deadline));
         })
 }
 
@@ -131,11 +148,13 @@ struct Connection {
 // === impl Connection ===
 
 impl Connection {
-    async fn run(mut self, header_token: Option<String>, deadline: Instant) {
-        let token = match header_token {
-            Some(token) => token,
+    async fn run(mut self, header_token: Option<String>, personal: Recovery, deadline: Instant) {
+        let (token, personal) = match header_token {
+            Some(token) => (token, personal),
             None => match Box::pin(self.await_auth_frame(deadline)).await {
-                Ok(token) => token,
+                // The auth frame's own `since`/`last` wins over the query string's.
+                Ok((token, Recovery::Live)) => (token, personal),
+                Ok(auth) => auth,
                 Err(ended) => return Box::pin(self.finish(ended)).await,
             },
         };
@@ -146,10 +165,11 @@ impl Connection {
                 return Box::pin(self.finish(d.into())).await;
             }
         };
-        let session = match Box::pin(self.app.hub.connect(verified.identity)).await {
-            Ok(session) => session,
-            Err(d) => return Box::pin(self.finish(d.into())).await,
-        };
+        let (session, personal) =
+            match Box::pin(self.app.hub.connect(verified.identity, personal)).await {
+                Ok(connected) => connected,
+                Err(d) => return Box::pin(self.finish(d.into())).await,
+            };
         self.app.metrics.connections_accepted.inc();
         tracing::debug!(client = %session.client_id(), user = %session.user(), "connected");
         let hello = protocol::connected(
@@ -158,7 +178,11 @@ impl Connection {
             self.app.config.limits.heartbeat_interval.as_secs().max(1),
             Some(verified.expires_at),
         );
-        let ended = match self.send(hello).await {
+        let mut greeted = self.send(hello).await;
+        if let (Ok(()), Some(personal)) = (&greeted, &personal) {
+            greeted = self.send(protocol::subscribed(None, personal)).await;
+        }
+        let ended = match greeted {
             Ok(()) => self.serve(&session, verified.expires_at).await,
             Err(gone) => gone.into(),
         };
@@ -166,8 +190,9 @@ impl Connection {
         Box::pin(self.finish(ended)).await;
     }
 
-    /// Waits for the first frame, which must be `{"type":"auth","token":...}`.
-    async fn await_auth_frame(&mut self, deadline: Instant) -> Result<String, Ended> {
+    /// Waits for the first frame, which must be `{"type":"auth","token":...}` (with, optionally,
+    /// where the personal channel starts).
+    async fn await_auth_frame(&mut self, deadline: Instant) -> Result<(String, Recovery), Ended> {
         let unauthorized =
             |reason: &str| Ended::Close(Disconnect::new(CloseCode::Unauthorized, reason));
         loop {
@@ -178,7 +203,7 @@ impl Connection {
             match frame {
                 Some(Ok(Message::Text(text))) => {
                     return match protocol::parse_command(&text) {
-                        Ok((_, Command::Auth { token })) => Ok(token),
+                        Ok((_, Command::Auth { token, personal })) => Ok((token, personal)),
                         _ => Err(unauthorized(
                             "the first frame must be an auth frame with a token",
                         )),
@@ -313,10 +338,10 @@ impl Connection {
         let app = self.app.clone();
         let outcome: Result<String, HeraldError> = match command {
             Command::Auth { .. } => Err(HeraldError::bad_request("already authenticated")),
-            Command::Subscribe { channel, since: _ } => session
-                .subscribe(&channel)
+            Command::Subscribe { channel, recovery } => session
+                .subscribe(&channel, recovery)
                 .await
-                .map(|position| protocol::subscribed(id, &channel, position.as_ref())),
+                .map(|subscribed| protocol::subscribed(id, &subscribed)),
             Command::Unsubscribe { channel } => session
                 .unsubscribe(&channel)
                 .map(|()| protocol::unsubscribed(id, &channel)),
@@ -331,11 +356,22 @@ impl Connection {
                 }
                 published.map(|position| protocol::reply(id, &position))
             }
-            Command::Typing { .. } | Command::Presence { .. } | Command::History { .. } => {
-                Err(HeraldError::unavailable(
-                    "presence, typing and history are not available in this release",
-                ))
-            }
+            Command::History {
+                channel,
+                since,
+                limit,
+            } => match protocol::history_query(since, limit) {
+                Ok(query) => {
+                    let since_given = query.since.is_some();
+                    session.history(&channel, query).await.map(|page| {
+                        protocol::reply(id, &protocol::history_result(&channel, &page, since_given))
+                    })
+                }
+                Err(e) => Err(e),
+            },
+            Command::Typing { .. } | Command::Presence { .. } => Err(HeraldError::unavailable(
+                "presence and typing are not available in this release",
+            )),
             Command::Refresh { token } => match app.auth.verify(&token) {
                 Err(e) => Err(HeraldError::new(ErrorCode::Unauthorized, e.0)),
                 Ok(v) if v.identity.user != *session.user() => Err(HeraldError::forbidden(

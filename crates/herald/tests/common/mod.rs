@@ -262,6 +262,8 @@ pub struct Client {
     pub socket: Socket,
     pub client_id: String,
     pub user: String,
+    /// The `subscribed` frame of the personal channel (`Null` when the user has none).
+    pub personal: Value,
     next_id: u64,
 }
 
@@ -281,6 +283,7 @@ impl Client {
             socket,
             client_id: String::new(),
             user: String::new(),
+            personal: Value::Null,
             next_id: 1,
         };
         let hello = client.next().await;
@@ -290,6 +293,17 @@ impl Client {
         );
         client.client_id = hello["client"].as_str().unwrap().to_string();
         client.user = hello["user"].as_str().unwrap().to_string();
+        // A user id that is a valid channel name has a personal channel, announced next.
+        let valid = |c: char| c.is_ascii_alphanumeric() || "_:.@=-".contains(c);
+        if client.user.chars().all(valid) && client.user.len() <= 250 {
+            let personal = client.next().await;
+            assert_eq!(
+                personal["type"], "subscribed",
+                "expected the personal channel, got {personal}"
+            );
+            assert_eq!(personal["channel"], format!("user:{}", client.user));
+            client.personal = personal;
+        }
         client
     }
 
