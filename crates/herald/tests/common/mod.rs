@@ -45,7 +45,8 @@ pub struct TestServer {
 
 impl TestServer {
     /// A test configuration: known secrets, namespaces `chat` (public, clients publish), `site`
-    /// (claims), `alarms` (public), `feed` (public) and `notes` (personal).
+    /// (claims), `alarms` (public), `feed` (public), `notes` (personal) and `room` (public, keeps
+    /// 100 publications for an hour).
     pub fn config() -> Config {
         let mut chat = NamespaceConfig::new("chat");
         chat.publish = true;
@@ -53,6 +54,9 @@ impl TestServer {
         site.subscribe = SubscribePolicy::Claims;
         let mut notes = NamespaceConfig::new("notes");
         notes.subscribe = SubscribePolicy::Personal;
+        let mut room = NamespaceConfig::new("room");
+        room.history_size = 100;
+        room.history_ttl = Duration::from_secs(3600);
         let mut config = Config {
             namespaces: vec![
                 chat,
@@ -60,6 +64,7 @@ impl TestServer {
                 notes,
                 NamespaceConfig::new("alarms"),
                 NamespaceConfig::new("feed"),
+                room,
             ],
             ..Config::default()
         };
@@ -366,6 +371,15 @@ impl Client {
     pub async fn subscribe(&mut self, channel: &str) -> Value {
         self.request(json!({"type": "subscribe", "channel": channel}))
             .await
+    }
+
+    /// Subscribes with extra fields (`since`, `last`) and returns the reply.
+    pub async fn subscribe_with(&mut self, channel: &str, extra: Value) -> Value {
+        let mut frame = json!({"type": "subscribe", "channel": channel});
+        if let (Some(frame), Some(extra)) = (frame.as_object_mut(), extra.as_object()) {
+            frame.extend(extra.clone());
+        }
+        self.request(frame).await
     }
 
     /// Subscribes and asserts that it worked.
