@@ -228,6 +228,55 @@ pub fn history_query(
     })
 }
 
+/// The `id` of a Server-Sent Event: the stream's position on each of its channels, as
+/// `<channel>:<offset>:<epoch>` entries joined by `,` (channel names hold no `,`, and the last two
+/// `:` of an entry are the separators). A reconnect sends it back as `Last-Event-ID`.
+pub fn sse_event_id<'a>(
+    positions: impl IntoIterator<Item = (&'a ChannelName, &'a StreamPosition)>,
+) -> String {
+    let mut id = String::new();
+    for (channel, position) in positions {
+        if !id.is_empty() {
+            id.push(',');
+        }
+        id.push_str(channel.as_str());
+        id.push(':');
+        id.push_str(&position.offset.to_string());
+        id.push(':');
+        id.push_str(&position.epoch);
+    }
+    id
+}
+
+/// Reads an SSE event id written by [`sse_event_id`].
+pub fn parse_sse_event_id(id: &str) -> Result<Vec<(ChannelName, StreamPosition)>, HeraldError> {
+    let bad = || {
+        HeraldError::bad_request(
+            "Last-Event-ID must be <channel>:<offset>:<epoch> entries joined by commas",
+        )
+    };
+    id.split(',')
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| {
+            let mut parts = entry.rsplitn(3, ':');
+            let (Some(epoch), Some(offset), Some(channel)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                return Err(bad());
+            };
+            let offset = offset.parse().map_err(|_| bad())?;
+            if epoch.is_empty() {
+                return Err(bad());
+            }
+            let position = StreamPosition {
+                offset,
+                epoch: epoch.to_owned(),
+            };
+            Ok((ChannelName::parse(channel)?, position))
+        })
+        .collect()
+}
+
 fn missing(kind: &str, field: &str) -> HeraldError {
     HeraldError::bad_request(format!("{kind:?} needs the field {field:?}"))
 }
@@ -478,6 +527,32 @@ mod tests {
         }
         let rejected = parse_command(r#"{"type":"launch","id":9}"#).expect_err("unknown");
         assert_eq!(rejected.id, Some(RequestId::Number(9)));
+    }
+
+    #[test]
+    fn sse_event_ids_round_trip_and_reject_garbage() {
+        let positions = vec![
+            (
+                ChannelName::parse("user:42").expect("channel"),
+                StreamPosition {
+                    offset: 17,
+                    epoch: "3fa0c1d2e4".into(),
+                },
+            ),
+            (
+                ChannelName::parse("site:a:b").expect("channel"),
+                StreamPosition {
+                    offset: 0,
+                    epoch: "0000000001".into(),
+                },
+            ),
+        ];
+        let id = sse_event_id(positions.iter().map(|(c, p)| (c, p)));
+        assert_eq!(id, "user:42:17:3fa0c1d2e4,site:a:b:0:0000000001");
+        assert_eq!(parse_sse_event_id(&id).expect("parses"), positions);
+        for bad in ["x", "user:42:abc:e", "user:42:1:", "bad name:1:e", ":1"] {
+            assert!(parse_sse_event_id(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -34,9 +34,11 @@ pub struct Publisher {
 pub enum WireFormat {
     /// Herald's own JSON `message` frame, as a WebSocket text payload.
     NativeWebSocket = 0,
+    /// The same JSON as the `data:` line of a Server-Sent Event.
+    ServerSentEvent = 1,
 }
 
-const WIRE_FORMATS: usize = 1;
+const WIRE_FORMATS: usize = 2;
 
 type Encoded = Box<dyn Any + Send + Sync>;
 

@@ -65,6 +65,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub api: ApiConfig,
     pub limits: Limits,
+    pub sse: SseConfig,
     #[serde(rename = "namespace")]
     pub namespaces: Vec<NamespaceConfig>,
 }
@@ -99,6 +100,27 @@ impl Default for ApiConfig {
         ApiConfig {
             keys: Vec::new(),
             idempotency_window: Duration::from_secs(300),
+        }
+    }
+}
+
+/// The SSE settings, from configuration.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SseConfig {
+    /// How often a `: ping` comment is sent on an idle stream.
+    #[serde(deserialize_with = "duration")]
+    pub heartbeat_interval: Duration,
+    /// The `retry:` hint: how long a client waits before reconnecting.
+    #[serde(deserialize_with = "duration")]
+    pub retry: Duration,
+}
+
+impl Default for SseConfig {
+    fn default() -> Self {
+        SseConfig {
+            heartbeat_interval: Duration::from_secs(15),
+            retry: Duration::from_secs(3),
         }
     }
 }
@@ -165,6 +187,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             api: ApiConfig::default(),
             limits: Limits::default(),
+            sse: SseConfig::default(),
             namespaces: Vec::new(),
         }
     }
@@ -269,6 +292,13 @@ const ENV_KEYS: &[(&str, Option<&str>, &str, Kind)] = &[
         Kind::Text,
     ),
     ("HERALD_API_KEYS", Some("api"), "keys", Kind::List),
+    (
+        "HERALD_SSE_HEARTBEAT_INTERVAL",
+        Some("sse"),
+        "heartbeat_interval",
+        Kind::Text,
+    ),
+    ("HERALD_SSE_RETRY", Some("sse"), "retry", Kind::Text),
     (
         "HERALD_API_IDEMPOTENCY_WINDOW",
         Some("api"),
@@ -489,7 +519,7 @@ impl Config {
             ));
         }
         let l = &self.limits;
-        let positive: [(&str, u64); 9] = [
+        let positive: [(&str, u64); 11] = [
             ("limits.commands_burst", l.commands_burst.into()),
             ("limits.max_frame_bytes", l.max_frame_bytes as u64),
             ("limits.commands_per_minute", l.commands_per_minute.into()),
@@ -507,6 +537,14 @@ impl Config {
             (
                 "limits.heartbeat_interval",
                 l.heartbeat_interval.as_millis() as u64,
+            ),
+            (
+                "sse.heartbeat_interval",
+                self.sse.heartbeat_interval.as_millis() as u64,
+            ),
+            (
+                "api.idempotency_window",
+                self.api.idempotency_window.as_millis() as u64,
             ),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
@@ -681,6 +719,12 @@ jwt_leeway = "5s"                    # clock skew tolerated on exp
 [api]
 # Backends send "Authorization: Bearer <key>". Several keys allow rotation.
 keys = ["@API_KEY@"]
+idempotency_window = "5m"            # a publish retried with the same idempotency_key within
+                                     # this window returns the first result, publishes nothing
+
+[sse]
+heartbeat_interval = "15s"           # ": ping" comment on an idle /sse stream
+retry = "3s"                         # the retry: hint sent to EventSource
 
 [limits]
 max_frame_bytes = 65536              # larger client frame: close 4009
@@ -702,6 +746,8 @@ max_api_body_bytes = 8388608         # largest HTTP API request body
 name = "chat"                        # channels "chat:*"
 subscribe = "public"                 # public | personal | claims
 publish = true                       # clients may publish
+history_size = 100                   # publications kept for recovery and the history command
+history_ttl = "1h"                   # ... and for at most this long
 
 [[namespace]]
 name = "site"

@@ -23,7 +23,7 @@ use crate::auth::Authenticator;
 use crate::config::{Config, ConfigError};
 use crate::limits::ConnectionRate;
 use crate::metrics::Metrics;
-use crate::transport::ws;
+use crate::transport::{sse, ws};
 
 /// Everything a request handler needs, shared by all of them.
 pub struct AppState {
@@ -94,8 +94,14 @@ pub fn router(app: App) -> Router {
         Some(layer) => api.layer(layer),
         None => api,
     };
+    let sse = Router::new().route("/sse", get(sse::stream));
+    let sse = match cors(&app.config.allowed_origins) {
+        Some(layer) => sse.layer(layer),
+        None => sse,
+    };
     Router::new()
         .route("/ws", get(ws::upgrade))
+        .merge(sse)
         .route("/health", get(api::health))
         .route("/ready", get(api::ready))
         .route("/metrics", get(api::metrics))
@@ -121,6 +127,7 @@ fn cors(allowed: &[String]) -> Option<CorsLayer> {
             .allow_headers([
                 axum::http::header::AUTHORIZATION,
                 axum::http::header::CONTENT_TYPE,
+                axum::http::HeaderName::from_static("last-event-id"),
             ]),
     )
 }

@@ -2,5 +2,7 @@
 //! the hub sees only sessions and outboxes.
 //!
 //! - [`ws`]: WebSocket at `/ws`, the native JSON protocol in both directions.
+//! - [`sse`]: Server-Sent Events at `/sse`, receive-only, resumable with `Last-Event-ID`.
 
+pub mod sse;
 pub mod ws;

@@ -553,7 +553,7 @@ fn count_written(
 
 /// The instant a connection whose token has `exp = expires_at` (Unix seconds) must close: the
 /// expiry plus the configured clock-skew leeway (already past if both have passed).
-fn deadline_of(expires_at: u64, leeway: Duration) -> Instant {
+pub(crate) fn deadline_of(expires_at: u64, leeway: Duration) -> Instant {
     let close_at_ms = expires_at
         .saturating_mul(1000)
         .saturating_add(leeway.as_millis() as u64);
