@@ -46,6 +46,10 @@ struct Cli {
     /// With --spawn: pin the server to this CPU (taskset).
     #[arg(long, global = true)]
     server_cpu: Option<u32>,
+    /// With --spawn: publications each channel keeps (`history_size` of the `bench` and `user`
+    /// namespaces; 0 keeps none).
+    #[arg(long, global = true, default_value_t = 0)]
+    history: usize,
     /// A server already running: its base URL.
     #[arg(long, global = true, default_value = "http://127.0.0.1:8000")]
     server: String,
@@ -141,7 +145,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     let mut spawned = None;
     let (target, server_pid) = match &cli.spawn {
         Some(binary) => {
-            let server = SpawnedServer::start(binary, cli.server_cpu)?;
+            let server = SpawnedServer::start(binary, cli.server_cpu, cli.history)?;
             let target = server.target();
             let pid = server.child.id();
             spawned = Some(server);
@@ -259,11 +263,11 @@ struct SpawnedServer {
 }
 
 impl SpawnedServer {
-    fn start(binary: &PathBuf, cpu: Option<u32>) -> Result<SpawnedServer, String> {
+    fn start(binary: &PathBuf, cpu: Option<u32>, history: usize) -> Result<SpawnedServer, String> {
         let dir = std::env::temp_dir().join(format!("herald-bench-{}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let config = dir.join("herald.toml");
-        std::fs::write(&config, bench_config()).map_err(|e| e.to_string())?;
+        std::fs::write(&config, bench_config(history)).map_err(|e| e.to_string())?;
         let mut command = match cpu {
             Some(cpu) => {
                 let mut c = Command::new("taskset");
@@ -332,8 +336,9 @@ impl Drop for SpawnedServer {
 }
 
 /// The benchmark server's configuration: the spec's defaults, except limits that would refuse the
-/// generator itself (all connections come from one address, at thousands per second).
-fn bench_config() -> String {
+/// generator itself (all connections come from one address, at thousands per second), with
+/// `history` publications kept per channel.
+fn bench_config(history: usize) -> String {
     format!(
         r#"listen = "127.0.0.1:0"
 [auth]
@@ -347,6 +352,13 @@ max_api_body_bytes = 16777216
 [[namespace]]
 name = "bench"
 subscribe = "public"
+history_size = {history}
+history_ttl = "5m"
+[[namespace]]
+name = "user"
+subscribe = "personal"
+history_size = {history}
+history_ttl = "5m"
 "#
     )
 }

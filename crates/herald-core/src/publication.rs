@@ -80,6 +80,20 @@ impl Publication {
         }
     }
 
+    /// A publication read back from a durable store, with the time it was first accepted.
+    pub fn restored(
+        channel: ChannelName,
+        event: Option<Box<str>>,
+        data: Box<RawValue>,
+        position: (u64, Arc<str>),
+        from: Option<Publisher>,
+        ts: u64,
+    ) -> Publication {
+        let mut publication = Publication::new(channel, event, data, position, from);
+        publication.ts = ts;
+        publication
+    }
+
     /// The publication in `format`, encoding it with `encode` the first time it is asked for;
     /// later calls clone the cached value (for shared byte types, a reference count).
     pub fn encoded<T>(&self, format: WireFormat, encode: impl Fn(&Publication) -> T) -> T

@@ -21,7 +21,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(key: impl Into<String>, problem: impl Into<String>) -> Self {
+    pub fn new(key: impl Into<String>, problem: impl Into<String>) -> Self {
         ConfigError {
             key: key.into(),
             problem: problem.into(),
@@ -474,10 +474,10 @@ impl Config {
                 "\"redis\" is not available in this release; use \"memory\"",
             ));
         }
-        if self.history_store == HistoryStore::Disk {
+        if self.history_store == HistoryStore::Disk && self.data_dir.as_os_str().is_empty() {
             return Err(ConfigError::new(
-                "history_store",
-                "\"disk\" is not available in this release; use \"memory\"",
+                "data_dir",
+                "required with history_store = \"disk\"",
             ));
         }
         match self.auth.jwt_algorithm {

@@ -7,10 +7,12 @@
 //!
 //! - [`config`]: the TOML file, `HERALD_*` overrides, validation, development defaults.
 //! - [`auth`]: JWT verification (algorithm pinned by config) and token signing.
-//! - [`transport`]: how clients connect; [`transport::ws`] is the WebSocket endpoint.
+//! - [`transport`]: how clients connect: [`transport::ws`] (WebSocket) and [`transport::sse`]
+//!   (Server-Sent Events).
 //! - [`api`]: the HTTP API for backends, health, readiness and metrics.
 //! - [`limits`]: command rate, connection rate, client address, allowed origins.
 //! - [`metrics`]: Prometheus series.
+//! - [`store`]: the durable history store (`history_store = "disk"`) on redb.
 //! - [`server`]: shared state, the router, and [`server::run`], the one entry point.
 //! - `main.rs`: the CLI (`serve`, `token`, `init`, `check-config`).
 
@@ -22,4 +24,5 @@ pub mod config;
 pub mod limits;
 pub mod metrics;
 pub mod server;
+pub mod store;
 pub mod transport;

@@ -14,15 +14,16 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, Method};
 use axum::routing::{get, post};
 use axum::Router;
-use herald_core::{CloseCode, Disconnect, Hub, HubConfig, MemoryEngine, Namespaces};
+use herald_core::{ChannelName, CloseCode, Disconnect, Hub, HubConfig, MemoryEngine, Namespaces};
 use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::api;
 use crate::auth::Authenticator;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, HistoryStore};
 use crate::limits::ConnectionRate;
 use crate::metrics::Metrics;
+use crate::store;
 use crate::transport::{sse, ws};
 
 /// Everything a request handler needs, shared by all of them.
@@ -50,11 +51,24 @@ impl AppState {
 pub fn build(config: Config) -> Result<App, ConfigError> {
     config.validate()?;
     let auth = Authenticator::from_config(&config.auth)?;
-    let engine = Arc::new(MemoryEngine::new());
+    let namespaces = Namespaces::new(config.namespace_policies());
+    let engine = match config.history_store {
+        HistoryStore::Memory => MemoryEngine::new(),
+        HistoryStore::Disk => {
+            let store = store::open(&config.data_dir)
+                .map_err(|e| ConfigError::new("data_dir", e.message))?;
+            let policy_of =
+                |channel: &ChannelName| namespaces.policy(channel).ok().map(|p| p.history());
+            MemoryEngine::with_store(store, policy_of)
+                .map_err(|e| ConfigError::new("data_dir", e.message))?
+        }
+    };
+    let engine = Arc::new(engine);
     engine.spawn_sweeper(Duration::from_secs(30));
+    engine.spawn_writer();
     let hub = Hub::new(
         HubConfig {
-            namespaces: Namespaces::new(config.namespace_policies()),
+            namespaces,
             connections_per_user: config.limits.connections_per_user,
             subscriptions_per_connection: config.limits.subscriptions_per_connection,
             outbound_queue_bytes: config.limits.outbound_queue_bytes,

@@ -8,6 +8,13 @@
 //! a plain mutex held only across synchronous work (the hub's fan-out only queues); it is never
 //! held across an `.await`.
 //!
+//! With a durable [`StreamStore`] (`MemoryEngine::with_store`), a publish takes its offset under
+//! the stream's lock as above, but is appended to history and delivered only once the store has
+//! written it: a writer task writes everything waiting in one batch (one disk sync for many
+//! publications), then, in the order the offsets were given, appends each to history and delivers
+//! it under its stream's lock, and answers its publisher. Reads see only what is written, so a
+//! client never holds a position that a restart could forget.
+//!
 //! History is trimmed to the namespace's size on every append and to its TTL on every append and
 //! read and by a periodic sweep. A stream that has no subscriber on this node and has seen no
 //! publication for its TTL is dropped by the sweep, and a later publication starts a new epoch;
@@ -19,7 +26,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
+use tokio::sync::{oneshot, Notify};
 
+use super::store::{StoreWrite, StreamStore};
 use super::{
     ClusterCommand, Engine, HistoryPage, HistoryPolicy, HistoryQuery, IdempotencyKey, NodeSink,
     PublishRequest,
@@ -31,11 +40,19 @@ use crate::publication::{now_millis, Publication, StreamPosition};
 /// Idempotency keys remembered per channel; past this the oldest are forgotten early.
 pub const MAX_IDEMPOTENCY_KEYS: usize = 10_000;
 
+/// Publications waiting for the durable store; past this, publishing is refused (`unavailable`)
+/// until the store catches up.
+pub const MAX_PENDING_WRITES: usize = 65_536;
+
 /// One channel's stream.
 pub(crate) struct Stream {
     pub(crate) epoch: Arc<str>,
-    /// The offset the last publication got; 0 before the first.
+    /// The offset of the last publication in history (written, with a durable store); 0 before
+    /// the first. Reads report this.
     pub(crate) last_offset: u64,
+    /// The offset the last publication was given; ahead of `last_offset` while publications wait
+    /// for the durable store.
+    assigned: u64,
     /// The last publication, or when this node's last subscriber left.
     last_active: Instant,
     policy: HistoryPolicy,
@@ -74,6 +91,7 @@ impl Stream {
         Stream {
             epoch: new_epoch().into(),
             last_offset: 0,
+            assigned: 0,
             last_active: Instant::now(),
             policy,
             history: VecDeque::new(),
@@ -122,27 +140,33 @@ impl Stream {
         keys.expire(now);
     }
 
-    /// Places a publication in the stream: offset, history. The caller delivers it.
-    pub(crate) fn append(&mut self, request: PublishRequest) -> Arc<Publication> {
+    /// Gives a publication the stream's next offset (and remembers its idempotency key). It is
+    /// not in history until [`Stream::commit`].
+    fn assign(&mut self, request: PublishRequest) -> Arc<Publication> {
         let now = Instant::now();
-        self.last_offset += 1;
+        self.assigned += 1;
         self.last_active = now;
         self.policy = request.history;
         let publication = Arc::new(Publication::new(
             request.channel,
             request.event,
             request.data,
-            (self.last_offset, self.epoch.clone()),
+            (self.assigned, self.epoch.clone()),
             request.from,
         ));
         if let Some(key) = request.idempotency {
-            self.remember(key, self.last_offset, now);
+            self.remember(key, self.assigned, now);
         }
+        publication
+    }
+
+    /// Appends an assigned publication to history; the caller delivers it, still holding the lock.
+    fn commit(&mut self, publication: &Arc<Publication>) {
+        self.last_offset = publication.offset;
         if self.policy.size > 0 {
             self.history.push_back(publication.clone());
         }
         self.trim(publication.ts);
-        publication
     }
 
     /// Reads history as `query` asks.
@@ -196,6 +220,62 @@ pub struct MemoryEngine {
     sink: OnceLock<Arc<dyn NodeSink>>,
     /// Channel streams. The outer lock is held only to find or create a stream.
     streams: Mutex<HashMap<ChannelName, Arc<Mutex<Stream>>>>,
+    /// The durable store and its write queue, when history is kept on disk.
+    durable: Option<Durable>,
+}
+
+/// A durable store with the queue of what waits to be written.
+struct Durable {
+    store: Arc<dyn StreamStore>,
+    queue: Mutex<VecDeque<Pending>>,
+    /// Wakes the writer task.
+    queued: Notify,
+    /// Set when a write failed: the store can no longer be trusted to hold what it is given, so
+    /// publishing is refused from then on (a restart reloads what was written).
+    failed: OnceLock<String>,
+}
+
+/// A write waiting for the store, with what to do once it is written.
+struct Pending {
+    write: StoreWrite,
+    commit: Option<Commit>,
+}
+
+/// A publication to append and deliver once written, and its waiting publisher.
+struct Commit {
+    stream: Arc<Mutex<Stream>>,
+    publication: Arc<Publication>,
+    done: oneshot::Sender<()>,
+}
+
+impl Durable {
+    /// Refuses a publish when the store failed or is too far behind.
+    fn admit(&self) -> Result<(), HeraldError> {
+        if let Some(reason) = self.failed.get() {
+            return Err(HeraldError::unavailable(format!(
+                "the history store failed ({reason}); restart the server"
+            )));
+        }
+        if self.queue.lock().len() >= MAX_PENDING_WRITES {
+            return Err(HeraldError::unavailable(
+                "the history store is behind; retry shortly",
+            ));
+        }
+        Ok(())
+    }
+
+    fn enqueue(&self, pending: Pending) {
+        self.queue.lock().push_back(pending);
+        self.queued.notify_one();
+    }
+}
+
+/// What a publish found under its stream's lock.
+enum Published {
+    /// Done: delivered, or a repeat of an earlier publish.
+    Done(StreamPosition),
+    /// Waiting for the durable store to write it.
+    Writing(oneshot::Receiver<()>, StreamPosition),
 }
 
 impl Default for MemoryEngine {
@@ -209,6 +289,119 @@ impl MemoryEngine {
         MemoryEngine {
             sink: OnceLock::new(),
             streams: Mutex::new(HashMap::new()),
+            durable: None,
+        }
+    }
+
+    /// An engine whose streams are kept in `store`: everything stored is loaded now (history older
+    /// than its namespace's TTL is left out), and from then on every change is written there
+    /// before it is visible. `policy_of` gives each channel's history policy. Call
+    /// [`MemoryEngine::spawn_writer`] once a runtime is running.
+    pub fn with_store(
+        store: Arc<dyn StreamStore>,
+        policy_of: impl Fn(&ChannelName) -> Option<HistoryPolicy>,
+    ) -> Result<MemoryEngine, HeraldError> {
+        let now_ms = now_millis();
+        let now = Instant::now();
+        let mut streams = HashMap::new();
+        for stored in store.load()? {
+            // A channel whose namespace is no longer configured is not served; it is dropped from
+            // the store by the first sweep.
+            let policy = policy_of(&stored.channel).unwrap_or(HistoryPolicy {
+                size: 0,
+                ttl: Duration::ZERO,
+            });
+            let epoch: Arc<str> = stored.epoch.into();
+            let mut stream = Stream::new(policy);
+            stream.epoch = epoch.clone();
+            stream.last_offset = stored.last_offset;
+            stream.assigned = stored.last_offset;
+            for p in stored.publications {
+                if let Some((key, until_ms)) = p.idempotency {
+                    if until_ms > now_ms {
+                        let window = Duration::from_millis(until_ms - now_ms);
+                        stream.remember(IdempotencyKey { key, window }, p.offset, now);
+                    }
+                }
+                let publication = Publication::restored(
+                    stored.channel.clone(),
+                    p.event,
+                    p.data,
+                    (p.offset, epoch.clone()),
+                    p.from,
+                    p.ts,
+                );
+                if policy.size > 0 {
+                    stream.history.push_back(Arc::new(publication));
+                }
+            }
+            stream.trim(now_ms);
+            streams.insert(stored.channel, Arc::new(Mutex::new(stream)));
+        }
+        Ok(MemoryEngine {
+            sink: OnceLock::new(),
+            streams: Mutex::new(streams),
+            durable: Some(Durable {
+                store,
+                queue: Mutex::new(VecDeque::new()),
+                queued: Notify::new(),
+                failed: OnceLock::new(),
+            }),
+        })
+    }
+
+    /// Starts the task that writes to the durable store (if there is one) until the engine is
+    /// dropped.
+    pub fn spawn_writer(self: &Arc<Self>) {
+        if self.durable.is_none() {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(engine) = weak.upgrade() else { break };
+                let Some(durable) = &engine.durable else {
+                    break;
+                };
+                let batch: Vec<Pending> = durable.queue.lock().drain(..).collect();
+                if batch.is_empty() {
+                    // Waits at most a second holding the engine, so that dropping it ends the task.
+                    let _ = tokio::time::timeout(Duration::from_secs(1), durable.queued.notified())
+                        .await;
+                    continue;
+                }
+                engine.write_batch(batch).await;
+            }
+        });
+    }
+
+    /// Writes one batch to the store, then appends and delivers its publications in order.
+    async fn write_batch(&self, batch: Vec<Pending>) {
+        let Some(durable) = &self.durable else { return };
+        let (writes, commits): (Vec<StoreWrite>, Vec<Option<Commit>>) =
+            batch.into_iter().map(|p| (p.write, p.commit)).unzip();
+        let store = durable.store.clone();
+        let written = tokio::task::spawn_blocking(move || store.write(&writes)).await;
+        let failure = match written {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.message),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(reason) = failure {
+            tracing::error!(error = %reason, "history store write failed; publishing is refused from now on");
+            let _ = durable.failed.set(reason);
+            // Dropping the commits answers their publishers with `unavailable`.
+            return;
+        }
+        let sink = self.sink.get();
+        for commit in commits.into_iter().flatten() {
+            let mut stream = commit.stream.lock();
+            stream.commit(&commit.publication);
+            if let Some(sink) = sink {
+                sink.deliver(commit.publication);
+            }
+            drop(stream);
+            let _ = commit.done.send(());
         }
     }
 
@@ -232,13 +425,16 @@ impl MemoryEngine {
     /// it) is kept until the next sweep, so the map lock never waits on one.
     pub fn sweep(&self, now: Instant) {
         let now_ms = now_millis();
+        let mut dropped = Vec::new();
         self.streams
             .lock()
-            .retain(|_, stream| match stream.try_lock() {
+            .retain(|channel, stream| match stream.try_lock() {
                 Some(mut s) => {
                     s.trim(now_ms);
-                    if !s.subscribed && now.duration_since(s.last_active) >= s.policy.ttl {
+                    let idle = now.duration_since(s.last_active) >= s.policy.ttl;
+                    if !s.subscribed && idle && s.assigned == s.last_offset {
                         s.dead = true;
+                        dropped.push(channel.clone());
                         false
                     } else {
                         true
@@ -246,6 +442,14 @@ impl MemoryEngine {
                 }
                 None => true,
             });
+        if let Some(durable) = &self.durable {
+            for channel in dropped {
+                durable.enqueue(Pending {
+                    write: StoreWrite::Dropped { channel },
+                    commit: None,
+                });
+            }
+        }
     }
 
     /// How many channel streams are held.
@@ -254,11 +458,11 @@ impl MemoryEngine {
     }
 
     /// Runs `f` on the channel's stream, creating it (with `policy`) if there is none.
-    pub(crate) fn with_stream<T>(
+    fn with_stream<T>(
         &self,
         channel: &ChannelName,
         policy: HistoryPolicy,
-        f: impl FnOnce(&mut Stream) -> T,
+        f: impl FnOnce(&Arc<Mutex<Stream>>, &mut Stream) -> T,
     ) -> T {
         // A stream the sweep removed between the look-up and the lock is dead: look again (the
         // sweep only removes streams nobody holds, and a new one is never dead).
@@ -267,11 +471,23 @@ impl MemoryEngine {
                 .streams
                 .lock()
                 .entry(channel.clone())
-                .or_insert_with(|| Arc::new(Mutex::new(Stream::new(policy))))
+                .or_insert_with(|| {
+                    let stream = Stream::new(policy);
+                    if let Some(durable) = &self.durable {
+                        durable.enqueue(Pending {
+                            write: StoreWrite::Created {
+                                channel: channel.clone(),
+                                epoch: stream.epoch.clone(),
+                            },
+                            commit: None,
+                        });
+                    }
+                    Arc::new(Mutex::new(stream))
+                })
                 .clone();
             let mut guard = stream.lock();
             if !guard.dead {
-                return f(&mut guard);
+                return f(&stream, &mut guard);
             }
         }
     }
@@ -304,20 +520,60 @@ impl Engine for MemoryEngine {
     async fn publish(&self, request: PublishRequest) -> Result<StreamPosition, HeraldError> {
         let sink = self.sink()?;
         let channel = request.channel.clone();
-        Ok(self.with_stream(&channel, request.history, |stream| {
+        let published = self.with_stream(&channel, request.history, |handle, stream| {
             if let Some(key) = &request.idempotency {
                 if let Some(offset) = stream.published_with(key, Instant::now()) {
-                    return StreamPosition {
+                    return Ok(Published::Done(StreamPosition {
                         offset,
                         epoch: stream.epoch.to_string(),
-                    };
+                    }));
                 }
             }
-            let publication = stream.append(request);
-            // Delivered under the stream's lock so that deliveries leave in offset order.
-            sink.deliver(publication);
-            stream.position()
-        }))
+            let Some(durable) = &self.durable else {
+                let publication = stream.assign(request);
+                stream.commit(&publication);
+                // Delivered under the stream's lock so that deliveries leave in offset order.
+                sink.deliver(publication);
+                return Ok(Published::Done(stream.position()));
+            };
+            durable.admit()?;
+            let idempotency = request
+                .idempotency
+                .as_ref()
+                .map(|k| (k.key.clone(), now_millis() + k.window.as_millis() as u64));
+            let publication = stream.assign(request);
+            let position = StreamPosition {
+                offset: publication.offset,
+                epoch: stream.epoch.to_string(),
+            };
+            let first_kept = (publication.offset + 1)
+                .saturating_sub(stream.policy.size as u64)
+                .max(1);
+            let (done, written) = oneshot::channel();
+            // Queued under the stream's lock, so the writer sees each channel's publications in
+            // offset order.
+            durable.enqueue(Pending {
+                write: StoreWrite::Appended {
+                    publication: publication.clone(),
+                    first_kept,
+                    idempotency,
+                },
+                commit: Some(Commit {
+                    stream: handle.clone(),
+                    publication,
+                    done,
+                }),
+            });
+            Ok(Published::Writing(written, position))
+        })?;
+        match published {
+            Published::Done(position) => Ok(position),
+            Published::Writing(written, position) => {
+                written.await.map(|()| position).map_err(|_| {
+                    HeraldError::unavailable("the history store could not write the publication")
+                })
+            }
+        }
     }
 
     async fn history(
@@ -326,7 +582,7 @@ impl Engine for MemoryEngine {
         policy: HistoryPolicy,
         query: HistoryQuery,
     ) -> Result<HistoryPage, HeraldError> {
-        Ok(self.with_stream(channel, policy, |stream| {
+        Ok(self.with_stream(channel, policy, |_, stream| {
             stream.policy = policy;
             stream.read(&query)
         }))
@@ -338,7 +594,7 @@ impl Engine for MemoryEngine {
             size: 0,
             ttl: Duration::ZERO,
         };
-        self.with_stream(channel, policy, |stream| stream.subscribed = true);
+        self.with_stream(channel, policy, |_, stream| stream.subscribed = true);
         Ok(())
     }
 
@@ -358,6 +614,11 @@ impl Engine for MemoryEngine {
     }
 
     async fn ready(&self) -> Result<(), HeraldError> {
+        if let Some(reason) = self.durable.as_ref().and_then(|d| d.failed.get()) {
+            return Err(HeraldError::unavailable(format!(
+                "the history store failed: {reason}"
+            )));
+        }
         self.sink().map(|_| ())
     }
 }

@@ -16,6 +16,7 @@
 //! from the pub/sub connection. The hub does not change.
 
 pub mod memory;
+pub mod store;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -456,6 +456,12 @@ impl ServerProcess {
     /// for its "listening" line. Set `TEST_HERALD_LOG` (e.g. `herald=debug`) to see the server's
     /// log in the test output.
     pub fn start(toml_extra: &str) -> ServerProcess {
+        ServerProcess::start_with("", toml_extra)
+    }
+
+    /// Like [`ServerProcess::start`], with `top_level` keys (such as `history_store`) before the
+    /// first section.
+    pub fn start_with(top_level: &str, toml_extra: &str) -> ServerProcess {
         let dir = std::env::temp_dir().join(format!(
             "herald-test-{}-{}",
             std::process::id(),
@@ -464,6 +470,7 @@ impl ServerProcess {
         std::fs::create_dir_all(&dir).unwrap();
         let text = format!(
             "listen = \"127.0.0.1:0\"\n\
+             {top_level}\n\
              [auth]\njwt_secret = \"{SECRET}\"\n\
              [api]\nkeys = [\"{API_KEY}\"]\n\
              {toml_extra}\n\
