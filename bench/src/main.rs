@@ -50,6 +50,10 @@ struct Cli {
     /// namespaces; 0 keeps none).
     #[arg(long, global = true, default_value_t = 0)]
     history: usize,
+    /// With --spawn: keep history on disk in this directory (`history_store = "disk"`); it is
+    /// left in place afterwards, so that a restart can be timed on it.
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
     /// A server already running: its base URL.
     #[arg(long, global = true, default_value = "http://127.0.0.1:8000")]
     server: String,
@@ -145,7 +149,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     let mut spawned = None;
     let (target, server_pid) = match &cli.spawn {
         Some(binary) => {
-            let server = SpawnedServer::start(binary, cli.server_cpu, cli.history)?;
+            let server = SpawnedServer::start(binary, cli.server_cpu, cli.history, cli.data_dir.as_ref())?;
             let target = server.target();
             let pid = server.child.id();
             spawned = Some(server);
@@ -263,11 +267,16 @@ struct SpawnedServer {
 }
 
 impl SpawnedServer {
-    fn start(binary: &PathBuf, cpu: Option<u32>, history: usize) -> Result<SpawnedServer, String> {
+    fn start(
+        binary: &PathBuf,
+        cpu: Option<u32>,
+        history: usize,
+        data_dir: Option<&PathBuf>,
+    ) -> Result<SpawnedServer, String> {
         let dir = std::env::temp_dir().join(format!("herald-bench-{}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let config = dir.join("herald.toml");
-        std::fs::write(&config, bench_config(history)).map_err(|e| e.to_string())?;
+        std::fs::write(&config, bench_config(history, data_dir)).map_err(|e| e.to_string())?;
         let mut command = match cpu {
             Some(cpu) => {
                 let mut c = Command::new("taskset");
@@ -338,9 +347,14 @@ impl Drop for SpawnedServer {
 /// The benchmark server's configuration: the spec's defaults, except limits that would refuse the
 /// generator itself (all connections come from one address, at thousands per second), with
 /// `history` publications kept per channel.
-fn bench_config(history: usize) -> String {
+fn bench_config(history: usize, data_dir: Option<&PathBuf>) -> String {
+    let store = match data_dir {
+        Some(dir) => format!("history_store = \"disk\"\ndata_dir = {:?}\n", dir.display().to_string()),
+        None => String::new(),
+    };
     format!(
         r#"listen = "127.0.0.1:0"
+{store}
 [auth]
 jwt_secret = "{BENCH_SECRET}"
 [api]

@@ -704,6 +704,8 @@ const INIT_TEMPLATE: &str = r#"# Herald configuration. Every key can be overridd
 
 listen = "127.0.0.1:8000"            # address for WebSocket, API and metrics
 engine = "memory"                    # single node, everything in memory
+history_store = "memory"             # "disk": history, offsets and epochs survive restarts
+data_dir = "./herald-data"           # where "disk" keeps history.redb
 # Origins allowed to open a WebSocket or call the API from a browser.
 # Empty: same-origin pages and non-browser clients only. "*" allows any origin.
 allowed_origins = []
