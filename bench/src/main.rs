@@ -149,7 +149,8 @@ async fn run(cli: Cli) -> Result<(), String> {
     let mut spawned = None;
     let (target, server_pid) = match &cli.spawn {
         Some(binary) => {
-            let server = SpawnedServer::start(binary, cli.server_cpu, cli.history, cli.data_dir.as_ref())?;
+            let server =
+                SpawnedServer::start(binary, cli.server_cpu, cli.history, cli.data_dir.as_ref())?;
             let target = server.target();
             let pid = server.child.id();
             spawned = Some(server);
@@ -349,7 +350,10 @@ impl Drop for SpawnedServer {
 /// `history` publications kept per channel.
 fn bench_config(history: usize, data_dir: Option<&PathBuf>) -> String {
     let store = match data_dir {
-        Some(dir) => format!("history_store = \"disk\"\ndata_dir = {:?}\n", dir.display().to_string()),
+        Some(dir) => format!(
+            "history_store = \"disk\"\ndata_dir = {:?}\n",
+            dir.display().to_string()
+        ),
         None => String::new(),
     };
     format!(
