@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{ServerProcess, API_KEY, SECRET};
+use common::{publication_offsets, ServerProcess, API_KEY, SECRET};
 use serde_json::json;
 
 const ROOM: &str = "[[namespace]]\nname = \"room\"\nhistory_size = 5000\nhistory_ttl = \"1h\"\n";
@@ -173,12 +173,7 @@ async fn the_disk_store_keeps_only_what_the_namespace_keeps() {
     let second = ServerProcess::start_with(&on_disk(&dir), brief);
     let (status, body) = second.handle().get("/api/channels/brief:1/history").await;
     assert_eq!(status, 200, "{body}");
-    let kept: Vec<_> = body["publications"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["offset"].as_u64().unwrap())
-        .collect();
+    let kept = publication_offsets(&body);
     assert_eq!(kept, [8, 9, 10, 11, 12]);
     assert_eq!(body["offset"], 12);
     drop(second);

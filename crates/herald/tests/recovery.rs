@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Client, TestServer};
+use common::{publication_offsets, Client, TestServer};
 use serde_json::{json, Value};
 
 const QUIET: Duration = Duration::from_millis(300);
@@ -133,21 +133,12 @@ async fn a_user_who_was_offline_gets_personal_messages_on_reconnect() {
         server.publish("user:frank", json!({"n": n})).await;
     }
     // Token by header, position by query string.
-    let url = format!(
-        "{}?since={}:{}",
-        server.ws_url(),
+    let since = format!(
+        "since={}:{}",
         personal["offset"],
         personal["epoch"].as_str().unwrap()
     );
-    let mut request =
-        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
-            .unwrap();
-    request.headers_mut().insert(
-        "authorization",
-        format!("Bearer {}", server.token("frank")).parse().unwrap(),
-    );
-    let socket = tokio_tungstenite::connect_async(request).await.unwrap().0;
-    let mut back = Client::established(socket).await;
+    let mut back = server.connect_with_query("frank", &since).await;
     assert_eq!(back.personal["recovered"], true);
     assert_eq!(back.personal["offset"], 3);
     assert_eq!(offsets(&mut back, 3).await, [1, 2, 3]);
@@ -171,16 +162,7 @@ async fn a_user_who_was_offline_gets_personal_messages_on_reconnect() {
     assert_eq!(offsets(&mut browser, 1).await, [4]);
 
     // No saved position: ask for the last N.
-    let url = format!("{}?last=2", server.ws_url());
-    let mut request =
-        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
-            .unwrap();
-    request.headers_mut().insert(
-        "authorization",
-        format!("Bearer {}", server.token("frank")).parse().unwrap(),
-    );
-    let socket = tokio_tungstenite::connect_async(request).await.unwrap().0;
-    let mut fresh = Client::established(socket).await;
+    let mut fresh = server.connect_with_query("frank", "last=2").await;
     assert_eq!(offsets(&mut fresh, 2).await, [3, 4]);
 }
 
@@ -248,12 +230,7 @@ async fn the_history_command_and_api_return_pages() {
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["recovered"], true);
-    let offsets: Vec<_> = body["publications"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["offset"].as_u64().unwrap())
-        .collect();
+    let offsets = publication_offsets(&body);
     assert_eq!(offsets, [2, 3]);
 
     // Errors: a limit past the maximum, a channel the client may not read, a bad query.
@@ -286,12 +263,7 @@ async fn history_is_bounded_by_size_and_by_ttl() {
         server.publish("brief:1", json!({"n": n})).await;
     }
     let (_, body) = server.get("/api/channels/brief:1/history").await;
-    let kept: Vec<_> = body["publications"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["offset"].as_u64().unwrap())
-        .collect();
+    let kept = publication_offsets(&body);
     assert_eq!(kept, [8, 9, 10, 11, 12]);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (_, body) = server.get("/api/channels/brief:1/history").await;

@@ -38,7 +38,6 @@ use tokio::time::{sleep_until, Instant, Interval, Sleep};
 
 use crate::api::ApiError;
 use crate::auth::bearer_token;
-use crate::limits::{client_ip, origin_allowed};
 use crate::server::App;
 
 /// What `GET /sse` reads from its query string.
@@ -100,20 +99,7 @@ async fn open(
     headers: &HeaderMap,
     query: Option<&str>,
 ) -> Result<Response, HeraldError> {
-    let limits = &app.config.limits;
-    if app.is_shutting_down() {
-        return Err(HeraldError::unavailable("server is shutting down"));
-    }
-    if !origin_allowed(headers, &app.config.allowed_origins) {
-        return Err(HeraldError::forbidden("origin not allowed"));
-    }
-    let ip = client_ip(peer, headers, &limits.trusted_proxies);
-    if !app.connection_rate.admit(ip) {
-        return Err(HeraldError::new(
-            ErrorCode::RateLimited,
-            "too many new connections from this address",
-        ));
-    }
+    super::ws::admit_connection(app, peer, headers)?;
     let request = SseRequest::parse(query)?;
     let header_id = headers
         .get("last-event-id")

@@ -66,18 +66,8 @@ pub async fn upgrade(
         app.metrics.error(error.code);
         ApiError(error).into_response()
     };
-    if app.is_shutting_down() {
-        return refuse(HeraldError::unavailable("server is shutting down"));
-    }
-    if !origin_allowed(&headers, &app.config.allowed_origins) {
-        return refuse(HeraldError::forbidden("origin not allowed"));
-    }
-    let ip = client_ip(peer, &headers, &limits.trusted_proxies);
-    if !app.connection_rate.admit(ip) {
-        return refuse(HeraldError::new(
-            ErrorCode::RateLimited,
-            "too many new connections from this address",
-        ));
+    if let Err(e) = admit_connection(&app, peer, &headers) {
+        return refuse(e);
     }
     let since = match query
         .since
@@ -105,6 +95,30 @@ pub async fn upgrade(
             let connection = Connection { socket, app };
             tokio::spawn(connection.run(token, personal, deadline));
         })
+}
+
+/// The checks every new client connection passes before anything else, on every transport:
+/// the server is not shutting down, the `Origin` is allowed, and the client's address is within
+/// its connection rate.
+pub(crate) fn admit_connection(
+    app: &App,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+) -> Result<(), HeraldError> {
+    if app.is_shutting_down() {
+        return Err(HeraldError::unavailable("server is shutting down"));
+    }
+    if !origin_allowed(headers, &app.config.allowed_origins) {
+        return Err(HeraldError::forbidden("origin not allowed"));
+    }
+    let ip = client_ip(peer, headers, &app.config.limits.trusted_proxies);
+    if !app.connection_rate.admit(ip) {
+        return Err(HeraldError::new(
+            ErrorCode::RateLimited,
+            "too many new connections from this address",
+        ));
+    }
+    Ok(())
 }
 
 /// How a connection ended.

@@ -146,7 +146,18 @@ impl TestServer {
 
     /// Opens a WebSocket with `token` in the Authorization header, without reading anything.
     pub async fn open_with_header(&self, token: &str) -> Socket {
-        let mut request = self.ws_url().into_client_request().unwrap();
+        self.open_with_header_at(&self.ws_url(), token).await
+    }
+
+    /// Connects as `user` (token in the header) with `query` on the URL, e.g. `since=3:abc`.
+    pub async fn connect_with_query(&self, user: &str, query: &str) -> Client {
+        let url = format!("{}?{query}", self.ws_url());
+        let socket = self.open_with_header_at(&url, &self.token(user)).await;
+        Client::established(socket).await
+    }
+
+    async fn open_with_header_at(&self, url: &str, token: &str) -> Socket {
+        let mut request = url.into_client_request().unwrap();
         request.headers_mut().insert(
             "authorization",
             HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
@@ -400,6 +411,16 @@ impl Client {
     pub async fn closed(&mut self) -> Closed {
         closed(&mut self.socket).await
     }
+}
+
+/// The offsets of a history page's `publications` (an API body or a `history` result).
+pub fn publication_offsets(page: &Value) -> Vec<u64> {
+    page["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["offset"].as_u64().unwrap())
+        .collect()
 }
 
 /// Reads `socket` until it closes; returns the last `disconnect` frame and the close code.
