@@ -45,11 +45,11 @@ pub const MAX_IDEMPOTENCY_KEYS: usize = 10_000;
 pub const MAX_PENDING_WRITES: usize = 65_536;
 
 /// One channel's stream.
-pub(crate) struct Stream {
-    pub(crate) epoch: Arc<str>,
+struct Stream {
+    epoch: Arc<str>,
     /// The offset of the last publication in history (written, with a durable store); 0 before
     /// the first. Reads report this.
-    pub(crate) last_offset: u64,
+    last_offset: u64,
     /// The offset the last publication was given; ahead of `last_offset` while publications wait
     /// for the durable store.
     assigned: u64,
@@ -500,7 +500,7 @@ impl MemoryEngine {
 }
 
 /// A short random epoch, new for every stream.
-pub(crate) fn new_epoch() -> String {
+fn new_epoch() -> String {
     let n: u64 = rand::random();
     format!("{:010x}", n & 0xff_ffff_ffff)
 }

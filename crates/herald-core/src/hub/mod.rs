@@ -816,6 +816,13 @@ mod tests {
         RawValue::from_string(r#"{"n":1}"#.into()).expect("json")
     }
 
+    async fn connect(hub: &Hub, identity: Identity) -> Session {
+        hub.connect(identity, Recovery::Live)
+            .await
+            .map(|(session, _)| session)
+            .expect("connect")
+    }
+
     fn drain(session: &Session) -> Vec<u64> {
         let mut batch = Vec::new();
         session.outbox().take(&mut batch);
@@ -831,16 +838,8 @@ mod tests {
     #[tokio::test]
     async fn publications_reach_subscribers_only() {
         let hub = hub(4);
-        let a = hub
-            .connect(Identity::new("a"), Recovery::Live)
-            .await
-            .map(|(s, _)| s)
-            .expect("connect");
-        let b = hub
-            .connect(Identity::new("b"), Recovery::Live)
-            .await
-            .map(|(s, _)| s)
-            .expect("connect");
+        let a = connect(&hub, Identity::new("a")).await;
+        let b = connect(&hub, Identity::new("b")).await;
         a.subscribe(&ch("chat:1"), Recovery::Live)
             .await
             .expect("subscribe");
@@ -862,16 +861,8 @@ mod tests {
     #[tokio::test]
     async fn personal_channel_is_automatic_and_limits_hold() {
         let hub = hub(2);
-        let a1 = hub
-            .connect(Identity::new("a"), Recovery::Live)
-            .await
-            .map(|(s, _)| s)
-            .expect("connect");
-        let _a2 = hub
-            .connect(Identity::new("a"), Recovery::Live)
-            .await
-            .map(|(s, _)| s)
-            .expect("connect");
+        let a1 = connect(&hub, Identity::new("a")).await;
+        let _a2 = connect(&hub, Identity::new("a")).await;
         let refused = hub
             .connect(Identity::new("a"), Recovery::Live)
             .await
@@ -901,11 +892,7 @@ mod tests {
     #[tokio::test]
     async fn dropping_a_session_cleans_every_index() {
         let hub = hub(4);
-        let a = hub
-            .connect(Identity::new("a"), Recovery::Live)
-            .await
-            .map(|(s, _)| s)
-            .expect("connect");
+        let a = connect(&hub, Identity::new("a")).await;
         a.subscribe(&ch("chat:1"), Recovery::Live)
             .await
             .expect("subscribe");

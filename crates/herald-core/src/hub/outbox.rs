@@ -274,6 +274,7 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn notice(name: &str) -> Outbound {
         Outbound::Unsubscribed(ChannelName::parse(name).expect("channel"))
@@ -319,16 +320,6 @@ mod tests {
             .collect();
         assert_eq!(names, ["a:0", "a:1", "a:2", "a:3", "a:4"]);
     }
-}
-
-#[cfg(test)]
-mod wake_tests {
-    use super::*;
-    use std::time::Duration;
-
-    fn notice(name: &str) -> Outbound {
-        Outbound::Unsubscribed(ChannelName::parse(name).expect("channel"))
-    }
 
     #[tokio::test]
     async fn a_push_wakes_a_parked_waiter_and_a_queued_item_needs_no_wake() {
@@ -365,5 +356,51 @@ mod wake_tests {
             .await
             .expect("woken")
             .expect("joined");
+    }
+
+    fn publication(channel: &str, offset: u64) -> Arc<Publication> {
+        let data = serde_json::value::RawValue::from_string("1".into()).expect("json");
+        let channel = ChannelName::parse(channel).expect("channel");
+        Arc::new(Publication::new(
+            channel,
+            None,
+            data,
+            (offset, "e".into()),
+            None,
+        ))
+    }
+
+    #[test]
+    fn a_recovery_joins_history_and_held_live_publications_without_gap_or_duplicate() {
+        let outbox = Outbox::new(1 << 20);
+        let recovering = ChannelName::parse("a:1").expect("channel");
+        assert!(outbox.begin_recovery(&recovering));
+        assert!(
+            !outbox.begin_recovery(&recovering),
+            "one recovery at a time"
+        );
+        // Live while history is read: 3 was also read from history, 4 came after the read.
+        outbox.push(Outbound::Publication(publication("a:1", 3)));
+        outbox.push(Outbound::Publication(publication("b:1", 9)));
+        outbox.push(Outbound::Publication(publication("a:1", 4)));
+        let position = StreamPosition {
+            offset: 3,
+            epoch: "e".into(),
+        };
+        outbox.finish_recovery(
+            vec![publication("a:1", 2), publication("a:1", 3)],
+            &position,
+        );
+        let mut batch = Vec::new();
+        outbox.take(&mut batch);
+        let got: Vec<(String, u64)> = batch
+            .iter()
+            .map(|o| match o {
+                Outbound::Publication(p) => (p.channel.to_string(), p.offset),
+                Outbound::Unsubscribed(_) => unreachable!(),
+            })
+            .collect();
+        let expected = [("b:1", 9), ("a:1", 2), ("a:1", 3), ("a:1", 4)];
+        assert_eq!(got, expected.map(|(c, o)| (c.to_string(), o)));
     }
 }
