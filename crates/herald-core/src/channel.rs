@@ -14,6 +14,9 @@ use crate::error::HeraldError;
 /// Longest channel name accepted, in bytes.
 pub const MAX_CHANNEL_BYTES: usize = 255;
 
+/// Default of [`NamespacePolicy::join_leave_max_members`].
+pub const DEFAULT_JOIN_LEAVE_MAX_MEMBERS: usize = 100;
+
 /// The namespace of every user's personal channel, `user:{sub}`.
 pub const PERSONAL_NAMESPACE: &str = "user";
 
@@ -92,7 +95,7 @@ pub enum SubscribePolicy {
     Personal,
     /// The token's `channels` claim must match the channel (globs allowed).
     Claims,
-    /// Ask the backend (a later release; refused until then).
+    /// Ask the backend's subscribe hook.
     Proxy,
 }
 
@@ -104,8 +107,17 @@ pub struct NamespacePolicy {
     pub subscribe: SubscribePolicy,
     /// Whether clients may publish (the server API always may).
     pub publish: bool,
+    /// Whether each client publication is first sent to the backend's publish hook, which may
+    /// refuse it or replace its data.
+    pub publish_proxy: bool,
+    /// Whether the channels keep presence (who is subscribed, with counts).
     pub presence: bool,
+    /// Whether subscribers get `join`/`leave` events (needs `presence`).
     pub join_leave: bool,
+    /// Past this many connections in a channel, join/leave events are not sent: each join would
+    /// otherwise cost a delivery to every member, N² for N members arriving.
+    pub join_leave_max_members: usize,
+    /// Whether subscribers may send `typing`.
     pub typing: bool,
     pub history_size: usize,
     pub history_ttl: Duration,
@@ -126,8 +138,10 @@ impl NamespacePolicy {
             name: name.into(),
             subscribe,
             publish: false,
+            publish_proxy: false,
             presence: false,
             join_leave: false,
+            join_leave_max_members: DEFAULT_JOIN_LEAVE_MAX_MEMBERS,
             typing: false,
             history_size: 0,
             history_ttl: Duration::from_secs(300),
@@ -135,12 +149,16 @@ impl NamespacePolicy {
     }
 }
 
-/// What a connection proves about itself: the user and the channel globs of its token.
+/// What a connection proves about itself: the user and the channel globs of its token (or of the
+/// backend's connect hook answer).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     pub user: Arc<str>,
     /// The token's `channels` claim, compiled. Empty when the token has none.
     pub channel_grants: Vec<ChannelGrant>,
+    /// Headers of the connection's HTTP request passed on to the backend's hooks (only those
+    /// the configuration names; none when no hook is configured).
+    pub forwarded_headers: Option<crate::hooks::ForwardedHeaders>,
 }
 
 /// One entry of a token's `channels` claim: an exact name or a glob such as `site:*`.
@@ -164,6 +182,7 @@ impl Identity {
         Identity {
             user: user.into(),
             channel_grants: Vec::new(),
+            forwarded_headers: None,
         }
     }
 }
@@ -226,11 +245,9 @@ impl Namespaces {
                 .split_once(':')
                 .is_some_and(|(_, owner)| owner == &*identity.user),
             SubscribePolicy::Claims => identity.channel_grants.iter().any(|g| g.matches(channel)),
-            SubscribePolicy::Proxy => {
-                return Err(HeraldError::unavailable(
-                    "proxy subscribe hooks are not available in this release",
-                ))
-            }
+            // Decided by the backend's subscribe hook when subscribing (`Session::subscribe`);
+            // without a subscription there is nothing to go on.
+            SubscribePolicy::Proxy => false,
         };
         if allowed {
             Ok(policy.clone())

@@ -10,6 +10,8 @@
 //! - [`channel`]: channel names, namespaces and the subscribe policies.
 //! - [`error`]: error codes and close codes, each mapped once to its wire name and status.
 //! - [`publication`]: a published event with its stream position, shared by every subscriber.
+//! - [`presence`]: who is in a channel, and the join/leave/typing events.
+//! - [`hooks`]: what the hub may ask the application's backend (subscribe, publish).
 //! - [`hub`]: this node's sessions, subscriptions and the fan-out into bounded outboxes.
 //! - [`engine`]: the interface to the rest of the cluster, and the in-process `memory` engine.
 
@@ -18,7 +20,9 @@
 pub mod channel;
 pub mod engine;
 pub mod error;
+pub mod hooks;
 pub mod hub;
+pub mod presence;
 pub mod protocol;
 pub mod publication;
 

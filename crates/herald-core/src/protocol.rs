@@ -11,6 +11,7 @@ use crate::channel::ChannelName;
 use crate::engine::{HistoryPage, HistoryQuery};
 use crate::error::{Disconnect, ErrorCode, HeraldError};
 use crate::hub::{Recovery, Subscribed};
+use crate::presence::{ChannelEvent, EventKind, Presence, PresenceMember};
 use crate::publication::{Publication, Publisher, StreamPosition};
 
 /// Most publications a `history` command or request returns at once, and most a `last` asks for.
@@ -49,6 +50,8 @@ pub enum Command {
     },
     Presence {
         channel: ChannelName,
+        /// Only the counts, not the list of clients.
+        counts_only: bool,
     },
     History {
         channel: ChannelName,
@@ -93,6 +96,7 @@ struct RawCommand {
     token: Option<String>,
     limit: Option<u32>,
     last: Option<u32>,
+    counts_only: Option<bool>,
 }
 
 /// Reads a field that is present as `Some`, including a JSON `null`.
@@ -159,6 +163,7 @@ fn command_from_raw(raw: RawCommand) -> Result<Command, HeraldError> {
         },
         "presence" => Command::Presence {
             channel: channel()?,
+            counts_only: raw.counts_only.unwrap_or(false),
         },
         "history" => Command::History {
             channel: channel()?,
@@ -361,6 +366,48 @@ pub fn history_result<'a>(
             .map(|p| MessageFrame::of(p))
             .collect(),
     }
+}
+
+/// The result of a `presence` command or `GET /api/channels/{channel}/presence`: the counts of
+/// users and connections, and (unless only the counts were asked for) every connection.
+pub fn presence_result<'a>(
+    channel: &'a ChannelName,
+    presence: &'a Presence,
+    counts_only: bool,
+) -> impl Serialize + 'a {
+    #[derive(Serialize)]
+    struct PresenceResult<'a> {
+        channel: &'a ChannelName,
+        users: usize,
+        connections: usize,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        clients: Option<&'a [PresenceMember]>,
+    }
+    PresenceResult {
+        channel,
+        users: presence.counts.users,
+        connections: presence.counts.connections,
+        clients: (!counts_only).then_some(presence.members.as_slice()),
+    }
+}
+
+/// `{"type":"join"|"leave","channel","user","client"}` or `{"type":"typing","channel","user"}`:
+/// an ephemeral channel event. Encoded once per event per node (see [`ChannelEvent::encoded`]).
+pub fn channel_event(e: &ChannelEvent) -> String {
+    #[derive(Serialize)]
+    struct EventFrame<'a> {
+        r#type: &'static str,
+        channel: &'a ChannelName,
+        user: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        client: Option<&'a str>,
+    }
+    encode(&EventFrame {
+        r#type: e.kind.as_str(),
+        channel: &e.channel,
+        user: &e.user,
+        client: (e.kind != EventKind::Typing).then_some(&*e.client),
+    })
 }
 
 /// `{"type":"unsubscribed",...}`: the reply to `unsubscribe`, and the notice when the server API

@@ -42,6 +42,29 @@ const WIRE_FORMATS: usize = 2;
 
 type Encoded = Box<dyn Any + Send + Sync>;
 
+/// A value's wire encodings, each computed at most once, by the first transport that needs it.
+#[derive(Default)]
+pub struct Encodings([OnceLock<Encoded>; WIRE_FORMATS]);
+
+impl Encodings {
+    /// The cached encoding in `format`, computing it with `encode` the first time; later calls
+    /// clone the cached value (for shared byte types, a reference count).
+    pub fn get_or_encode<T>(&self, format: WireFormat, encode: impl Fn() -> T) -> T
+    where
+        T: Clone + Send + Sync + 'static,
+    {
+        let slot = self.0[format as usize].get_or_init(|| Box::new(encode()));
+        match slot.downcast_ref::<T>() {
+            Some(cached) => cached.clone(),
+            // One slot used with two types is a programming error; stay correct regardless.
+            None => {
+                debug_assert!(false, "wire format slot {format:?} used with two types");
+                encode()
+            }
+        }
+    }
+}
+
 /// One published event, with its place in the channel's stream.
 pub struct Publication {
     pub channel: ChannelName,
@@ -56,7 +79,7 @@ pub struct Publication {
     pub from: Option<Publisher>,
     /// When this node first saw it; the base of the publish-to-write latency metric.
     pub received_at: Instant,
-    encodings: [OnceLock<Encoded>; WIRE_FORMATS],
+    encodings: Encodings,
 }
 
 impl Publication {
@@ -100,15 +123,7 @@ impl Publication {
     where
         T: Clone + Send + Sync + 'static,
     {
-        let slot = self.encodings[format as usize].get_or_init(|| Box::new(encode(self)));
-        match slot.downcast_ref::<T>() {
-            Some(cached) => cached.clone(),
-            // One slot used with two types is a programming error; stay correct regardless.
-            None => {
-                debug_assert!(false, "wire format slot {format:?} used with two types");
-                encode(self)
-            }
-        }
+        self.encodings.get_or_encode(format, || encode(self))
     }
 
     /// An estimate of the bytes this publication takes in a connection's queue, used to bound it.

@@ -350,6 +350,40 @@ pub async fn history(
     result.await.map(Json).map_err(|e| counted(&app, e))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PresenceParams {
+    #[serde(default)]
+    counts_only: bool,
+}
+
+/// `GET /api/channels/{channel}/presence?counts_only=` → `{channel, users, connections, clients?}`
+/// for the whole cluster; `forbidden` where the namespace keeps no presence.
+pub async fn presence(
+    State(app): State<App>,
+    Path(name): Path<String>,
+    Query(params): Query<PresenceParams>,
+) -> ApiResult<serde_json::Value> {
+    let channel = channel(&app, &name)?;
+    let result = async {
+        let presence = if params.counts_only {
+            herald_core::presence::Presence {
+                members: Vec::new(),
+                counts: app.hub.presence_counts(&channel).await?,
+            }
+        } else {
+            app.hub.presence(&channel).await?
+        };
+        Ok(serde_json::to_value(protocol::presence_result(
+            &channel,
+            &presence,
+            params.counts_only,
+        ))
+        .unwrap_or_default())
+    };
+    result.await.map(Json).map_err(|e| counted(&app, e))
+}
+
 /// `GET /api/users/{user}` → `{user, online, connections}`.
 pub async fn user(
     State(app): State<App>,
@@ -373,6 +407,7 @@ pub async fn stats(State(app): State<App>) -> ApiResult<serde_json::Value> {
         "messages_out": app.metrics.messages_out.get(),
         "deliveries_queued": snapshot.deliveries,
         "slow_consumers": snapshot.slow_consumers,
+        "events": snapshot.events,
         "queued_bytes": snapshot.queued_bytes,
         "uptime_s": app.started.elapsed().as_secs(),
     });

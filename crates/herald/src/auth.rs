@@ -38,12 +38,12 @@ pub enum Audience {
     Many(Vec<String>),
 }
 
-/// A verified token.
+/// A verified client: who it is and until when (from a token, or the backend's connect hook).
 #[derive(Debug, Clone)]
 pub struct Verified {
     pub identity: Identity,
-    /// `exp`, seconds since the Unix epoch.
-    pub expires_at: u64,
+    /// Seconds since the Unix epoch: a token's `exp`; `None` when the connect hook set no end.
+    pub expires_at: Option<u64>,
 }
 
 /// Why a token was refused. The message is safe to send to the client.
@@ -146,7 +146,7 @@ impl Authenticator {
         }
         Ok(Verified {
             identity,
-            expires_at: claims.exp,
+            expires_at: Some(claims.exp),
         })
     }
 }

@@ -66,6 +66,7 @@ pub struct Config {
     pub api: ApiConfig,
     pub limits: Limits,
     pub sse: SseConfig,
+    pub proxy: ProxyConfig,
     #[serde(rename = "namespace")]
     pub namespaces: Vec<NamespaceConfig>,
 }
@@ -125,6 +126,42 @@ impl Default for SseConfig {
     }
 }
 
+/// The backend's hooks (`docs/hooks.md`): where Herald asks, and how long it waits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Authenticates connections that bring no token (by cookie or session).
+    pub connect_url: Option<String>,
+    /// Decides subscriptions in namespaces with `subscribe = "proxy"`.
+    pub subscribe_url: Option<String>,
+    /// Decides (and may rewrite) client publications in namespaces with `publish_proxy = true`.
+    pub publish_url: Option<String>,
+    /// Longest wait for the backend's answer; past it, the request is refused (`unavailable`).
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// Headers of the client's HTTP request passed on to every hook (case-insensitive names).
+    pub forward_headers: Vec<String>,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            connect_url: None,
+            subscribe_url: None,
+            publish_url: None,
+            timeout: Duration::from_secs(3),
+            forward_headers: vec!["cookie".into()],
+        }
+    }
+}
+
+impl ProxyConfig {
+    /// Whether any hook is configured.
+    pub fn any(&self) -> bool {
+        self.connect_url.is_some() || self.subscribe_url.is_some() || self.publish_url.is_some()
+    }
+}
+
 /// Every limit, with the spec's defaults.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -156,9 +193,13 @@ pub struct NamespaceConfig {
     #[serde(default)]
     pub publish: bool,
     #[serde(default)]
+    pub publish_proxy: bool,
+    #[serde(default)]
     pub presence: bool,
     #[serde(default)]
     pub join_leave: bool,
+    #[serde(default = "default_join_leave_max_members")]
+    pub join_leave_max_members: usize,
     #[serde(default)]
     pub typing: bool,
     #[serde(default)]
@@ -169,6 +210,10 @@ pub struct NamespaceConfig {
 
 fn public() -> SubscribePolicy {
     SubscribePolicy::Public
+}
+
+fn default_join_leave_max_members() -> usize {
+    herald_core::channel::DEFAULT_JOIN_LEAVE_MAX_MEMBERS
 }
 
 fn default_history_ttl() -> Duration {
@@ -188,6 +233,7 @@ impl Default for Config {
             api: ApiConfig::default(),
             limits: Limits::default(),
             sse: SseConfig::default(),
+            proxy: ProxyConfig::default(),
             namespaces: Vec::new(),
         }
     }
@@ -292,6 +338,31 @@ const ENV_KEYS: &[(&str, Option<&str>, &str, Kind)] = &[
         Kind::Text,
     ),
     ("HERALD_API_KEYS", Some("api"), "keys", Kind::List),
+    (
+        "HERALD_PROXY_CONNECT_URL",
+        Some("proxy"),
+        "connect_url",
+        Kind::Text,
+    ),
+    (
+        "HERALD_PROXY_SUBSCRIBE_URL",
+        Some("proxy"),
+        "subscribe_url",
+        Kind::Text,
+    ),
+    (
+        "HERALD_PROXY_PUBLISH_URL",
+        Some("proxy"),
+        "publish_url",
+        Kind::Text,
+    ),
+    ("HERALD_PROXY_TIMEOUT", Some("proxy"), "timeout", Kind::Text),
+    (
+        "HERALD_PROXY_FORWARD_HEADERS",
+        Some("proxy"),
+        "forward_headers",
+        Kind::List,
+    ),
     (
         "HERALD_SSE_HEARTBEAT_INTERVAL",
         Some("sse"),
@@ -592,14 +663,27 @@ impl Config {
                     "the \"user\" namespace holds personal channels and must be \"personal\"",
                 ));
             }
-            if ns.subscribe == SubscribePolicy::Proxy {
+            if ns.subscribe == SubscribePolicy::Proxy && self.proxy.subscribe_url.is_none() {
                 return Err(ConfigError::new(
                     format!("namespace[{i}].subscribe"),
-                    "\"proxy\" is not available in this release",
+                    "\"proxy\" needs proxy.subscribe_url",
+                ));
+            }
+            if ns.publish_proxy && (!ns.publish || self.proxy.publish_url.is_none()) {
+                return Err(ConfigError::new(
+                    format!("namespace[{i}].publish_proxy"),
+                    "needs publish = true and proxy.publish_url",
+                ));
+            }
+            if ns.join_leave && !ns.presence {
+                return Err(ConfigError::new(
+                    format!("namespace[{i}].join_leave"),
+                    "needs presence = true (join/leave events are sent only while the \
+                     channel's presence count is at most join_leave_max_members)",
                 ));
             }
         }
-        Ok(())
+        self.proxy.validate()
     }
 
     /// The namespace table for the hub.
@@ -611,14 +695,60 @@ impl Config {
     }
 }
 
+impl ProxyConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let urls = [
+            ("proxy.connect_url", &self.connect_url),
+            ("proxy.subscribe_url", &self.subscribe_url),
+            ("proxy.publish_url", &self.publish_url),
+        ];
+        for (key, url) in urls {
+            let Some(url) = url else { continue };
+            match url.split_once("://") {
+                Some(("http", rest)) if !rest.is_empty() => {}
+                Some(("https", _)) => {
+                    return Err(ConfigError::new(
+                        key,
+                        "https is not supported for hooks: call the backend over http on the \
+                         private network (or through a local TLS proxy)",
+                    ))
+                }
+                _ => {
+                    return Err(ConfigError::new(
+                        key,
+                        format!("{url:?} is not an http:// URL"),
+                    ))
+                }
+            }
+        }
+        if self.timeout.is_zero() || self.timeout > Duration::from_secs(60) {
+            return Err(ConfigError::new(
+                "proxy.timeout",
+                "must be more than zero and at most 60s",
+            ));
+        }
+        for name in &self.forward_headers {
+            if axum::http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(ConfigError::new(
+                    "proxy.forward_headers",
+                    format!("{name:?} is not a header name"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl NamespaceConfig {
     pub fn new(name: &str) -> Self {
         NamespaceConfig {
             name: name.into(),
             subscribe: SubscribePolicy::Public,
             publish: false,
+            publish_proxy: false,
             presence: false,
             join_leave: false,
+            join_leave_max_members: default_join_leave_max_members(),
             typing: false,
             history_size: 0,
             history_ttl: default_history_ttl(),
@@ -630,8 +760,10 @@ impl NamespaceConfig {
             name: self.name.clone(),
             subscribe: self.subscribe,
             publish: self.publish,
+            publish_proxy: self.publish_proxy,
             presence: self.presence,
             join_leave: self.join_leave,
+            join_leave_max_members: self.join_leave_max_members,
             typing: self.typing,
             history_size: self.history_size,
             history_ttl: self.history_ttl,

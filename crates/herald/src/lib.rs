@@ -12,6 +12,7 @@
 //! - [`api`]: the HTTP API for backends, health, readiness and metrics.
 //! - [`limits`]: command rate, connection rate, client address, allowed origins.
 //! - [`metrics`]: Prometheus series.
+//! - [`proxy`]: the backend's hooks (connect, subscribe, publish) over HTTP.
 //! - [`store`]: the durable history store (`history_store = "disk"`) on redb.
 //! - [`server`]: shared state, the router, and [`server::run`], the one entry point.
 //! - `main.rs`: the CLI (`serve`, `token`, `init`, `check-config`).
@@ -23,6 +24,7 @@ pub mod auth;
 pub mod config;
 pub mod limits;
 pub mod metrics;
+pub mod proxy;
 pub mod server;
 pub mod store;
 pub mod transport;

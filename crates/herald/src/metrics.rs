@@ -25,6 +25,17 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HookLabel {
+    pub hook: &'static str,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HookNameLabel {
+    pub hook: &'static str,
+}
+
 /// Every metric Herald exports.
 pub struct Metrics {
     registry: Registry,
@@ -45,6 +56,12 @@ pub struct Metrics {
     pub errors: Family<CodeLabel, Counter>,
     /// Connections closed by the server, by reason; `client_closed` when the client left.
     pub disconnects: Family<ReasonLabel, Counter>,
+    /// Requests to the backend's hooks, by hook and result (`allowed`, `denied`, `unavailable`).
+    pub hook_requests: Family<HookLabel, Counter>,
+    /// How long the backend's hooks took to answer, by hook.
+    pub hook_duration: Family<HookNameLabel, Histogram>,
+    /// `typing` frames dropped by the throttle.
+    pub typing_throttled: Counter,
 }
 
 impl Default for Metrics {
@@ -69,6 +86,13 @@ impl Metrics {
         let publish_to_write = Histogram::new(buckets);
         let errors = Family::<CodeLabel, Counter>::default();
         let disconnects = Family::<ReasonLabel, Counter>::default();
+        let hook_requests = Family::<HookLabel, Counter>::default();
+        let hook_duration = Family::<HookNameLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new([
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ])
+        });
+        let typing_throttled = Counter::default();
         for code in ErrorCode::ALL {
             let _ = errors.get_or_create(&CodeLabel {
                 code: code.as_str(),
@@ -125,6 +149,21 @@ impl Metrics {
             "Connections closed, by reason",
             disconnects.clone(),
         );
+        registry.register(
+            "hook_requests",
+            "Requests to the backend's hooks, by hook and result",
+            hook_requests.clone(),
+        );
+        registry.register(
+            "hook_duration_seconds",
+            "Time the backend's hooks took to answer (or to fail)",
+            hook_duration.clone(),
+        );
+        registry.register(
+            "typing_throttled",
+            "typing frames dropped by the one-per-second throttle",
+            typing_throttled.clone(),
+        );
 
         Metrics {
             registry,
@@ -138,7 +177,19 @@ impl Metrics {
             publish_to_write,
             errors,
             disconnects,
+            hook_requests,
+            hook_duration,
+            typing_throttled,
         }
+    }
+
+    pub fn observe_hook(&self, hook: &'static str, result: &'static str, took: Duration) {
+        self.hook_requests
+            .get_or_create(&HookLabel { hook, result })
+            .inc();
+        self.hook_duration
+            .get_or_create(&HookNameLabel { hook })
+            .observe(took.as_secs_f64());
     }
 
     pub fn error(&self, code: ErrorCode) {

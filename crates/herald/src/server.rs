@@ -14,6 +14,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, Method};
 use axum::routing::{get, post};
 use axum::Router;
+use herald_core::hooks::Hooks;
 use herald_core::{ChannelName, CloseCode, Disconnect, Hub, HubConfig, MemoryEngine, Namespaces};
 use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -23,6 +24,7 @@ use crate::auth::Authenticator;
 use crate::config::{Config, ConfigError, HistoryStore};
 use crate::limits::ConnectionRate;
 use crate::metrics::Metrics;
+use crate::proxy::Proxy;
 use crate::store;
 use crate::transport::{sse, ws};
 
@@ -31,7 +33,9 @@ pub struct AppState {
     pub config: Config,
     pub hub: Hub,
     pub auth: Authenticator,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
+    /// The backend's hooks, when any is configured.
+    pub proxy: Option<Arc<Proxy>>,
     /// New connections per IP per second.
     pub connection_rate: ConnectionRate,
     pub started: Instant,
@@ -66,7 +70,16 @@ pub fn build(config: Config) -> Result<App, ConfigError> {
     let engine = Arc::new(engine);
     engine.spawn_sweeper(Duration::from_secs(30));
     engine.spawn_writer();
-    let hub = Hub::new(
+    let metrics = Arc::new(Metrics::new());
+    let proxy = Proxy::from_config(&config.proxy, metrics.clone());
+    if config.proxy.any() && proxy.is_none() {
+        return Err(ConfigError::new(
+            "proxy",
+            "the HTTP client for hooks could not be built",
+        ));
+    }
+    let hooks = proxy.clone().map(|p| p as Arc<dyn Hooks>);
+    let hub = Hub::with_hooks(
         HubConfig {
             namespaces,
             connections_per_user: config.limits.connections_per_user,
@@ -75,13 +88,15 @@ pub fn build(config: Config) -> Result<App, ConfigError> {
             idempotency_window: config.api.idempotency_window,
         },
         engine,
+        hooks,
     );
     Ok(Arc::new(AppState {
         connection_rate: ConnectionRate::new(config.limits.connections_per_ip_per_second),
         config,
         hub,
         auth,
-        metrics: Metrics::new(),
+        metrics,
+        proxy,
         started: Instant::now(),
         shutting_down: AtomicBool::new(false),
     }))
@@ -97,6 +112,7 @@ pub fn router(app: App) -> Router {
         .route("/unsubscribe", post(api::unsubscribe))
         .route("/channels", get(api::channels))
         .route("/channels/{channel}/history", get(api::history))
+        .route("/channels/{channel}/presence", get(api::presence))
         .route("/users/{user}", get(api::user))
         .route("/stats", get(api::stats))
         .route_layer(axum::middleware::from_fn_with_state(

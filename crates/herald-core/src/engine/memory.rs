@@ -35,6 +35,7 @@ use super::{
 };
 use crate::channel::ChannelName;
 use crate::error::HeraldError;
+use crate::presence::{ChannelEvent, Presence, PresenceCounts, PresenceMember};
 use crate::publication::{now_millis, Publication, StreamPosition};
 
 /// Idempotency keys remembered per channel; past this the oldest are forgotten early.
@@ -222,6 +223,24 @@ pub struct MemoryEngine {
     streams: Mutex<HashMap<ChannelName, Arc<Mutex<Stream>>>>,
     /// The durable store and its write queue, when history is kept on disk.
     durable: Option<Durable>,
+    /// Presence of the channels that have any, each with its counts kept up to date.
+    presence: Mutex<HashMap<ChannelName, ChannelPresence>>,
+}
+
+/// One channel's presence: its connections, and how many each user has.
+#[derive(Default)]
+struct ChannelPresence {
+    members: HashMap<Arc<str>, PresenceMember>,
+    users: HashMap<Arc<str>, u32>,
+}
+
+impl ChannelPresence {
+    fn counts(&self) -> PresenceCounts {
+        PresenceCounts {
+            users: self.users.len(),
+            connections: self.members.len(),
+        }
+    }
 }
 
 /// A durable store with the queue of what waits to be written.
@@ -290,6 +309,7 @@ impl MemoryEngine {
             sink: OnceLock::new(),
             streams: Mutex::new(HashMap::new()),
             durable: None,
+            presence: Mutex::default(),
         }
     }
 
@@ -347,6 +367,7 @@ impl MemoryEngine {
                 queued: Notify::new(),
                 failed: OnceLock::new(),
             }),
+            presence: Mutex::default(),
         })
     }
 
@@ -608,6 +629,74 @@ impl Engine for MemoryEngine {
         Ok(())
     }
 
+    async fn presence_join(
+        &self,
+        channel: &ChannelName,
+        member: PresenceMember,
+    ) -> Result<PresenceCounts, HeraldError> {
+        let mut all = self.presence.lock();
+        let presence = all.entry(channel.clone()).or_default();
+        let user = member.user.clone();
+        if presence
+            .members
+            .insert(member.client.clone(), member)
+            .is_none()
+        {
+            *presence.users.entry(user).or_default() += 1;
+        }
+        Ok(presence.counts())
+    }
+
+    async fn presence_leave(
+        &self,
+        channel: &ChannelName,
+        client: &str,
+    ) -> Result<PresenceCounts, HeraldError> {
+        let mut all = self.presence.lock();
+        let Some(presence) = all.get_mut(channel) else {
+            return Ok(PresenceCounts::default());
+        };
+        if let Some(member) = presence.members.remove(client) {
+            if let Some(n) = presence.users.get_mut(&member.user) {
+                *n -= 1;
+                if *n == 0 {
+                    presence.users.remove(&member.user);
+                }
+            }
+        }
+        let counts = presence.counts();
+        if counts.connections == 0 {
+            all.remove(channel);
+        }
+        Ok(counts)
+    }
+
+    async fn presence(&self, channel: &ChannelName) -> Result<Presence, HeraldError> {
+        let all = self.presence.lock();
+        let Some(presence) = all.get(channel) else {
+            return Ok(Presence::default());
+        };
+        let counts = presence.counts();
+        let mut members: Vec<PresenceMember> = presence.members.values().cloned().collect();
+        drop(all);
+        members.sort_by(|a, b| (&a.user, &a.client).cmp(&(&b.user, &b.client)));
+        Ok(Presence { members, counts })
+    }
+
+    async fn presence_counts(&self, channel: &ChannelName) -> Result<PresenceCounts, HeraldError> {
+        Ok(self
+            .presence
+            .lock()
+            .get(channel)
+            .map(ChannelPresence::counts)
+            .unwrap_or_default())
+    }
+
+    async fn publish_event(&self, event: ChannelEvent) -> Result<(), HeraldError> {
+        self.sink()?.deliver_event(Arc::new(event));
+        Ok(())
+    }
+
     async fn broadcast_command(&self, command: ClusterCommand) -> Result<(), HeraldError> {
         self.sink()?.command(command);
         Ok(())
@@ -634,6 +723,7 @@ mod tests {
         fn deliver(&self, p: Arc<Publication>) {
             self.0.lock().push((p.channel.to_string(), p.offset));
         }
+        fn deliver_event(&self, _: Arc<ChannelEvent>) {}
         fn command(&self, _: ClusterCommand) {}
     }
 

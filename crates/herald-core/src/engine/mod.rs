@@ -11,6 +11,11 @@
 //! channel's live deliveries for the session, reads history, and releases the held ones that came
 //! after what the read returned (see `hub::outbox`).
 //!
+//! Presence lives in the engine too (one entry per subscribed connection, with counts kept as
+//! entries change), so that any node can answer for the whole cluster, and so do the ephemeral
+//! channel events (join, leave, typing): delivered like publications, but with no offset and no
+//! history.
+//!
 //! The `memory` engine does all of this in-process. A Redis engine fits the same trait: `publish`
 //! becomes an offset increment plus a `PUBLISH`, `node_subscribe` a `SUBSCRIBE`, and the sink is fed
 //! from the pub/sub connection. The hub does not change.
@@ -26,6 +31,7 @@ use serde_json::value::RawValue;
 
 use crate::channel::ChannelName;
 use crate::error::HeraldError;
+use crate::presence::{ChannelEvent, Presence, PresenceCounts, PresenceMember};
 use crate::publication::{Publication, Publisher, StreamPosition};
 
 pub use memory::MemoryEngine;
@@ -107,6 +113,8 @@ pub enum ClusterCommand {
 /// Both calls are synchronous and must not block: they only queue bytes for connections.
 pub trait NodeSink: Send + Sync + 'static {
     fn deliver(&self, publication: Arc<Publication>);
+    /// An ephemeral event for the channel's subscribers (join, leave, typing).
+    fn deliver_event(&self, event: Arc<ChannelEvent>);
     fn command(&self, command: ClusterCommand);
 }
 
@@ -138,6 +146,29 @@ pub trait Engine: Send + Sync + 'static {
 
     /// This node has lost its last local subscriber for `channel`.
     async fn node_unsubscribe(&self, channel: &ChannelName) -> Result<(), HeraldError>;
+
+    /// Adds a connection to the channel's presence; returns the channel's counts after it.
+    async fn presence_join(
+        &self,
+        channel: &ChannelName,
+        member: PresenceMember,
+    ) -> Result<PresenceCounts, HeraldError>;
+
+    /// Removes a connection from the channel's presence; returns the channel's counts after it.
+    async fn presence_leave(
+        &self,
+        channel: &ChannelName,
+        client: &str,
+    ) -> Result<PresenceCounts, HeraldError>;
+
+    /// Everyone in the channel.
+    async fn presence(&self, channel: &ChannelName) -> Result<Presence, HeraldError>;
+
+    /// How many are in the channel, without listing them.
+    async fn presence_counts(&self, channel: &ChannelName) -> Result<PresenceCounts, HeraldError>;
+
+    /// Delivers an ephemeral event to the channel's subscribers on every node.
+    async fn publish_event(&self, event: ChannelEvent) -> Result<(), HeraldError>;
 
     /// Runs `command` on every node, this one included.
     async fn broadcast_command(&self, command: ClusterCommand) -> Result<(), HeraldError>;

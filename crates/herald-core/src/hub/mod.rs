@@ -10,6 +10,7 @@
 //! over synchronous sections only.
 
 mod outbox;
+mod throttle;
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet};
@@ -22,12 +23,15 @@ use serde_json::value::RawValue;
 
 pub use outbox::{Outbound, Outbox, Pushed};
 
-use crate::channel::{ChannelName, Identity, NamespacePolicy, Namespaces};
+use crate::channel::{ChannelName, Identity, NamespacePolicy, Namespaces, SubscribePolicy};
 use crate::engine::{
     ClusterCommand, Engine, HistoryPage, HistoryQuery, IdempotencyKey, NodeSink, PublishRequest,
 };
 use crate::error::{CloseCode, Disconnect, ErrorCode, HeraldError};
-use crate::publication::{Publication, Publisher, StreamPosition};
+use crate::hooks::{Caller, Hooks, PublishCheck, SubscribeCheck};
+use crate::presence::{ChannelEvent, EventKind, Presence, PresenceCounts, PresenceMember};
+use crate::publication::{now_millis, Publication, Publisher, StreamPosition};
+use throttle::TypingThrottle;
 
 const CHANNEL_SHARDS: usize = 64;
 
@@ -36,6 +40,9 @@ pub const MAX_EVENT_BYTES: usize = 255;
 
 /// Longest idempotency key accepted, in bytes.
 pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
+
+/// A user sends at most one `typing` event per channel in this interval; extra ones are dropped.
+pub const TYPING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The hub's limits, from configuration.
 #[derive(Debug, Clone)]
@@ -81,6 +88,8 @@ pub struct HubStats {
     /// Connections closed as slow consumers: their outgoing queue overflowed (counted here) or
     /// a write to them timed out (counted by the transport).
     pub slow_consumers: AtomicU64,
+    /// Ephemeral events (join, leave, typing) that reached this node.
+    pub events: AtomicU64,
 }
 
 /// The subscribers of one channel on this node, by session id.
@@ -89,6 +98,9 @@ type Subscribers = HashMap<u64, Arc<SessionCore>>;
 struct HubShared {
     config: HubConfig,
     engine: Arc<dyn Engine>,
+    /// The backend's hooks, where namespaces ask it.
+    hooks: Option<Arc<dyn Hooks>>,
+    typing: TypingThrottle,
     channels: Vec<RwLock<HashMap<ChannelName, Subscribers>>>,
     users: Mutex<HashMap<Arc<str>, Vec<Arc<SessionCore>>>>,
     sessions: AtomicUsize,
@@ -152,6 +164,8 @@ pub struct HubSnapshot {
     pub publications: u64,
     pub deliveries: u64,
     pub slow_consumers: u64,
+    /// Join, leave and typing events that reached this node.
+    pub events: u64,
     /// Bytes waiting in connections' outboxes right now.
     pub queued_bytes: usize,
 }
@@ -161,9 +175,21 @@ pub struct HubSnapshot {
 impl Hub {
     /// Creates the hub and attaches it to `engine`.
     pub fn new(config: HubConfig, engine: Arc<dyn Engine>) -> Hub {
+        Hub::with_hooks(config, engine, None)
+    }
+
+    /// Creates the hub, attached to `engine`, asking `hooks` where a namespace says so
+    /// (`subscribe = "proxy"`, `publish_proxy`).
+    pub fn with_hooks(
+        config: HubConfig,
+        engine: Arc<dyn Engine>,
+        hooks: Option<Arc<dyn Hooks>>,
+    ) -> Hub {
         let shared = Arc::new(HubShared {
             config,
             engine: engine.clone(),
+            hooks,
+            typing: TypingThrottle::new(TYPING_INTERVAL),
             channels: (0..CHANNEL_SHARDS).map(|_| RwLock::default()).collect(),
             users: Mutex::default(),
             sessions: AtomicUsize::new(0),
@@ -260,6 +286,33 @@ impl Hub {
     ) -> Result<HistoryPage, HeraldError> {
         let policy = self.shared.config.namespaces.policy(channel)?.history();
         self.shared.engine.history(channel, policy, query).await
+    }
+
+    /// A channel's presence, on behalf of the server API; `forbidden` where the namespace keeps
+    /// none.
+    pub async fn presence(&self, channel: &ChannelName) -> Result<Presence, HeraldError> {
+        self.presence_policy(channel)?;
+        self.shared.engine.presence(channel).await
+    }
+
+    /// A channel's presence counts (users, connections), without the list.
+    pub async fn presence_counts(
+        &self,
+        channel: &ChannelName,
+    ) -> Result<PresenceCounts, HeraldError> {
+        self.presence_policy(channel)?;
+        self.shared.engine.presence_counts(channel).await
+    }
+
+    fn presence_policy(&self, channel: &ChannelName) -> Result<&Arc<NamespacePolicy>, HeraldError> {
+        let policy = self.shared.config.namespaces.policy(channel)?;
+        if !policy.presence {
+            return Err(HeraldError::forbidden(format!(
+                "presence is off for namespace {:?}",
+                policy.name
+            )));
+        }
+        Ok(policy)
     }
 
     /// Publishes on behalf of the server API (no subscribe check, no `from`). With an
@@ -389,6 +442,7 @@ impl Hub {
             publications: s.stats.publications.load(Ordering::Relaxed),
             deliveries: s.stats.deliveries.load(Ordering::Relaxed),
             slow_consumers: s.stats.slow_consumers.load(Ordering::Relaxed),
+            events: s.stats.events.load(Ordering::Relaxed),
             queued_bytes,
         }
     }
@@ -426,8 +480,29 @@ impl Hub {
     fn fan_out(&self, publication: Arc<Publication>) {
         let stats = &self.shared.stats;
         stats.publications.fetch_add(1, Ordering::Relaxed);
-        let shard = self.shard(&publication.channel).read();
-        if let Some(subscribers) = shard.get(&publication.channel) {
+        self.fan_out_items(&publication.channel, |_| {
+            Some(Outbound::Publication(publication.clone()))
+        });
+    }
+
+    /// Fans an ephemeral event out to this node's subscribers of its channel, except the
+    /// connection it is about.
+    fn fan_out_event(&self, event: Arc<ChannelEvent>) {
+        self.shared.stats.events.fetch_add(1, Ordering::Relaxed);
+        self.fan_out_items(&event.channel, |session| {
+            (*session.client != *event.client).then(|| Outbound::Event(event.clone()))
+        });
+    }
+
+    /// Queues `item_for(subscriber)` for each of this node's subscribers of `channel`.
+    fn fan_out_items(
+        &self,
+        channel: &ChannelName,
+        item_for: impl Fn(&SessionCore) -> Option<Outbound>,
+    ) {
+        let stats = &self.shared.stats;
+        let shard = self.shard(channel).read();
+        if let Some(subscribers) = shard.get(channel) {
             let mut queued = 0;
             let mut chunk: [Option<&SessionCore>; FAN_OUT_CHUNK] = [None; FAN_OUT_CHUNK];
             let mut subscribers = subscribers.values();
@@ -441,8 +516,9 @@ impl Hub {
                     filled += 1;
                 }
                 for session in chunk[..filled].iter().flatten() {
-                    let item = Outbound::Publication(publication.clone());
-                    queued += u64::from(session.deliver(item, stats));
+                    if let Some(item) = item_for(session) {
+                        queued += u64::from(session.deliver(item, stats));
+                    }
                 }
                 if filled < FAN_OUT_CHUNK {
                     break;
@@ -484,11 +560,48 @@ impl Hub {
                         if core.deliver(Outbound::Unsubscribed(channel.clone()), stats) {
                             stats.deliveries.fetch_add(1, Ordering::Relaxed);
                         }
-                        self.release_channel(&channel);
+                        self.left(&channel, &core);
                     }
                 }
             }
         }
+    }
+
+    /// After a session's subscription to `channel` ended: takes it out of the channel's presence
+    /// (telling the others, where the namespace says so) and lets the engine know if this node no
+    /// longer needs the channel. Runs in the background: it is called where nothing may wait.
+    fn left(&self, channel: &ChannelName, core: &SessionCore) {
+        self.release_channel(channel);
+        let Ok(policy) = self.shared.config.namespaces.policy(channel) else {
+            return;
+        };
+        if !policy.presence {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let engine = self.shared.engine.clone();
+        let announce = policy.join_leave;
+        let max_members = policy.join_leave_max_members;
+        let channel = channel.clone();
+        let (user, client) = (core.user.clone(), core.client.clone());
+        runtime.spawn(async move {
+            let counts = match engine.presence_leave(&channel, &client).await {
+                Ok(counts) => counts,
+                Err(e) => {
+                    tracing::warn!(channel = %channel, error = %e, "presence leave failed");
+                    return;
+                }
+            };
+            // The count before this leave, so that join and leave are suppressed together.
+            if announce && counts.connections < max_members {
+                let event = ChannelEvent::new(EventKind::Leave, channel, user, client);
+                if let Err(e) = engine.publish_event(event).await {
+                    tracing::warn!(error = %e, "leave event failed");
+                }
+            }
+        });
     }
 
     /// Tells the engine this node no longer needs `channel`, if it has no subscribers left.
@@ -520,6 +633,12 @@ impl NodeSink for HubSink {
     fn deliver(&self, publication: Arc<Publication>) {
         if let Some(shared) = self.0.upgrade() {
             Hub { shared }.fan_out(publication);
+        }
+    }
+
+    fn deliver_event(&self, event: Arc<ChannelEvent>) {
+        if let Some(shared) = self.0.upgrade() {
+            Hub { shared }.fan_out_event(event);
         }
     }
 
@@ -600,25 +719,30 @@ impl Session {
         &self.core.outbox
     }
 
-    /// Replaces the connection's identity (after a token refresh for the same user).
-    pub fn set_identity(&self, identity: Identity) {
-        *self.core.identity.lock() = identity;
+    /// Replaces the connection's identity (after a token refresh for the same user). The headers
+    /// kept for the backend's hooks stay those of the connection's request.
+    pub fn set_identity(&self, mut identity: Identity) {
+        let mut current = self.core.identity.lock();
+        identity.forwarded_headers = current.forwarded_headers.take();
+        *current = identity;
     }
 
-    /// Subscribes after checking the namespace policy and the subscription limit, starting where
-    /// `recovery` says. Publications the recovery finds are queued before any live one, with no gap
-    /// and no duplicate between them.
+    /// Subscribes after checking the namespace policy (asking the backend's subscribe hook where
+    /// the namespace says so) and the subscription limit, starting where `recovery` says.
+    /// Publications the recovery finds are queued before any live one, with no gap and no
+    /// duplicate between them.
     pub async fn subscribe(
         &self,
         channel: &ChannelName,
         recovery: Recovery,
     ) -> Result<Subscribed, HeraldError> {
-        let identity = self.core.identity.lock().clone();
-        self.hub
-            .shared
-            .config
-            .namespaces
-            .check_subscribe(&identity, channel)?;
+        let policy = self.hub.namespaces().policy(channel)?.clone();
+        let ask_backend =
+            policy.subscribe == SubscribePolicy::Proxy && !self.is_subscribed(channel);
+        if policy.subscribe != SubscribePolicy::Proxy {
+            let identity = self.core.identity.lock().clone();
+            self.hub.namespaces().check_subscribe(&identity, channel)?;
+        }
         let personal = ChannelName::personal(&self.core.user);
         if personal.as_ref() != Some(channel) {
             // The personal channel is not counted against the limit.
@@ -633,7 +757,49 @@ impl Session {
                 ));
             }
         }
+        if ask_backend {
+            let hooks = self.hooks()?;
+            let check = SubscribeCheck {
+                caller: self.caller(),
+                channel: channel.clone(),
+            };
+            hooks.subscribe(check).await?;
+        }
         self.attach(channel, recovery).await
+    }
+
+    fn is_subscribed(&self, channel: &ChannelName) -> bool {
+        self.core.subscriptions.lock().contains(channel)
+    }
+
+    fn hooks(&self) -> Result<&Arc<dyn Hooks>, HeraldError> {
+        self.hub
+            .shared
+            .hooks
+            .as_ref()
+            .ok_or_else(|| HeraldError::unavailable("no backend hooks are configured"))
+    }
+
+    /// The connection, as the backend's hooks see it.
+    fn caller(&self) -> Caller {
+        Caller {
+            user: self.core.user.clone(),
+            client: self.core.client.clone(),
+            headers: self.core.identity.lock().forwarded_headers.clone(),
+        }
+    }
+
+    /// May this connection read `channel` (history, presence)? Yes if subscribed to it or if its
+    /// namespace's policy would let it subscribe.
+    fn check_read(&self, channel: &ChannelName) -> Result<(), HeraldError> {
+        if self.is_subscribed(channel) {
+            return Ok(());
+        }
+        let identity = self.core.identity.lock().clone();
+        self.hub
+            .namespaces()
+            .check_subscribe(&identity, channel)
+            .map(|_| ())
     }
 
     /// Subscribes (no permission check) and runs the recovery: hold the channel's live
@@ -645,7 +811,8 @@ impl Session {
         recovery: Recovery,
     ) -> Result<Subscribed, HeraldError> {
         let hub = &self.hub.shared;
-        let policy = hub.config.namespaces.policy(channel)?.history();
+        let namespace = hub.config.namespaces.policy(channel)?.clone();
+        let policy = namespace.history();
         let query = match &recovery {
             Recovery::Live => HistoryQuery::position(),
             Recovery::Since(position) => HistoryQuery {
@@ -708,11 +875,49 @@ impl Session {
             Vec::new()
         };
         outbox.finish_recovery(missed, &page.position);
+        if namespace.presence {
+            self.join_presence(channel, &namespace).await;
+        }
         Ok(Subscribed {
             channel: channel.clone(),
             position: page.position,
             recovered,
         })
+    }
+
+    /// Enters the channel's presence and, where the namespace says so and the channel is not too
+    /// large, tells the other subscribers. A presence that cannot be written is logged, not
+    /// refused: the subscription itself works.
+    async fn join_presence(&self, channel: &ChannelName, policy: &NamespacePolicy) {
+        let engine = &self.hub.shared.engine;
+        let member = PresenceMember {
+            user: self.core.user.clone(),
+            client: self.core.client.clone(),
+            joined_at: now_millis(),
+        };
+        let counts = match engine.presence_join(channel, member).await {
+            Ok(counts) => counts,
+            Err(e) => {
+                tracing::warn!(channel = %channel, error = %e, "presence join failed");
+                return;
+            }
+        };
+        if !self.is_subscribed(channel) {
+            // Unsubscribed (by the server API) while joining: its leave may have run first.
+            self.hub.left(channel, &self.core);
+            return;
+        }
+        if policy.join_leave && counts.connections <= policy.join_leave_max_members {
+            let event = ChannelEvent::new(
+                EventKind::Join,
+                channel.clone(),
+                self.core.user.clone(),
+                self.core.client.clone(),
+            );
+            if let Err(e) = engine.publish_event(event).await {
+                tracing::warn!(channel = %channel, error = %e, "join event failed");
+            }
+        }
     }
 
     /// Reads a channel's history, where this connection may subscribe to it.
@@ -721,9 +926,60 @@ impl Session {
         channel: &ChannelName,
         query: HistoryQuery,
     ) -> Result<HistoryPage, HeraldError> {
-        let identity = self.core.identity.lock().clone();
-        self.hub.namespaces().check_subscribe(&identity, channel)?;
+        self.check_read(channel)?;
         self.hub.history(channel, query).await
+    }
+
+    /// The channel's presence (or only its counts), where this connection may read the channel
+    /// and its namespace keeps presence.
+    pub async fn presence(
+        &self,
+        channel: &ChannelName,
+        counts_only: bool,
+    ) -> Result<Presence, HeraldError> {
+        self.hub.presence_policy(channel)?;
+        self.check_read(channel)?;
+        if counts_only {
+            let counts = self.hub.shared.engine.presence_counts(channel).await?;
+            return Ok(Presence {
+                members: Vec::new(),
+                counts,
+            });
+        }
+        self.hub.shared.engine.presence(channel).await
+    }
+
+    /// Tells the channel's other subscribers that this user is typing. Needs a subscription and
+    /// a namespace with typing on. Returns false when the throttle dropped it (at most one per user
+    /// per channel per [`TYPING_INTERVAL`]).
+    pub async fn typing(&self, channel: &ChannelName) -> Result<bool, HeraldError> {
+        let policy = self.hub.namespaces().policy(channel)?;
+        if !policy.typing {
+            return Err(HeraldError::forbidden(format!(
+                "typing is off for namespace {:?}",
+                policy.name
+            )));
+        }
+        if !self.is_subscribed(channel) {
+            return Err(HeraldError::forbidden(format!(
+                "subscribe to {channel} before sending typing"
+            )));
+        }
+        let shared = &self.hub.shared;
+        if !shared
+            .typing
+            .admit(&self.core.user, channel, std::time::Instant::now())
+        {
+            return Ok(false);
+        }
+        let event = ChannelEvent::new(
+            EventKind::Typing,
+            channel.clone(),
+            self.core.user.clone(),
+            self.core.client.clone(),
+        );
+        shared.engine.publish_event(event).await?;
+        Ok(true)
     }
 
     /// Unsubscribes; `not_found` if the connection was not subscribed.
@@ -737,11 +993,13 @@ impl Session {
                 "not subscribed to {channel}"
             )));
         }
-        self.hub.release_channel(channel);
+        self.hub.left(channel, &self.core);
         Ok(())
     }
 
-    /// Publishes on behalf of this client, where the namespace allows clients to publish.
+    /// Publishes on behalf of this client, where the namespace allows clients to publish: after
+    /// the backend's publish hook allowed it (and perhaps replaced its data) where the namespace
+    /// asks the backend, otherwise where the client may read the channel.
     pub async fn publish(
         &self,
         channel: ChannelName,
@@ -755,8 +1013,19 @@ impl Session {
                 policy.name
             )));
         }
-        let identity = self.core.identity.lock().clone();
-        self.hub.namespaces().check_subscribe(&identity, &channel)?;
+        let data = if policy.publish_proxy {
+            let check = PublishCheck {
+                caller: self.caller(),
+                channel: channel.clone(),
+                event: event.clone(),
+                data,
+            };
+            let original = check.data.clone();
+            self.hooks()?.publish(check).await?.unwrap_or(original)
+        } else {
+            self.check_read(&channel)?;
+            data
+        };
         let from = Publisher {
             user: self.core.user.clone(),
             client: self.core.client.clone(),
@@ -776,7 +1045,7 @@ impl Drop for Session {
         };
         for channel in &channels {
             view.remove_subscription(channel);
-            self.hub.release_channel(channel);
+            self.hub.left(channel, &self.core);
         }
         let shared = &self.hub.shared;
         let mut users = shared.users.lock();
@@ -830,7 +1099,7 @@ mod tests {
             .into_iter()
             .filter_map(|o| match o {
                 Outbound::Publication(p) => Some(p.offset),
-                Outbound::Unsubscribed(_) => None,
+                Outbound::Event(_) | Outbound::Unsubscribed(_) => None,
             })
             .collect()
     }

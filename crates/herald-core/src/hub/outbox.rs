@@ -23,6 +23,7 @@ use parking_lot::Mutex;
 
 use crate::channel::ChannelName;
 use crate::error::{CloseCode, Disconnect};
+use crate::presence::ChannelEvent;
 use crate::publication::{Publication, StreamPosition};
 
 /// Queue slots kept allocated between takes (16 bytes each).
@@ -32,6 +33,8 @@ const KEPT_CAPACITY: usize = 8;
 #[derive(Debug, Clone)]
 pub enum Outbound {
     Publication(Arc<Publication>),
+    /// An ephemeral event on a subscribed channel (join, leave, typing).
+    Event(Arc<ChannelEvent>),
     /// The server API unsubscribed this connection from a channel.
     Unsubscribed(ChannelName),
 }
@@ -40,6 +43,7 @@ impl Outbound {
     fn queued_size(&self) -> usize {
         match self {
             Outbound::Publication(p) => p.queued_size(),
+            Outbound::Event(e) => e.queued_size(),
             Outbound::Unsubscribed(c) => c.as_str().len() + 48,
         }
     }
@@ -315,7 +319,7 @@ mod tests {
             .iter()
             .map(|o| match o {
                 Outbound::Unsubscribed(c) => c.to_string(),
-                Outbound::Publication(_) => unreachable!(),
+                Outbound::Publication(_) | Outbound::Event(_) => unreachable!(),
             })
             .collect();
         assert_eq!(names, ["a:0", "a:1", "a:2", "a:3", "a:4"]);
@@ -397,7 +401,7 @@ mod tests {
             .iter()
             .map(|o| match o {
                 Outbound::Publication(p) => (p.channel.to_string(), p.offset),
-                Outbound::Unsubscribed(_) => unreachable!(),
+                Outbound::Unsubscribed(_) | Outbound::Event(_) => unreachable!(),
             })
             .collect();
         let expected = [("b:1", 9), ("a:1", 2), ("a:1", 3), ("a:1", 4)];

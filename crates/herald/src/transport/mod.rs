@@ -3,6 +3,106 @@
 //!
 //! - [`ws`]: WebSocket at `/ws`, the native JSON protocol in both directions.
 //! - [`sse`]: Server-Sent Events at `/sse`, receive-only, resumable with `Last-Event-ID`.
+//!
+//! What every transport does the same way lives here: the admission checks before anything else,
+//! authentication (a token, or the backend's connect hook for a client that brings none), and when
+//! a connection's credentials run out.
 
 pub mod sse;
 pub mod ws;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::http::HeaderMap;
+use herald_core::hooks::ForwardedHeaders;
+use herald_core::publication::now_millis;
+use herald_core::{ErrorCode, HeraldError};
+use tokio::time::Instant;
+
+use crate::auth::Verified;
+use crate::limits::{client_ip, origin_allowed};
+use crate::server::App;
+
+/// The checks every new client connection passes before anything else, on every transport:
+/// the server is not shutting down, the `Origin` is allowed, and the client's address is within
+/// its connection rate.
+pub(crate) fn admit_connection(
+    app: &App,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+) -> Result<(), HeraldError> {
+    if app.is_shutting_down() {
+        return Err(HeraldError::unavailable("server is shutting down"));
+    }
+    if !origin_allowed(headers, &app.config.allowed_origins) {
+        return Err(HeraldError::forbidden("origin not allowed"));
+    }
+    let ip = client_ip(peer, headers, &app.config.limits.trusted_proxies);
+    if !app.connection_rate.admit(ip) {
+        return Err(HeraldError::new(
+            ErrorCode::RateLimited,
+            "too many new connections from this address",
+        ));
+    }
+    Ok(())
+}
+
+/// The request's headers that the backend's hooks get (`proxy.forward_headers`), when any hook
+/// is configured.
+pub(crate) fn forwarded_headers(app: &App, headers: &HeaderMap) -> Option<ForwardedHeaders> {
+    app.proxy.as_ref().and_then(|p| p.forwarded(headers))
+}
+
+/// Verifies a client token; a bad one is `unauthorized`. `forwarded` is kept with the identity
+/// for the backend's hooks.
+pub(crate) fn verify_token(
+    app: &App,
+    token: &str,
+    forwarded: Option<ForwardedHeaders>,
+) -> Result<Verified, HeraldError> {
+    let mut verified = app
+        .auth
+        .verify(token)
+        .map_err(|e| HeraldError::new(ErrorCode::Unauthorized, e.0))?;
+    verified.identity.forwarded_headers = forwarded;
+    Ok(verified)
+}
+
+/// Authenticates a client that brought no token through the backend's connect hook, when one is
+/// configured (`None` when not). A refusal is `unauthorized`; a backend that cannot answer is
+/// `unavailable`.
+pub(crate) async fn connect_hook(
+    app: &App,
+    transport: &str,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+) -> Option<Result<Verified, HeraldError>> {
+    let proxy = app.proxy.as_ref().filter(|p| p.has_connect())?;
+    let ip = client_ip(peer, headers, &app.config.limits.trusted_proxies);
+    let answer = proxy
+        .connect(transport, ip, forwarded_headers(app, headers))
+        .await
+        .map(|connected| Verified {
+            identity: connected.identity,
+            expires_at: connected.expires_at,
+        })
+        .map_err(|e| match e.code {
+            ErrorCode::Forbidden => HeraldError::new(ErrorCode::Unauthorized, e.message),
+            _ => e,
+        });
+    Some(answer)
+}
+
+/// The instant a connection whose credentials end at `expires_at` (Unix seconds) must close: the
+/// expiry plus the configured clock-skew leeway (already past if both have passed). Without an
+/// expiry, never (in practice: a century from now).
+pub(crate) fn deadline_of(expires_at: Option<u64>, leeway: Duration) -> Instant {
+    let Some(expires_at) = expires_at else {
+        return Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
+    };
+    let close_at_ms = expires_at
+        .saturating_mul(1000)
+        .saturating_add(leeway.as_millis() as u64);
+    Instant::now() + Duration::from_millis(close_at_ms.saturating_sub(now_millis()))
+}

@@ -99,7 +99,7 @@ async fn open(
     headers: &HeaderMap,
     query: Option<&str>,
 ) -> Result<Response, HeraldError> {
-    super::ws::admit_connection(app, peer, headers)?;
+    super::admit_connection(app, peer, headers)?;
     let request = SseRequest::parse(query)?;
     let header_id = headers
         .get("last-event-id")
@@ -120,19 +120,19 @@ async fn open(
             .find(|(c, _)| c == channel)
             .map_or(Recovery::Live, |(_, p)| Recovery::Since(p.clone()))
     };
-    let token = bearer_token(headers)
-        .map(str::to_owned)
-        .or(request.token)
-        .ok_or_else(|| {
-            HeraldError::new(
-                ErrorCode::Unauthorized,
-                "missing token: send Authorization: Bearer <jwt> or ?token=",
-            )
-        })?;
-    let verified = app
-        .auth
-        .verify(&token)
-        .map_err(|e| HeraldError::new(ErrorCode::Unauthorized, e.0))?;
+    let token = bearer_token(headers).map(str::to_owned).or(request.token);
+    let verified = match token {
+        Some(token) => super::verify_token(app, &token, super::forwarded_headers(app, headers))?,
+        None => match super::connect_hook(app, "sse", peer, headers).await {
+            Some(verified) => verified?,
+            None => {
+                return Err(HeraldError::new(
+                    ErrorCode::Unauthorized,
+                    "missing token: send Authorization: Bearer <jwt> or ?token=",
+                ))
+            }
+        },
+    };
     let personal_channel = ChannelName::personal(&verified.identity.user);
     let personal = personal_channel
         .as_ref()
@@ -177,7 +177,7 @@ async fn open(
         session.client_id(),
         session.user(),
         sse.heartbeat_interval.as_secs().max(1),
-        Some(verified.expires_at),
+        verified.expires_at,
     );
     // The opening events; the last carries the id, so that a client that drops before any
     // publication still resumes from here.
@@ -203,10 +203,7 @@ async fn open(
         session,
         positions,
         heartbeat: ticker,
-        expiry: Box::pin(sleep_until(super::ws::deadline_of(
-            verified.expires_at,
-            leeway,
-        ))),
+        expiry: Box::pin(sleep_until(super::deadline_of(verified.expires_at, leeway))),
         batch: Vec::new(),
         first: Some(first),
         ended: None,
@@ -302,6 +299,19 @@ impl EventStream {
                         chunk,
                         None,
                         Some(&id),
+                        std::str::from_utf8(&data).unwrap_or("{}"),
+                    );
+                }
+                Outbound::Event(e) => {
+                    // No id: the stream's position has not moved, and EventSource keeps the
+                    // last one it saw.
+                    let data: Bytes = e.encoded(WireFormat::ServerSentEvent, |e| {
+                        Bytes::from(protocol::channel_event(e))
+                    });
+                    push_event(
+                        chunk,
+                        Some(e.kind.as_str()),
+                        None,
                         std::str::from_utf8(&data).unwrap_or("{}"),
                     );
                 }

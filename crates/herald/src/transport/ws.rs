@@ -30,8 +30,12 @@ use tokio::time::{sleep, sleep_until, timeout, Instant};
 
 use crate::api::ApiError;
 use crate::auth::bearer_token;
-use crate::limits::{client_ip, origin_allowed, CommandBucket};
+use crate::auth::Verified;
+use crate::limits::CommandBucket;
 use crate::server::App;
+use herald_core::hooks::ForwardedHeaders;
+
+use super::{admit_connection, connect_hook, deadline_of, forwarded_headers, verify_token};
 
 /// Bytes tungstenite reads from the socket at a time. tungstenite allocates this much for every
 /// connection up front, and clients send small commands, so it is kept small; a larger frame is
@@ -84,6 +88,17 @@ pub async fn upgrade(
     };
     let token = bearer_token(&headers).map(str::to_owned).or(query.token);
     let deadline = Instant::now() + limits.handshake_timeout;
+    let forwarded = forwarded_headers(&app, &headers);
+    // A client with no token is the backend's to authenticate, when it has a connect hook; asked
+    // before the upgrade, so that a refusal is a plain HTTP error.
+    let credentials = match token {
+        Some(token) => Credentials::Token(token, forwarded),
+        None => match connect_hook(&app, "websocket", peer, &headers).await {
+            Some(Ok(verified)) => Credentials::Verified(verified),
+            Some(Err(e)) => return refuse(e),
+            None => Credentials::AuthFrame(forwarded),
+        },
+    };
     ws.read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(WRITE_BUFFER + limits.outbound_queue_bytes + limits.max_frame_bytes)
@@ -93,32 +108,18 @@ pub async fn upgrade(
             // The connection gets a task of its own, sized by `Connection::run` alone; axum's
             // upgrade task (which also holds the HTTP upgrade's state) ends here and is freed.
             let connection = Connection { socket, app };
-            tokio::spawn(connection.run(token, personal, deadline));
+            tokio::spawn(connection.run(credentials, personal, deadline));
         })
 }
 
-/// The checks every new client connection passes before anything else, on every transport:
-/// the server is not shutting down, the `Origin` is allowed, and the client's address is within
-/// its connection rate.
-pub(crate) fn admit_connection(
-    app: &App,
-    peer: SocketAddr,
-    headers: &HeaderMap,
-) -> Result<(), HeraldError> {
-    if app.is_shutting_down() {
-        return Err(HeraldError::unavailable("server is shutting down"));
-    }
-    if !origin_allowed(headers, &app.config.allowed_origins) {
-        return Err(HeraldError::forbidden("origin not allowed"));
-    }
-    let ip = client_ip(peer, headers, &app.config.limits.trusted_proxies);
-    if !app.connection_rate.admit(ip) {
-        return Err(HeraldError::new(
-            ErrorCode::RateLimited,
-            "too many new connections from this address",
-        ));
-    }
-    Ok(())
+/// How a client proves who it is.
+enum Credentials {
+    /// A token from the header or the query string, not yet verified.
+    Token(String, Option<ForwardedHeaders>),
+    /// Already verified (by the backend's connect hook).
+    Verified(Verified),
+    /// The token will come in the first frame.
+    AuthFrame(Option<ForwardedHeaders>),
 }
 
 /// How a connection ended.
@@ -162,20 +163,30 @@ struct Connection {
 // === impl Connection ===
 
 impl Connection {
-    async fn run(mut self, header_token: Option<String>, personal: Recovery, deadline: Instant) {
-        let (token, personal) = match header_token {
-            Some(token) => (token, personal),
-            None => match Box::pin(self.await_auth_frame(deadline)).await {
-                // The auth frame's own `since`/`last` wins over the query string's.
-                Ok((token, Recovery::Live)) => (token, personal),
-                Ok(auth) => auth,
-                Err(ended) => return Box::pin(self.finish(ended)).await,
-            },
+    async fn run(mut self, credentials: Credentials, personal: Recovery, deadline: Instant) {
+        let (verified, personal) = match credentials {
+            Credentials::Verified(verified) => (Ok(verified), personal),
+            Credentials::Token(token, forwarded) => {
+                (verify_token(&self.app, &token, forwarded), personal)
+            }
+            Credentials::AuthFrame(forwarded) => {
+                match Box::pin(self.await_auth_frame(deadline)).await {
+                    Ok((token, from_frame)) => {
+                        // The auth frame's own `since`/`last` wins over the query string's.
+                        let personal = match from_frame {
+                            Recovery::Live => personal,
+                            recovery => recovery,
+                        };
+                        (verify_token(&self.app, &token, forwarded), personal)
+                    }
+                    Err(ended) => return Box::pin(self.finish(ended)).await,
+                }
+            }
         };
-        let verified = match self.app.auth.verify(&token) {
+        let verified = match verified {
             Ok(verified) => verified,
             Err(e) => {
-                let d = Disconnect::new(CloseCode::Unauthorized, e.0);
+                let d = Disconnect::new(CloseCode::Unauthorized, e.message);
                 return Box::pin(self.finish(d.into())).await;
             }
         };
@@ -190,7 +201,7 @@ impl Connection {
             session.client_id(),
             session.user(),
             self.app.config.limits.heartbeat_interval.as_secs().max(1),
-            Some(verified.expires_at),
+            verified.expires_at,
         );
         let mut greeted = self.send(hello).await;
         if let (Ok(()), Some(personal)) = (&greeted, &personal) {
@@ -236,7 +247,7 @@ impl Connection {
     }
 
     /// The connection's main loop, until it ends.
-    async fn serve(&mut self, session: &Session, expires_at: u64) -> Ended {
+    async fn serve(&mut self, session: &Session, expires_at: Option<u64>) -> Ended {
         let app = self.app.clone();
         let limits = &app.config.limits;
         let interval = limits.heartbeat_interval;
@@ -316,7 +327,7 @@ impl Connection {
                     // Boxed: commands are rare next to deliveries, and an inline command future would
                     // make every idle connection's task larger.
                     match Box::pin(self.handle(session, parsed)).await {
-                        Ok(Some(new_expiry)) => expiry.as_mut().reset(deadline_of(new_expiry, leeway)),
+                        Ok(Some(new_expiry)) => expiry.as_mut().reset(deadline_of(Some(new_expiry), leeway)),
                         Ok(None) => {}
                         Err(ended) => return ended,
                     }
@@ -383,16 +394,39 @@ impl Connection {
                 }
                 Err(e) => Err(e),
             },
-            Command::Typing { .. } | Command::Presence { .. } => Err(HeraldError::unavailable(
-                "presence and typing are not available in this release",
-            )),
+            Command::Typing { channel } => match session.typing(&channel).await {
+                Ok(sent) => {
+                    if !sent {
+                        app.metrics.typing_throttled.inc();
+                    }
+                    // Only a command with an `id` gets an answer; a throttled one is no error.
+                    if id.is_none() {
+                        return Ok(None);
+                    }
+                    Ok(protocol::reply(id, &serde_json::json!({ "sent": sent })))
+                }
+                Err(e) => Err(e),
+            },
+            Command::Presence {
+                channel,
+                counts_only,
+            } => session
+                .presence(&channel, counts_only)
+                .await
+                .map(|presence| {
+                    protocol::reply(
+                        id,
+                        &protocol::presence_result(&channel, &presence, counts_only),
+                    )
+                }),
             Command::Refresh { token } => match app.auth.verify(&token) {
                 Err(e) => Err(HeraldError::new(ErrorCode::Unauthorized, e.0)),
                 Ok(v) if v.identity.user != *session.user() => Err(HeraldError::forbidden(
                     "a refresh token must be for the same user",
                 )),
                 Ok(v) => {
-                    let expires_at = v.expires_at;
+                    // A token always has an expiry.
+                    let expires_at = v.expires_at.unwrap_or_default();
                     session.set_identity(v.identity);
                     self.send(protocol::reply(
                         id,
@@ -435,6 +469,9 @@ impl Connection {
                 let text: Utf8Bytes = match item {
                     Outbound::Publication(p) => p.encoded(WireFormat::NativeWebSocket, |p| {
                         Utf8Bytes::from(protocol::message(p))
+                    }),
+                    Outbound::Event(e) => e.encoded(WireFormat::NativeWebSocket, |e| {
+                        Utf8Bytes::from(protocol::channel_event(e))
                     }),
                     Outbound::Unsubscribed(channel) => {
                         protocol::unsubscribed(None, &channel).into()
@@ -563,13 +600,4 @@ fn count_written(
     if let Some(oldest) = oldest {
         metrics.observe_write(oldest.elapsed());
     }
-}
-
-/// The instant a connection whose token has `exp = expires_at` (Unix seconds) must close: the
-/// expiry plus the configured clock-skew leeway (already past if both have passed).
-pub(crate) fn deadline_of(expires_at: u64, leeway: Duration) -> Instant {
-    let close_at_ms = expires_at
-        .saturating_mul(1000)
-        .saturating_add(leeway.as_millis() as u64);
-    Instant::now() + Duration::from_millis(close_at_ms.saturating_sub(now_millis()))
 }

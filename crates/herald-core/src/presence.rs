@@ -1,0 +1,109 @@
+//! Who is in a channel, and the events that say so as it changes.
+//!
+//! Presence is kept per channel by the engine, one entry per connection, so that with several
+//! nodes any node answers for the whole cluster. Its counts (users and connections) are kept as
+//! the entries change, so asking "how many are online on this site" costs the same for ten
+//! members as for ten thousand.
+//!
+//! A [`ChannelEvent`] (join, leave, typing) is the ephemeral sibling of a publication: it goes to
+//! the channel's current subscribers on every node, has no offset, never enters history and is not
+//! recovered. Like a publication it is encoded at most once per wire format and shared.
+
+use std::sync::Arc;
+
+use crate::channel::ChannelName;
+use crate::publication::{Encodings, WireFormat};
+
+/// One connection in a channel's presence.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PresenceMember {
+    pub user: Arc<str>,
+    pub client: Arc<str>,
+    /// When the connection subscribed, milliseconds since the Unix epoch.
+    pub joined_at: u64,
+}
+
+/// How many are in a channel: distinct users, and connections (a user with two tabs is one user
+/// and two connections).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PresenceCounts {
+    pub users: usize,
+    pub connections: usize,
+}
+
+/// A channel's presence: every connection in it, and the counts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Presence {
+    /// Ordered by user, then client.
+    pub members: Vec<PresenceMember>,
+    pub counts: PresenceCounts,
+}
+
+/// What a [`ChannelEvent`] says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// A connection subscribed.
+    Join,
+    /// A connection unsubscribed or went away.
+    Leave,
+    /// A user is typing.
+    Typing,
+}
+
+impl EventKind {
+    /// The event's name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Join => "join",
+            EventKind::Leave => "leave",
+            EventKind::Typing => "typing",
+        }
+    }
+}
+
+/// An ephemeral event on a channel, for its subscribers other than the connection it is about.
+pub struct ChannelEvent {
+    pub kind: EventKind,
+    pub channel: ChannelName,
+    pub user: Arc<str>,
+    /// The connection the event is about; it does not receive the event itself.
+    pub client: Arc<str>,
+    encodings: Encodings,
+}
+
+impl ChannelEvent {
+    pub fn new(kind: EventKind, channel: ChannelName, user: Arc<str>, client: Arc<str>) -> Self {
+        ChannelEvent {
+            kind,
+            channel,
+            user,
+            client,
+            encodings: Encodings::default(),
+        }
+    }
+
+    /// The event in `format`, encoded the first time it is asked for (see
+    /// [`Publication::encoded`](crate::publication::Publication::encoded)).
+    pub fn encoded<T>(&self, format: WireFormat, encode: impl Fn(&ChannelEvent) -> T) -> T
+    where
+        T: Clone + Send + Sync + 'static,
+    {
+        self.encodings.get_or_encode(format, || encode(self))
+    }
+
+    /// An estimate of the bytes this event takes in a connection's queue.
+    pub fn queued_size(&self) -> usize {
+        self.channel.as_str().len() + self.user.len() + self.client.len() + 64
+    }
+}
+
+impl std::fmt::Debug for ChannelEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChannelEvent")
+            .field("kind", &self.kind)
+            .field("channel", &self.channel)
+            .field("user", &self.user)
+            .field("client", &self.client)
+            .finish_non_exhaustive()
+    }
+}
