@@ -45,8 +45,9 @@ pub struct TestServer {
 
 impl TestServer {
     /// A test configuration: known secrets, namespaces `chat` (public, clients publish), `site`
-    /// (claims), `alarms` (public), `feed` (public), `notes` (personal) and `room` (public, keeps
-    /// 100 publications for an hour).
+    /// (claims), `alarms` (public), `feed` (public), `notes` (personal), `room` (public, keeps
+    /// 100 publications for an hour) and `lobby` (public, clients publish, presence, join/leave,
+    /// typing, keeps 100 publications).
     pub fn config() -> Config {
         let mut chat = NamespaceConfig::new("chat");
         chat.publish = true;
@@ -57,6 +58,12 @@ impl TestServer {
         let mut room = NamespaceConfig::new("room");
         room.history_size = 100;
         room.history_ttl = Duration::from_secs(3600);
+        let mut lobby = NamespaceConfig::new("lobby");
+        lobby.publish = true;
+        lobby.presence = true;
+        lobby.join_leave = true;
+        lobby.typing = true;
+        lobby.history_size = 100;
         let mut config = Config {
             namespaces: vec![
                 chat,
@@ -65,6 +72,7 @@ impl TestServer {
                 NamespaceConfig::new("alarms"),
                 NamespaceConfig::new("feed"),
                 room,
+                lobby,
             ],
             ..Config::default()
         };
@@ -157,12 +165,31 @@ impl TestServer {
     }
 
     async fn open_with_header_at(&self, url: &str, token: &str) -> Socket {
+        let authorization = format!("Bearer {token}");
+        self.open_with_headers(url, &[("authorization", &authorization)])
+            .await
+            .unwrap()
+    }
+
+    /// Opens a WebSocket to `url` with `headers`; the HTTP status when the upgrade is refused.
+    pub async fn open_with_headers(
+        &self,
+        url: &str,
+        headers: &[(&'static str, &str)],
+    ) -> Result<Socket, u16> {
         let mut request = url.into_client_request().unwrap();
-        request.headers_mut().insert(
-            "authorization",
-            HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
-        );
-        tokio_tungstenite::connect_async(request).await.unwrap().0
+        for (name, value) in headers {
+            request
+                .headers_mut()
+                .append(*name, HeaderValue::from_str(value).unwrap());
+        }
+        match tokio_tungstenite::connect_async(request).await {
+            Ok((socket, _)) => Ok(socket),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                Err(response.status().as_u16())
+            }
+            Err(e) => panic!("connect failed: {e}"),
+        }
     }
 
     /// Opens a WebSocket with no credentials at all.
@@ -374,6 +401,16 @@ impl Client {
             let reply = self.next().await;
             if reply["id"] == json!(id) {
                 return reply;
+            }
+        }
+    }
+
+    /// The next frame of type `kind`, skipping anything else.
+    pub async fn next_of(&mut self, kind: &str) -> Value {
+        loop {
+            let frame = self.next().await;
+            if frame["type"] == kind {
+                return frame;
             }
         }
     }
