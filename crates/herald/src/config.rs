@@ -489,7 +489,9 @@ impl Config {
         table.insert("api".into(), api.into());
         let mut wildcard = toml::Table::new();
         wildcard.insert("name".into(), "*".into());
-        wildcard.insert("publish".into(), true.into());
+        for feature in ["publish", "presence", "join_leave", "typing"] {
+            wildcard.insert(feature.into(), true.into());
+        }
         wildcard.insert("history_size".into(), 100.into());
         table.insert(
             "namespace".into(),
@@ -517,11 +519,14 @@ impl Config {
         Ok(config)
     }
 
-    /// The development configuration: loopback only, fresh secrets, every namespace public and
-    /// open to client publishing.
+    /// The development configuration: loopback only, fresh secrets, every namespace public, open
+    /// to client publishing, with presence, join/leave and typing on.
     pub fn development() -> Config {
         let mut wildcard = NamespaceConfig::new("*");
         wildcard.publish = true;
+        wildcard.presence = true;
+        wildcard.join_leave = true;
+        wildcard.typing = true;
         wildcard.history_size = 100;
         Config {
             auth: AuthConfig {
@@ -874,12 +879,24 @@ outbound_queue_bytes = 1048576       # per connection; a client that falls furth
 shutdown_drain = "10s"               # SIGTERM: 1012 disconnects spread over this window
 max_api_body_bytes = 8388608         # largest HTTP API request body
 
+[proxy]
+# The backend's hooks (docs/hooks.md): HTTP POST with JSON, each optional.
+# connect_url = "http://127.0.0.1:3000/herald/connect"     # clients that bring no token
+# subscribe_url = "http://127.0.0.1:3000/herald/subscribe" # namespaces with subscribe = "proxy"
+# publish_url = "http://127.0.0.1:3000/herald/publish"     # namespaces with publish_proxy = true
+timeout = "3s"                       # no answer in time: refused with unavailable
+forward_headers = ["cookie"]         # request headers passed on to the hooks
+
 # Each user's personal channel user:{sub} exists without configuration.
 
 [[namespace]]
 name = "chat"                        # channels "chat:*"
-subscribe = "public"                 # public | personal | claims
-publish = true                       # clients may publish
+subscribe = "public"                 # public | personal | claims | proxy
+publish = true                       # clients may publish (publish_proxy = true: ask the backend)
+presence = true                      # who is here: the presence command and API
+join_leave = true                    # join/leave events to the other subscribers ...
+join_leave_max_members = 100         # ... while the channel has at most this many connections
+typing = true                        # typing events, at most one per user per channel per second
 history_size = 100                   # publications kept for recovery and the history command
 history_ttl = "1h"                   # ... and for at most this long
 
@@ -971,6 +988,43 @@ mod tests {
             (
                 base.replace("name = \"site\"", "name = \"chat\""),
                 "namespace[1].name",
+            ),
+            (
+                base.replace("subscribe = \"claims\"", "subscribe = \"proxy\""),
+                "proxy.subscribe_url",
+            ),
+            (
+                base.replace("presence = true", "presence = false"),
+                "namespace[0].join_leave",
+            ),
+            (
+                base.replace("publish = true", "publish = true\npublish_proxy = true"),
+                "namespace[0].publish_proxy",
+            ),
+            (
+                base.replace(
+                    "timeout = \"3s\"",
+                    "timeout = \"3s\"\nsubscribe_url = \"https://backend/hook\"",
+                ),
+                "proxy.subscribe_url",
+            ),
+            (
+                base.replace(
+                    "timeout = \"3s\"",
+                    "timeout = \"3s\"\nconnect_url = \"backend:3000\"",
+                ),
+                "proxy.connect_url",
+            ),
+            (
+                base.replace("timeout = \"3s\"", "timeout = \"0s\""),
+                "proxy.timeout",
+            ),
+            (
+                base.replace(
+                    "forward_headers = [\"cookie\"]",
+                    "forward_headers = [\"bad header\"]",
+                ),
+                "proxy.forward_headers",
             ),
         ];
         for (text, needle) in cases {

@@ -348,6 +348,47 @@ async fn an_expired_token_closes_the_connection_with_4002_unless_refreshed() {
 }
 
 #[tokio::test]
+async fn expiry_is_at_exp_plus_the_configured_leeway_and_refresh_moves_it() {
+    let mut config = TestServer::config();
+    config.auth.jwt_leeway = Duration::from_secs(1);
+    let server = TestServer::start(config).await;
+    let now_ms = herald_core::publication::now_millis;
+
+    // exp one second ahead: the close comes at exp + 1 s of leeway, not before.
+    let exp = now() + 1;
+    let token = server.token_with(claims("alice", exp));
+    let socket = server.open_with_header(&token).await;
+    let mut alice = Client::established(socket).await;
+    assert_eq!(alice.hello["expires_at"], exp);
+    let closed = alice.closed().await;
+    let at = now_ms();
+    assert_closed_with(&closed, 4002);
+    let due = exp * 1000 + 1000;
+    assert!(
+        at + 100 >= due && at <= due + 1000,
+        "closed at {at}, due at {due}"
+    );
+
+    // A refresh to a later exp moves the close there; the reply and the deadline agree.
+    let token = server.token_with(claims("bob", now() + 1));
+    let socket = server.open_with_header(&token).await;
+    let mut bob = Client::established(socket).await;
+    let later = now() + 2;
+    let reply = bob
+        .request(json!({"type": "refresh", "token": server.token_with(claims("bob", later))}))
+        .await;
+    assert_eq!(reply["result"]["expires_at"], later);
+    let closed = bob.closed().await;
+    let at = now_ms();
+    assert_closed_with(&closed, 4002);
+    let due = later * 1000 + 1000;
+    assert!(
+        at + 100 >= due && at <= due + 1000,
+        "closed at {at}, due at {due}"
+    );
+}
+
+#[tokio::test]
 async fn wrong_api_keys_are_refused() {
     let server = TestServer::start_default().await;
     let body = Some(json!({"channel": "chat:1", "data": 1}).to_string());

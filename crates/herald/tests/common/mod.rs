@@ -305,6 +305,8 @@ pub struct Client {
     pub socket: Socket,
     pub client_id: String,
     pub user: String,
+    /// The `connected` frame.
+    pub hello: Value,
     /// The `subscribed` frame of the personal channel (`Null` when the user has none).
     pub personal: Value,
     next_id: u64,
@@ -326,6 +328,7 @@ impl Client {
             socket,
             client_id: String::new(),
             user: String::new(),
+            hello: Value::Null,
             personal: Value::Null,
             next_id: 1,
         };
@@ -336,6 +339,7 @@ impl Client {
         );
         client.client_id = hello["client"].as_str().unwrap().to_string();
         client.user = hello["user"].as_str().unwrap().to_string();
+        client.hello = hello;
         // A user id that is a valid channel name has a personal channel, announced next.
         let valid = |c: char| c.is_ascii_alphanumeric() || "_:.@=-".contains(c);
         if client.user.chars().all(valid) && client.user.len() <= 250 {
