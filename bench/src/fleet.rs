@@ -9,7 +9,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -17,6 +17,9 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::measure::{SharedRecorder, Stream};
 use crate::Target;
+
+/// Frames a connection may have waiting to be sent.
+const OUTGOING_FRAMES: usize = 64;
 
 /// The channel every connection subscribes to.
 pub const SHARED_CHANNEL: &str = "bench:all";
@@ -28,9 +31,17 @@ pub struct Connection {
     /// Set when the task has ended (closed by either side).
     pub ended: Rc<Cell<bool>>,
     close: Option<oneshot::Sender<()>>,
+    /// Frames for the task to send (client publications and typing in the chat scenario).
+    outgoing: mpsc::Sender<String>,
 }
 
 impl Connection {
+    /// Queues a text frame for the connection to send; false if its queue is full (the
+    /// generator is behind).
+    pub fn send(&self, text: String) -> bool {
+        self.outgoing.try_send(text).is_ok()
+    }
+
     /// Closes the connection (the task sends a close frame and ends).
     pub fn close(&mut self) {
         if let Some(close) = self.close.take() {
@@ -71,6 +82,16 @@ pub async fn open(
     shared: bool,
     recorder: SharedRecorder,
 ) -> Result<Connection, String> {
+    open_in(target, index, shared.then_some(SHARED_CHANNEL), recorder).await
+}
+
+/// As [`open`], subscribing to `channel` (if any) besides the personal channel.
+pub async fn open_in(
+    target: &Target,
+    index: usize,
+    channel: Option<&str>,
+    recorder: SharedRecorder,
+) -> Result<Connection, String> {
     let user = user_of(index);
     let mut request = format!("{}/ws", target.ws_base)
         .into_client_request()
@@ -84,15 +105,15 @@ pub async fn open(
     let mut config = WebSocketConfig::default();
     config.read_buffer_size = 4096;
     config.write_buffer_size = 0;
-    let (mut socket, _) =
-        tokio_tungstenite::connect_async_with_config(request, Some(config), false)
-            .await
-            .map_err(|e| format!("connect {user}: {e}"))?;
+    // TCP_NODELAY, as browsers set it on WebSockets: a client's frames go out at once.
+    let (mut socket, _) = tokio_tungstenite::connect_async_with_config(request, Some(config), true)
+        .await
+        .map_err(|e| format!("connect {user}: {e}"))?;
     expect_frame(&mut socket, "connected").await?;
     // The personal channel's subscription is announced right after `connected`.
     expect_frame(&mut socket, "subscribed").await?;
-    if shared {
-        let subscribe = format!(r#"{{"type":"subscribe","channel":"{SHARED_CHANNEL}"}}"#);
+    if let Some(channel) = channel {
+        let subscribe = format!(r#"{{"type":"subscribe","channel":"{channel}"}}"#);
         socket
             .send(Message::Text(subscribe.into()))
             .await
@@ -102,6 +123,7 @@ pub async fn open(
     let paused = Rc::new(Cell::new(false));
     let ended = Rc::new(Cell::new(false));
     let (close, mut closed) = oneshot::channel::<()>();
+    let (outgoing, mut to_send) = mpsc::channel::<String>(OUTGOING_FRAMES);
     let task_paused = paused.clone();
     let task_ended = ended.clone();
     tokio::task::spawn_local(async move {
@@ -116,10 +138,17 @@ pub async fn open(
                     let _ = socket.close(None).await;
                     break;
                 }
+                Some(text) = to_send.recv() => {
+                    if socket.send(Message::Text(text.into())).await.is_err() {
+                        break;
+                    }
+                }
                 frame = socket.next() => match frame {
                     Some(Ok(Message::Text(text))) => {
                         if let Some((stream, n, t)) = parse_delivery(&text) {
                             recorder.borrow_mut().record(index, stream, n, t);
+                        } else {
+                            recorder.borrow_mut().note_frame(&text);
                         }
                     }
                     Some(Ok(_)) => {}
@@ -133,6 +162,7 @@ pub async fn open(
         paused,
         ended,
         close: Some(close),
+        outgoing,
     })
 }
 

@@ -119,6 +119,21 @@ enum Scenario {
         #[arg(long, default_value_t = 1.0)]
         percent: f64,
     },
+    /// Clients in rooms of 10-50 publishing over their sockets, with presence, join/leave and
+    /// typing on.
+    Chat {
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        #[arg(long, value_delimiter = ',', default_value = "1000,2000,4000,8000")]
+        rates: Vec<f64>,
+    },
+    /// N subscribers of one presence channel; presence counts and list read over the API.
+    Presence {
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        #[arg(long, default_value_t = 2_000)]
+        requests: usize,
+    },
     /// Every scenario with its defaults, plus personal with batches of 100.
     All,
     /// Every scenario with a few hundred connections for a few seconds (CI).
@@ -207,6 +222,13 @@ async fn run_scenario(
             rate,
             percent,
         } => steps.extend(scenarios::slow(ctx, *connections, *rate, *percent).await?),
+        Scenario::Chat { connections, rates } => {
+            steps.extend(scenarios::chat(ctx, *connections, rates).await?)
+        }
+        Scenario::Presence {
+            connections,
+            requests,
+        } => steps.extend(scenarios::presence(ctx, *connections, *requests).await?),
         Scenario::All => {
             for step in scenarios::idle(ctx, 19_900, Duration::from_secs(30)).await? {
                 report.add(&step);
@@ -231,6 +253,12 @@ async fn run_scenario(
             for step in scenarios::slow(ctx, 10_000, 15.0, 1.0).await? {
                 report.add(&step);
             }
+            for step in scenarios::chat(ctx, 10_000, &[1000.0, 2000.0, 4000.0, 8000.0]).await? {
+                report.add(&step);
+            }
+            for step in scenarios::presence(ctx, 10_000, 2_000).await? {
+                report.add(&step);
+            }
         }
         Scenario::Smoke => {
             ctx.step = ctx.step.min(Duration::from_secs(2));
@@ -240,6 +268,8 @@ async fn run_scenario(
             steps.extend(scenarios::personal(ctx, 300, &[1000.0], 50).await?);
             steps.extend(scenarios::churn(ctx, 200, &[20.0], 5.0).await?);
             steps.extend(scenarios::slow(ctx, 300, 10.0, 1.0).await?);
+            steps.extend(scenarios::chat(ctx, 300, &[100.0]).await?);
+            steps.extend(scenarios::presence(ctx, 300, 50).await?);
             let lost: u64 = steps.iter().filter_map(|s| s.lost).sum();
             let duplicates: u64 = steps.iter().filter_map(|s| s.duplicates).sum();
             for step in &steps {
@@ -375,6 +405,15 @@ history_ttl = "5m"
 [[namespace]]
 name = "user"
 subscribe = "personal"
+history_size = {history}
+history_ttl = "5m"
+[[namespace]]
+name = "chat"
+subscribe = "public"
+publish = true
+presence = true
+join_leave = true
+typing = true
 history_size = {history}
 history_ttl = "5m"
 "#

@@ -26,6 +26,12 @@ pub struct Recorder {
     pub received: u64,
     pub gaps: u64,
     pub duplicates: u64,
+    /// Other frames by type: replies, errors, and channel events (join, leave, typing).
+    pub replies: u64,
+    pub errors: u64,
+    pub events: u64,
+    /// The first error frame of the step, to say what went wrong.
+    pub first_error: Option<String>,
     /// Per connection and stream: the next offset expected; 0 until the first delivery, which
     /// sets the baseline (a connection may join a stream that already has history).
     next: Vec<[u64; 2]>,
@@ -41,6 +47,10 @@ impl Recorder {
             received: 0,
             gaps: 0,
             duplicates: 0,
+            replies: 0,
+            errors: 0,
+            events: 0,
+            first_error: None,
             next: vec![[0, 0]; connections],
         }))
     }
@@ -69,12 +79,35 @@ impl Recorder {
         }
     }
 
+    /// Counts a frame that is not a delivery, by its type (a prefix check, no JSON parse).
+    pub fn note_frame(&mut self, text: &str) {
+        let kind = text
+            .strip_prefix(r#"{"type":""#)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or("");
+        match kind {
+            "reply" => self.replies += 1,
+            "error" => {
+                if self.first_error.is_none() {
+                    self.first_error = Some(text.to_string());
+                }
+                self.errors += 1
+            }
+            "join" | "leave" | "typing" => self.events += 1,
+            _ => {}
+        }
+    }
+
     /// Starts a new step: clears latencies and counts, keeps the sequence expectations.
     pub fn reset_step(&mut self) {
         self.latency_us = new_histogram();
         self.received = 0;
         self.gaps = 0;
         self.duplicates = 0;
+        self.replies = 0;
+        self.errors = 0;
+        self.events = 0;
+        self.first_error = None;
     }
 
     /// Grows the expectation table for connections added later (churn).

@@ -401,3 +401,188 @@ async fn slow_consumers(ctx: &Ctx) -> Option<u64> {
     let stats: serde_json::Value = response.json().await.ok()?;
     stats["node"]["slow_consumers"].as_u64()
 }
+
+/// The chat rooms for `n` connections: sizes cycle through 10 to 50 members. Returns each
+/// connection's room.
+fn chat_rooms(n: usize) -> Vec<usize> {
+    let mut rooms = Vec::with_capacity(n);
+    let mut room = 0;
+    while rooms.len() < n {
+        let size = 10 + (room * 7) % 41;
+        rooms.extend(std::iter::repeat_n(room, size.min(n - rooms.len())));
+        room += 1;
+    }
+    rooms
+}
+
+/// Chat: `n` clients in rooms of 10 to 50 members (namespace `chat`: presence, join/leave and
+/// typing on); at each of `rates`, clients publish that many messages per second over their own
+/// WebSocket, each preceded by a `typing` frame (throttled by the server to one per user per
+/// second). Every member of the room, the sender included, receives each message.
+pub async fn chat(ctx: &Ctx, n: usize, rates: &[f64]) -> Result<Vec<Step>, String> {
+    let recorder = Recorder::new(Instant::now(), n);
+    recorder.borrow_mut().ensure(n);
+    let rooms = chat_rooms(n);
+    let mut sizes = vec![0u64; rooms.last().map_or(0, |r| r + 1)];
+    for &room in &rooms {
+        sizes[room] += 1;
+    }
+    let started = Instant::now();
+    let opened: Vec<Result<Connection, String>> = stream::iter(0..n)
+        .map(|i| {
+            let channel = format!("chat:r{}", rooms[i]);
+            let recorder = recorder.clone();
+            async move { fleet::open_in(&ctx.target, i, Some(&channel), recorder).await }
+        })
+        // In order: `fleet[i]` must be connection `i`, a member of `rooms[i]`.
+        .buffered(CONNECT_CONCURRENCY)
+        .collect()
+        .await;
+    let fleet: Vec<Connection> = opened.into_iter().collect::<Result<_, _>>()?;
+    let join_seconds = started.elapsed().as_secs_f64();
+    let mut steps = Vec::new();
+    let next = Cell::new(0usize);
+    for &rate in rates {
+        let expected = Cell::new(0u64);
+        let messages = Cell::new(0u64);
+        let not_sent = Cell::new(0u64);
+        let send = async {
+            let start = Instant::now();
+            let mut tick = tokio::time::interval(Duration::from_millis(1));
+            let mut sent = 0u64;
+            while start.elapsed() < ctx.step {
+                tick.tick().await;
+                let due = (start.elapsed().as_secs_f64() * rate) as u64;
+                while sent < due {
+                    // Spread over every client, so each sends rate / n messages per second.
+                    let i = next.get() % n;
+                    next.set(next.get() + 7919);
+                    let room = rooms[i];
+                    let t = recorder.borrow().now_us();
+                    fleet[i].send(format!(r#"{{"type":"typing","channel":"chat:r{room}"}}"#));
+                    let queued = fleet[i].send(format!(
+                        r#"{{"type":"publish","channel":"chat:r{room}","event":"message","data":{{"n":{sent},"t":{t}}},"id":{sent}}}"#
+                    ));
+                    sent += 1;
+                    if queued {
+                        expected.set(expected.get() + sizes[room]);
+                        messages.set(messages.get() + 1);
+                    } else {
+                        not_sent.set(not_sent.get() + 1);
+                    }
+                }
+            }
+            Published {
+                accepted: expected.get(),
+                failed: 0,
+                fell_behind: not_sent.get() > 0,
+            }
+        };
+        let mut step =
+            measure_step(ctx, &recorder, "chat", n, format!("{rate} msg/s"), 1, send).await;
+        let r = recorder.borrow();
+        step.published = Some(messages.get());
+        step.note = Some(format!(
+            "{} rooms of 10-50, joined in {join_seconds:.1}s; {} acks, {} errors{}, {} join/leave/typing events",
+            sizes.len(),
+            r.replies,
+            r.errors,
+            r.first_error
+                .as_deref()
+                .map(|e| format!(" (first: {e})"))
+                .unwrap_or_default(),
+            r.events
+        ));
+        drop(r);
+        let stop = saturated(&step);
+        steps.push(step);
+        if stop {
+            break;
+        }
+    }
+    close_fleet(fleet).await;
+    Ok(steps)
+}
+
+/// Presence on a large channel: `n` clients join `chat:big` (join/leave pushes are suppressed past
+/// the namespace's member limit, so the joins cost no N² deliveries), then the presence counts and
+/// the full list are read over the server API, `requests` times each, `concurrency` at a time.
+pub async fn presence(ctx: &Ctx, n: usize, requests: usize) -> Result<Vec<Step>, String> {
+    let recorder = Recorder::new(Instant::now(), n);
+    let started = Instant::now();
+    recorder.borrow_mut().ensure(n);
+    let opened: Vec<Result<Connection, String>> = stream::iter(0..n)
+        .map(|i| fleet::open_in(&ctx.target, i, Some("chat:big"), recorder.clone()))
+        .buffer_unordered(CONNECT_CONCURRENCY)
+        .collect()
+        .await;
+    let fleet: Vec<Connection> = opened.into_iter().collect::<Result<_, _>>()?;
+    let join_seconds = started.elapsed().as_secs_f64();
+    let events = recorder.borrow().events;
+    let client = reqwest::Client::new();
+    let mut steps = Vec::new();
+    for (label, query, count) in [
+        ("counts", "?counts_only=true", requests),
+        ("full list", "", (requests / 20).max(5)),
+    ] {
+        let url = format!(
+            "{}/api/channels/chat:big/presence{query}",
+            ctx.target.http_base
+        );
+        let server_cpu = ctx.server_pid.map(CpuMeter::start);
+        let generator_cpu = CpuMeter::start(std::process::id());
+        let mut latency = hdrhistogram::Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
+        let step_started = Instant::now();
+        let mut failed = 0u64;
+        let mut connections_seen = 0u64;
+        for _ in 0..count {
+            let sent = Instant::now();
+            let response = client
+                .get(&url)
+                .bearer_auth(&ctx.target.api_key)
+                .send()
+                .await;
+            let body = match response {
+                Ok(r) if r.status().is_success() => r.text().await.ok(),
+                _ => None,
+            };
+            let _ = latency.record(sent.elapsed().as_micros().max(1) as u64);
+            match body.as_deref().and_then(connections_in) {
+                Some(c) => connections_seen = c,
+                None => failed += 1,
+            }
+        }
+        let seconds = step_started.elapsed().as_secs_f64();
+        let ms = |q: f64| Some(latency.value_at_quantile(q) as f64 / 1000.0);
+        steps.push(Step {
+            scenario: "presence",
+            connections: n,
+            load: format!("{label} x{count}"),
+            seconds,
+            p50_ms: ms(0.5),
+            p99_ms: ms(0.99),
+            p999_ms: ms(0.999),
+            max_ms: Some(latency.max() as f64 / 1000.0),
+            server_cpu_pct: server_cpu.map(|m| m.percent()),
+            server_rss_mib: ctx.server_rss_mib(),
+            generator_cpu_pct: generator_cpu.percent(),
+            note: Some(format!(
+                "{:.0} requests/s one at a time; {connections_seen} connections counted; {failed} failed; {n} joined in {join_seconds:.1}s with {events} join events delivered",
+                count as f64 / seconds
+            )),
+            ..Step::default()
+        });
+    }
+    close_fleet(fleet).await;
+    Ok(steps)
+}
+
+/// The `connections` count of a presence answer, without a full JSON parse.
+fn connections_in(body: &str) -> Option<u64> {
+    let at = body.find(r#""connections":"#)? + 14;
+    let digits: String = body[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, Method};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::Router;
 use herald_core::hooks::Hooks;
 use herald_core::{ChannelName, CloseCode, Disconnect, Hub, HubConfig, MemoryEngine, Namespaces};
@@ -170,6 +171,13 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (stop_accepting, accepting_stopped) = tokio::sync::oneshot::channel::<()>();
+    // Frames are small and written as they come: without TCP_NODELAY, a frame that follows
+    // another unacknowledged one waits for the peer's delayed ACK (up to 40 ms).
+    let listener = listener.tap_io(|stream| {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let service = router(app.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let server = tokio::spawn(async move {
         axum::serve(listener, service)
