@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{AuthConfig, ConfigError, JwtAlgorithm};
 
+/// Longest user id (a token's `sub`, or the connect hook's `user`).
+pub const MAX_USER_BYTES: usize = 200;
+
 /// The claims Herald reads from a client token.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
@@ -135,8 +138,10 @@ impl Authenticator {
                 )
             })?;
         let claims = data.claims;
-        if claims.sub.is_empty() || claims.sub.len() > 200 {
-            return Err(AuthError("token sub must be 1 to 200 bytes".into()));
+        if claims.sub.is_empty() || claims.sub.len() > MAX_USER_BYTES {
+            return Err(AuthError(format!(
+                "token sub must be 1 to {MAX_USER_BYTES} bytes"
+            )));
         }
         let mut identity = Identity::new(claims.sub);
         for pattern in claims.channels.unwrap_or_default() {

@@ -24,6 +24,9 @@ use serde_json::value::RawValue;
 use crate::config::ProxyConfig;
 use crate::metrics::Metrics;
 
+/// Longest user id accepted from the connect hook, as from a token's `sub`.
+const MAX_USER_BYTES: usize = crate::auth::MAX_USER_BYTES;
+
 /// Largest answer read from a hook.
 const MAX_ANSWER_BYTES: usize = 1024 * 1024;
 
@@ -110,6 +113,8 @@ impl Proxy {
             .timeout(config.timeout)
             .connect_timeout(config.timeout)
             .pool_idle_timeout(Duration::from_secs(30))
+            // A redirect is not an answer: it is `unavailable` like any other non-2xx status.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .ok()?;
         Some(Arc::new(Proxy {
@@ -159,11 +164,11 @@ impl Proxy {
             .ask(Hook::Connect, url, &body, headers.as_deref())
             .await?;
         let user = match answer.user {
-            Some(user) if !user.is_empty() && user.len() <= 255 => user,
+            Some(user) if !user.is_empty() && user.len() <= MAX_USER_BYTES => user,
             _ => {
                 return Err(self.garbage(
                     Hook::Connect,
-                    "an allowing answer needs a \"user\" of 1 to 255 bytes",
+                    &format!("an allowing answer needs a \"user\" of 1 to {MAX_USER_BYTES} bytes"),
                 ))
             }
         };

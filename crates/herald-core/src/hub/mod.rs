@@ -351,11 +351,7 @@ impl Hub {
         from: Option<Publisher>,
         idempotency: Option<IdempotencyKey>,
     ) -> Result<StreamPosition, HeraldError> {
-        if event.as_ref().is_some_and(|e| e.len() > MAX_EVENT_BYTES) {
-            return Err(HeraldError::bad_request(format!(
-                "event name longer than {MAX_EVENT_BYTES} bytes"
-            )));
-        }
+        check_event(event.as_deref())?;
         self.shared
             .engine
             .publish(PublishRequest {
@@ -619,6 +615,16 @@ impl Hub {
             });
         }
     }
+}
+
+/// An event name must be at most [`MAX_EVENT_BYTES`].
+fn check_event(event: Option<&str>) -> Result<(), HeraldError> {
+    if event.is_some_and(|e| e.len() > MAX_EVENT_BYTES) {
+        return Err(HeraldError::bad_request(format!(
+            "event name longer than {MAX_EVENT_BYTES} bytes"
+        )));
+    }
+    Ok(())
 }
 
 fn new_client_id(session: u64) -> String {
@@ -1013,6 +1019,7 @@ impl Session {
                 policy.name
             )));
         }
+        check_event(event.as_deref())?;
         let data = if policy.publish_proxy {
             let check = PublishCheck {
                 caller: self.caller(),
