@@ -32,14 +32,18 @@ pub struct Connection {
     pub ended: Rc<Cell<bool>>,
     close: Option<oneshot::Sender<()>>,
     /// Frames for the task to send (client publications and typing in the chat scenario).
-    outgoing: mpsc::Sender<String>,
+    /// (Only for connections opened to send; a receive-only connection's task polls nothing but
+    /// its socket, so that the generator's cost per delivery stays what it was.)
+    outgoing: Option<mpsc::Sender<String>>,
 }
 
 impl Connection {
     /// Queues a text frame for the connection to send; false if its queue is full (the
     /// generator is behind).
     pub fn send(&self, text: String) -> bool {
-        self.outgoing.try_send(text).is_ok()
+        self.outgoing
+            .as_ref()
+            .is_some_and(|o| o.try_send(text).is_ok())
     }
 
     /// Closes the connection (the task sends a close frame and ends).
@@ -82,14 +86,23 @@ pub async fn open(
     shared: bool,
     recorder: SharedRecorder,
 ) -> Result<Connection, String> {
-    open_in(target, index, shared.then_some(SHARED_CHANNEL), recorder).await
+    open_in(
+        target,
+        index,
+        shared.then_some(SHARED_CHANNEL),
+        false,
+        recorder,
+    )
+    .await
 }
 
-/// As [`open`], subscribing to `channel` (if any) besides the personal channel.
+/// As [`open`], subscribing to `channel` (if any) besides the personal channel; with `sends`,
+/// the connection can also send frames ([`Connection::send`]).
 pub async fn open_in(
     target: &Target,
     index: usize,
     channel: Option<&str>,
+    sends: bool,
     recorder: SharedRecorder,
 ) -> Result<Connection, String> {
     let user = user_of(index);
@@ -123,7 +136,12 @@ pub async fn open_in(
     let paused = Rc::new(Cell::new(false));
     let ended = Rc::new(Cell::new(false));
     let (close, mut closed) = oneshot::channel::<()>();
-    let (outgoing, mut to_send) = mpsc::channel::<String>(OUTGOING_FRAMES);
+    let (outgoing, mut to_send) = if sends {
+        let (tx, rx) = mpsc::channel::<String>(OUTGOING_FRAMES);
+        (Some(tx), Some(rx))
+    } else {
+        (None, None)
+    };
     let task_paused = paused.clone();
     let task_ended = ended.clone();
     tokio::task::spawn_local(async move {
@@ -138,7 +156,7 @@ pub async fn open_in(
                     let _ = socket.close(None).await;
                     break;
                 }
-                Some(text) = to_send.recv() => {
+                Some(text) = async { to_send.as_mut()?.recv().await }, if to_send.is_some() => {
                     if socket.send(Message::Text(text.into())).await.is_err() {
                         break;
                     }

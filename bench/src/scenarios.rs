@@ -432,7 +432,7 @@ pub async fn chat(ctx: &Ctx, n: usize, rates: &[f64]) -> Result<Vec<Step>, Strin
         .map(|i| {
             let channel = format!("chat:r{}", rooms[i]);
             let recorder = recorder.clone();
-            async move { fleet::open_in(&ctx.target, i, Some(&channel), recorder).await }
+            async move { fleet::open_in(&ctx.target, i, Some(&channel), true, recorder).await }
         })
         // In order: `fleet[i]` must be connection `i`, a member of `rooms[i]`.
         .buffered(CONNECT_CONCURRENCY)
@@ -512,7 +512,7 @@ pub async fn presence(ctx: &Ctx, n: usize, requests: usize) -> Result<Vec<Step>,
     let started = Instant::now();
     recorder.borrow_mut().ensure(n);
     let opened: Vec<Result<Connection, String>> = stream::iter(0..n)
-        .map(|i| fleet::open_in(&ctx.target, i, Some("chat:big"), recorder.clone()))
+        .map(|i| fleet::open_in(&ctx.target, i, Some("chat:big"), false, recorder.clone()))
         .buffer_unordered(CONNECT_CONCURRENCY)
         .collect()
         .await;
