@@ -331,3 +331,41 @@ async fn streams_are_refused_with_the_documented_errors() {
     let (_, body) = server.get("/api/channels?prefix=room:1").await;
     assert_eq!(body["channels"], json!([]));
 }
+
+#[tokio::test]
+async fn a_stream_is_in_presence_and_gets_join_leave_and_typing_as_named_events() {
+    let server = TestServer::start_default().await;
+    let auth = bearer(server.token("sam"));
+    let mut stream = SseClient::open(&server, "channel=lobby:5", &[auth]).await;
+    let (_, opening_id) = stream.opening().await;
+
+    let mut alice = server.connect("alice").await;
+    alice.subscribed("lobby:5").await;
+    let join = stream.next_event().await;
+    assert_eq!(join.event.as_deref(), Some("join"), "{join:?}");
+    assert_eq!(join.id, None, "events do not move the stream's position");
+    assert_eq!(
+        join.json(),
+        json!({"type": "join", "channel": "lobby:5", "user": "alice", "client": alice.client_id})
+    );
+    // Alice sees the stream's connection in presence, and its typing reaches the stream.
+    let reply = alice
+        .request(json!({"type": "presence", "channel": "lobby:5"}))
+        .await;
+    assert_eq!(reply["result"]["users"], 2, "{reply}");
+    alice
+        .send(json!({"type": "typing", "channel": "lobby:5"}))
+        .await;
+    let typing = stream.next_event().await;
+    assert_eq!(typing.event.as_deref(), Some("typing"));
+    assert_eq!(typing.json()["user"], "alice");
+    drop(alice);
+    let leave = stream.next_event().await;
+    assert_eq!(leave.event.as_deref(), Some("leave"));
+
+    // A publication after them still carries the position, continuing the opening id's.
+    server.publish("lobby:5", json!(1)).await;
+    let (got, id) = stream.messages(1).await;
+    assert_eq!(got, pairs(&[("lobby:5", 1)]));
+    assert_ne!(id, opening_id);
+}

@@ -772,6 +772,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn presence_counts_users_and_connections_as_members_come_and_go() {
+        let (engine, _) = attached();
+        let channel = ChannelName::parse("chat:1").expect("channel");
+        let member = |user: &str, client: &str| PresenceMember {
+            user: user.into(),
+            client: client.into(),
+            joined_at: 1,
+        };
+        let counts = |users, connections| PresenceCounts { users, connections };
+        let join = |m| engine.presence_join(&channel, m);
+        assert_eq!(join(member("a", "a1")).await.ok(), Some(counts(1, 1)));
+        assert_eq!(join(member("a", "a2")).await.ok(), Some(counts(1, 2)));
+        assert_eq!(join(member("b", "b1")).await.ok(), Some(counts(2, 3)));
+        // Joining twice with one connection counts once.
+        assert_eq!(join(member("b", "b1")).await.ok(), Some(counts(2, 3)));
+        let listed = engine.presence(&channel).await.expect("presence");
+        let clients: Vec<&str> = listed.members.iter().map(|m| &*m.client).collect();
+        assert_eq!(clients, ["a1", "a2", "b1"]);
+        assert_eq!(listed.counts, counts(2, 3));
+
+        let leave = |c: &'static str| engine.presence_leave(&channel, c);
+        assert_eq!(leave("a1").await.ok(), Some(counts(2, 2)));
+        assert_eq!(leave("a1").await.ok(), Some(counts(2, 2)), "leaving twice");
+        assert_eq!(leave("b1").await.ok(), Some(counts(1, 1)));
+        assert_eq!(leave("a2").await.ok(), Some(counts(0, 0)));
+        assert!(
+            engine.presence.lock().is_empty(),
+            "an empty channel is dropped"
+        );
+    }
+
+    #[tokio::test]
     async fn a_subscribed_stream_outlives_its_ttl() {
         let (engine, _) = attached();
         let ch = ChannelName::parse("a:1").expect("channel");
