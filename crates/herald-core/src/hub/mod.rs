@@ -5,6 +5,13 @@
 //! appears in the session's [`Outbox`]. Publications reach the hub only from the engine (through
 //! [`NodeSink`]), so a publication made on any node takes the same path.
 //!
+//! Join, leave and typing events take the same path as publications (engine, then
+//! [`NodeSink::deliver_event`]) and go to every subscriber but the connection they are about.
+//! Presence itself lives in the engine, which answers for the whole cluster; the hub enters a
+//! session when its subscription takes effect and takes it out when the subscription ends.
+//! Where a namespace asks the application's backend, [`Session::subscribe`] and
+//! [`Session::publish`] await its [`Hooks`] first, holding no lock.
+//!
 //! Fan-out holds a shard's read lock while it pushes an `Arc` of the publication into each
 //! subscriber's outbox; it never awaits and never serialises. Locks here are `parking_lot` locks
 //! over synchronous sections only.
