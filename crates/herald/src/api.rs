@@ -366,14 +366,7 @@ pub async fn presence(
 ) -> ApiResult<serde_json::Value> {
     let channel = channel(&app, &name)?;
     let result = async {
-        let presence = if params.counts_only {
-            herald_core::presence::Presence {
-                members: Vec::new(),
-                counts: app.hub.presence_counts(&channel).await?,
-            }
-        } else {
-            app.hub.presence(&channel).await?
-        };
+        let presence = app.hub.presence(&channel, params.counts_only).await?;
         Ok(serde_json::to_value(protocol::presence_result(
             &channel,
             &presence,

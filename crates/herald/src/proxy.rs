@@ -21,6 +21,7 @@ use herald_core::{ErrorCode, HeraldError};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::auth::Verified;
 use crate::config::ProxyConfig;
 use crate::metrics::Metrics;
 
@@ -53,13 +54,6 @@ pub struct Proxy {
     http: reqwest::Client,
     config: ProxyConfig,
     metrics: Arc<Metrics>,
-}
-
-/// A connection the connect hook accepted.
-pub struct Connected {
-    pub identity: Identity,
-    /// When the backend wants the connection to end (Unix seconds), if ever.
-    pub expires_at: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -146,13 +140,13 @@ impl Proxy {
         (!picked.is_empty()).then(|| picked.into())
     }
 
-    /// Asks the connect hook who this client is.
+    /// Asks the connect hook who this client is (and until when: `expires_at`, if ever).
     pub async fn connect(
         &self,
         transport: &str,
         client_ip: IpAddr,
         headers: Option<ForwardedHeaders>,
-    ) -> Result<Connected, HeraldError> {
+    ) -> Result<Verified, HeraldError> {
         let Some(url) = &self.config.connect_url else {
             return Err(HeraldError::unavailable("no connect hook is configured"));
         };
@@ -179,7 +173,7 @@ impl Proxy {
             .map(|g| ChannelGrant::parse(g))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| self.garbage(Hook::Connect, &e.message))?;
-        Ok(Connected {
+        Ok(Verified {
             identity: Identity {
                 user: user.into(),
                 channel_grants,

@@ -36,7 +36,7 @@ use crate::engine::{
 };
 use crate::error::{CloseCode, Disconnect, ErrorCode, HeraldError};
 use crate::hooks::{Caller, Hooks, PublishCheck, SubscribeCheck};
-use crate::presence::{ChannelEvent, EventKind, Presence, PresenceCounts, PresenceMember};
+use crate::presence::{ChannelEvent, EventKind, Presence, PresenceMember};
 use crate::publication::{now_millis, Publication, Publisher, StreamPosition};
 use throttle::TypingThrottle;
 
@@ -295,23 +295,13 @@ impl Hub {
         self.shared.engine.history(channel, policy, query).await
     }
 
-    /// A channel's presence, on behalf of the server API; `forbidden` where the namespace keeps
-    /// none.
-    pub async fn presence(&self, channel: &ChannelName) -> Result<Presence, HeraldError> {
-        self.presence_policy(channel)?;
-        self.shared.engine.presence(channel).await
-    }
-
-    /// A channel's presence counts (users, connections), without the list.
-    pub async fn presence_counts(
+    /// A channel's presence (or, with `counts_only`, only its counts, which cost O(1)), on behalf
+    /// of the server API; `forbidden` where the namespace keeps none.
+    pub async fn presence(
         &self,
         channel: &ChannelName,
-    ) -> Result<PresenceCounts, HeraldError> {
-        self.presence_policy(channel)?;
-        self.shared.engine.presence_counts(channel).await
-    }
-
-    fn presence_policy(&self, channel: &ChannelName) -> Result<&Arc<NamespacePolicy>, HeraldError> {
+        counts_only: bool,
+    ) -> Result<Presence, HeraldError> {
         let policy = self.shared.config.namespaces.policy(channel)?;
         if !policy.presence {
             return Err(HeraldError::forbidden(format!(
@@ -319,7 +309,15 @@ impl Hub {
                 policy.name
             )));
         }
-        Ok(policy)
+        let engine = &self.shared.engine;
+        if counts_only {
+            let counts = engine.presence_counts(channel).await?;
+            return Ok(Presence {
+                members: Vec::new(),
+                counts,
+            });
+        }
+        engine.presence(channel).await
     }
 
     /// Publishes on behalf of the server API (no subscribe check, no `from`). With an
@@ -950,16 +948,8 @@ impl Session {
         channel: &ChannelName,
         counts_only: bool,
     ) -> Result<Presence, HeraldError> {
-        self.hub.presence_policy(channel)?;
         self.check_read(channel)?;
-        if counts_only {
-            let counts = self.hub.shared.engine.presence_counts(channel).await?;
-            return Ok(Presence {
-                members: Vec::new(),
-                counts,
-            });
-        }
-        self.hub.shared.engine.presence(channel).await
+        self.hub.presence(channel, counts_only).await
     }
 
     /// Tells the channel's other subscribers that this user is typing. Needs a subscription and

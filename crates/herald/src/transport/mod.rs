@@ -83,10 +83,6 @@ pub(crate) async fn connect_hook(
     let answer = proxy
         .connect(transport, ip, forwarded_headers(app, headers))
         .await
-        .map(|connected| Verified {
-            identity: connected.identity,
-            expires_at: connected.expires_at,
-        })
         .map_err(|e| match e.code {
             ErrorCode::Forbidden => HeraldError::new(ErrorCode::Unauthorized, e.message),
             _ => e,
