@@ -5,18 +5,23 @@
 //! `127.0.0.1:0` and stop it at will, exactly as `herald serve` does with SIGTERM.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::body::Body;
+use axum::extract::ConnectInfo;
 use axum::extract::DefaultBodyLimit;
+use axum::http::Request;
 use axum::http::{HeaderValue, Method};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use axum::Router;
 use herald_core::hooks::Hooks;
 use herald_core::{ChannelName, CloseCode, Disconnect, Hub, HubConfig, MemoryEngine, Namespaces};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
@@ -170,26 +175,12 @@ pub async fn run(
     app: App,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let (stop_accepting, accepting_stopped) = tokio::sync::oneshot::channel::<()>();
-    // Frames are small and written as they come: without TCP_NODELAY, a frame that follows
-    // another unacknowledged one waits for the peer's delayed ACK (up to 40 ms).
-    let listener = listener.tap_io(|stream| {
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    let service = router(app.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, service)
-            .with_graceful_shutdown(async {
-                let _ = accepting_stopped.await;
-            })
-            .await
-    });
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(accept_loop(listener, router(app.clone()), stopped));
     shutdown.await;
     tracing::info!("shutdown: no longer accepting; disconnecting clients");
     app.shutting_down.store(true, Ordering::Relaxed);
-    let _ = stop_accepting.send(());
+    let _ = stop.send(true);
     let drain = app.config.limits.shutdown_drain;
     app.hub
         .disconnect_all(
@@ -202,9 +193,69 @@ pub async fn run(
     while app.hub.snapshot().connections > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // HTTP connections finish the request in progress and close; each holds a receiver of
+    // `stop`, so `closed` resolves when the last one has.
+    let _ = tokio::time::timeout(Duration::from_secs(5), stop.closed()).await;
     match tokio::time::timeout(Duration::from_secs(5), server).await {
-        Ok(Ok(result)) => result,
+        Ok(Ok(())) => Ok(()),
         Ok(Err(join)) => Err(std::io::Error::other(join)),
         Err(_) => Ok(()),
+    }
+}
+
+/// Accepts connections until `stopped` turns true, serving each with hyper's HTTP/1 server.
+///
+/// Herald serves plain HTTP/1.1 over TCP itself rather than through `axum::serve`: the WebSocket
+/// transport takes the raw `TcpStream` back out of an upgraded connection
+/// (`transport::ws`), which needs to know the exact type hyper was given.
+async fn accept_loop(
+    listener: TcpListener,
+    router: Router,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors, or a connection reset before it was accepted:
+                    // wait a little rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = async { let _ = stopped.wait_for(|stop| *stop).await; } => return,
+        };
+        // Frames are small and written as they come: without TCP_NODELAY, a frame that follows
+        // another unacknowledged one waits for the peer's delayed ACK (up to 40 ms).
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            // A `Router` is always ready; `call` only clones its routes' `Arc`.
+            tower_service::Service::call(&mut router.clone(), request.map(Body::new))
+        });
+        let mut stopped = stopped.clone();
+        tokio::spawn(async move {
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            let mut connection = pin!(connection);
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "HTTP connection ended with an error");
+                    }
+                }
+                () = async { let _ = stopped.wait_for(|stop| *stop).await; } => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
     }
 }

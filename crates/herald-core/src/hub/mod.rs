@@ -28,7 +28,7 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 use serde_json::value::RawValue;
 
-pub use outbox::{Outbound, Outbox, Pushed};
+pub use outbox::{DirectWrite, Outbound, Outbox, Pushed, Written};
 
 use crate::channel::{ChannelName, Identity, NamespacePolicy, Namespaces, SubscribePolicy};
 use crate::engine::{
@@ -143,7 +143,7 @@ impl SessionCore {
     /// fan-out adds to the shared counter once, not once per subscriber.
     fn deliver(&self, item: Outbound, stats: &HubStats) -> bool {
         match self.outbox.push(item) {
-            Pushed::Queued => true,
+            Pushed::Queued | Pushed::Written => true,
             Pushed::Overflowed => {
                 stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(client = %self.client, user = %self.user, "slow consumer: closing");

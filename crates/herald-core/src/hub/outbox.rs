@@ -13,6 +13,16 @@
 //! `tokio::sync::Notify` cost several more atomic operations on other cache lines per delivery).
 //! A wake-up is never lost: the task registers its waker under the lock it checks the queue
 //! under, and a push takes the waker under that lock.
+//!
+//! **Direct writes.** Most of the time a connection has nothing queued and its socket can take
+//! more bytes. A transport may then lend the outbox a [`DirectWrite`]: while the connection is
+//! idle, a push writes the item straight to the socket from the fan-out, with no queue, no
+//! wake-up and no poll of the connection's task. Who may write to the socket is decided under the
+//! outbox's lock, so bytes never interleave: while `direct` is set the fan-out writes (under the
+//! lock); otherwise the connection's task does, and it sets `direct` again only when it finds the
+//! queue empty ([`Outbox::take_or_release`]). The first push that cannot be written whole hands the
+//! socket back to the task (and wakes it), so a client that stops reading costs one failed write,
+//! then queues as before.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -28,6 +38,23 @@ use crate::publication::{Publication, StreamPosition};
 
 /// Queue slots kept allocated between takes (16 bytes each).
 const KEPT_CAPACITY: usize = 8;
+
+/// How a [`DirectWrite::try_write`] went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// The whole item is in the socket's buffer.
+    All,
+    /// Part of it was written; the transport kept the rest and its task must write it next.
+    Part,
+    /// Nothing was written (the socket's buffer is full, or it failed): queue the item.
+    Nothing,
+}
+
+/// A transport's socket, written from the fan-out while its connection is idle (see the module
+/// documentation). Called under the outbox's lock: it must not block or wait.
+pub trait DirectWrite: Send + Sync {
+    fn try_write(&self, item: &Outbound) -> Written;
+}
 
 /// Something the hub wants written to a connection. The transport decides the bytes.
 #[derive(Debug, Clone)]
@@ -61,6 +88,11 @@ struct State {
     waker: Option<Waker>,
     /// A channel being subscribed to, whose live publications are held until its history is in.
     recovering: Option<Box<Recovering>>,
+    /// The transport's socket, when it accepts direct writes.
+    writer: Option<Arc<dyn DirectWrite>>,
+    /// The connection is idle (nothing queued, nothing half-written): a push writes through
+    /// `writer`. Only ever set with an empty queue.
+    direct: bool,
 }
 
 /// Live publications of a channel held while the hub reads the channel's history, so that what
@@ -73,6 +105,16 @@ struct Recovering {
 impl State {
     fn is_empty(&self) -> bool {
         self.first.is_none()
+    }
+
+    /// Moves everything queued into `batch`, keeping a small allocation for the next items.
+    fn drain_into(&mut self, batch: &mut Vec<Outbound>) {
+        batch.extend(self.first.take());
+        batch.extend(self.rest.drain(..));
+        if self.rest.capacity() > KEPT_CAPACITY {
+            self.rest = VecDeque::new();
+        }
+        self.bytes = 0;
     }
 
     fn wake(&mut self) -> Option<Waker> {
@@ -90,6 +132,8 @@ pub struct Outbox {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Pushed {
     Queued,
+    /// Written straight to the socket (the connection was idle).
+    Written,
     /// The queue overflowed and the connection is now closing as a slow consumer.
     Overflowed,
     /// The connection is already closing; the item was dropped.
@@ -129,13 +173,33 @@ impl Outbox {
             }
             return Pushed::Overflowed;
         }
-        state.bytes += size;
         if let (Some(recovering), Outbound::Publication(p)) = (&mut state.recovering, &item) {
             if p.channel == recovering.channel {
                 recovering.held.push(p.clone());
+                state.bytes += size;
                 return Pushed::Queued;
             }
         }
+        if state.direct {
+            let written = match &state.writer {
+                Some(writer) => writer.try_write(&item),
+                None => Written::Nothing,
+            };
+            if written == Written::All {
+                return Pushed::Written;
+            }
+            // The socket is the task's again: it writes what is left and what follows.
+            state.direct = false;
+            if written == Written::Part {
+                let waker = state.wake();
+                drop(state);
+                if let Some(waker) = waker {
+                    waker.wake();
+                }
+                return Pushed::Written;
+            }
+        }
+        state.bytes += size;
         if state.is_empty() {
             state.first = Some(item);
         } else {
@@ -206,12 +270,40 @@ impl Outbox {
         }
     }
 
+    /// Lends the outbox the connection's socket for direct writes (`None` takes it back, as a
+    /// closing connection must before its socket goes). Direct writes start at the next
+    /// [`Outbox::take_or_release`] that finds the queue empty.
+    pub fn set_writer(&self, writer: Option<Arc<dyn DirectWrite>>) {
+        let mut state = self.state.lock();
+        state.direct = false;
+        state.writer = writer;
+    }
+
+    /// The connection's task takes the socket back to write something of its own (an answer, a
+    /// ping): from now until its next [`Outbox::take_or_release`], pushes are queued.
+    pub fn claim(&self) {
+        self.state.lock().direct = false;
+    }
+
+    /// Like [`Outbox::take`], but when nothing is queued and no close was asked for, hands the
+    /// socket to the fan-out for direct writes (if a writer was lent), under the same lock.
+    pub fn take_or_release(&self, batch: &mut Vec<Outbound>) -> Option<Disconnect> {
+        let mut state = self.state.lock();
+        if state.is_empty() && state.close.is_none() {
+            state.direct = state.writer.is_some();
+            return None;
+        }
+        state.drain_into(batch);
+        state.close.clone()
+    }
+
     /// Asks the connection to close. The first reason wins; what was queued is still written.
     pub fn close(&self, disconnect: Disconnect) {
         let mut state = self.state.lock();
         if state.close.is_none() {
             state.close = Some(disconnect);
         }
+        state.direct = false;
         let waker = state.wake();
         drop(state);
         if let Some(waker) = waker {
@@ -230,18 +322,21 @@ impl Outbox {
     /// allocate and free once per delivery; one that grew past that during a burst is released.
     pub fn take(&self, batch: &mut Vec<Outbound>) -> Option<Disconnect> {
         let mut state = self.state.lock();
-        batch.extend(state.first.take());
-        batch.extend(state.rest.drain(..));
-        if state.rest.capacity() > KEPT_CAPACITY {
-            state.rest = VecDeque::new();
-        }
-        state.bytes = 0;
+        state.drain_into(batch);
         state.close.clone()
     }
 
-    /// Waits until something is queued or a close was asked for.
+    /// Waits until the connection's task has something to do: an item queued, a close asked for,
+    /// or the socket handed back by a direct write that could not finish.
     pub async fn wait(&self) {
-        poll_fn(|cx| self.poll_wait(cx, |state| !state.is_empty() || state.close.is_some())).await
+        poll_fn(|cx| {
+            self.poll_wait(cx, |state| {
+                !state.is_empty()
+                    || state.close.is_some()
+                    || (state.writer.is_some() && !state.direct)
+            })
+        })
+        .await
     }
 
     /// Waits until a close was asked for (used while a write is in progress, when queued items
