@@ -24,6 +24,7 @@ mod frame;
 mod socket;
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::pin;
@@ -145,7 +146,12 @@ pub async fn upgrade(
             app,
         };
         // The connection gets a task of its own, sized by `Connection::run` alone.
-        tokio::spawn(connection.run(credentials, personal, deadline));
+        let task = connection.run(Box::new(Handshake {
+            credentials,
+            personal,
+            deadline,
+        }));
+        tokio::spawn(task);
     });
     let switching = [
         (CONNECTION, HeaderValue::from_static("upgrade")),
@@ -199,6 +205,15 @@ enum Credentials {
     AuthFrame(Option<ForwardedHeaders>),
 }
 
+/// What the upgrade request said, for the connection's task to act on.
+struct Handshake {
+    credentials: Credentials,
+    /// Where the personal channel starts.
+    personal: Recovery,
+    /// When an auth frame must have arrived by.
+    deadline: Instant,
+}
+
 /// How a connection ended.
 enum Ended {
     /// The server decided to close: send `disconnect` and a close frame.
@@ -237,6 +252,12 @@ enum WriteStopped {
     TimedOut,
 }
 
+/// A connection's command rate limit, and how many commands in a row it refused.
+struct CommandRate {
+    bucket: CommandBucket,
+    refused_in_a_row: u32,
+}
+
 struct Connection {
     socket: Arc<Socket>,
     app: App,
@@ -246,43 +267,122 @@ struct Connection {
 // === impl Connection ===
 
 impl Connection {
-    async fn run(mut self, credentials: Credentials, personal: Recovery, deadline: Instant) {
+    /// The connection's whole life. Written as one `async move` block rather than an `async fn`
+    /// calling others, because this future is the task an idle connection keeps: an `async fn`
+    /// stores its arguments twice, and every inline callee adds its own state. Everything before
+    /// and after the main loop is boxed, so the task holds only what the loop needs.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an `async fn` would keep a second copy of `self` in every idle task"
+    )]
+    fn run(mut self, handshake: Box<Handshake>) -> impl Future<Output = ()> + Send + 'static {
+        async move {
+            let (session, expires_at) = match Box::pin(self.start(*handshake)).await {
+                Ok(started) => started,
+                Err(ended) => return Box::pin(self.finish(ended)).await,
+            };
+            // The state an idle connection keeps, sized deliberately: configuration is read from
+            // `self.app` when needed rather than copied here.
+            let mut expiry = deadline_of(expires_at, self.app.config.auth.jwt_leeway);
+            let mut next_ping = Instant::now() + self.app.config.limits.heartbeat_interval;
+            // Heartbeat ticks since the client last sent anything (a pong included).
+            let mut silent_ticks = 0u8;
+            // One timer for both the heartbeat and the token's expiry, whichever comes first.
+            let mut timer = pin!(sleep_until(next_ping.min(expiry)));
+            let limits = &self.app.config.limits;
+            let mut commands = CommandRate {
+                bucket: CommandBucket::new(limits.commands_per_minute, limits.commands_burst),
+                refused_in_a_row: 0,
+            };
+            let socket: Arc<dyn DirectWrite> = self.socket.clone();
+            session.outbox().set_writer(Some(socket));
+            let ended: Ended = 'serve: loop {
+                // Write what is queued; when nothing is, the socket goes to the fan-out.
+                if let Err(ended) = Box::pin(self.flush(&session)).await {
+                    break 'serve ended;
+                }
+                tokio::select! {
+                    () = session.outbox().wait() => {}
+                    // `poll_read_ready` keeps its waker in the socket's registration, where the
+                    // `readable()` future would add 150 bytes to every idle task.
+                    readable = std::future::poll_fn(|cx| self.socket.stream().poll_read_ready(cx)) => {
+                        if readable.is_err() || !self.read_available() {
+                            break 'serve Ended::Gone;
+                        }
+                        silent_ticks = 0;
+                        loop {
+                            let inbound = match self.next_inbound() {
+                                Ok(Some(inbound)) => inbound,
+                                Ok(None) => break,
+                                Err(ended) => break 'serve ended,
+                            };
+                            // Boxed: commands are rare next to deliveries, and an inline command
+                            // future would make every idle connection's task larger.
+                            match Box::pin(self.on_inbound(&session, inbound, &mut commands)).await {
+                                Ok(Some(new_expiry)) => {
+                                    expiry = deadline_of(Some(new_expiry), self.app.config.auth.jwt_leeway);
+                                    timer.as_mut().reset(next_ping.min(expiry));
+                                }
+                                Ok(None) => {}
+                                Err(ended) => break 'serve ended,
+                            }
+                        }
+                    }
+                    () = &mut timer => {
+                        let now = Instant::now();
+                        if now >= expiry {
+                            break 'serve Disconnect::new(CloseCode::TokenExpired, "token expired").into();
+                        }
+                        if now >= next_ping {
+                            // Nothing heard since before the ping two ticks ago: more than two
+                            // heartbeat intervals of silence.
+                            silent_ticks = silent_ticks.saturating_add(1);
+                            if silent_ticks > 2 {
+                                break 'serve Disconnect::new(CloseCode::IdleTimeout, "no pong or frame for more than two heartbeat intervals").into();
+                            }
+                            session.outbox().claim();
+                            if let Err(gone) = self.write(frame::ping()).await { break 'serve gone.into() }
+                            next_ping = now + self.app.config.limits.heartbeat_interval;
+                        }
+                        timer.as_mut().reset(next_ping.min(expiry));
+                    }
+                }
+            };
+            // The fan-out must stop writing before the goodbye, and before the socket closes.
+            session.outbox().set_writer(None);
+            drop(session);
+            Box::pin(self.finish(ended)).await;
+        }
+    }
+
+    /// Authenticates the client, registers its session and greets it; returns the session and
+    /// when its credentials expire.
+    async fn start(&mut self, handshake: Handshake) -> Result<(Session, Option<u64>), Ended> {
+        let Handshake {
+            credentials,
+            personal,
+            deadline,
+        } = handshake;
         let (verified, personal) = match credentials {
             Credentials::Verified(verified) => (Ok(verified), personal),
             Credentials::Token(token, forwarded) => {
                 (verify_token(&self.app, &token, forwarded), personal)
             }
             Credentials::AuthFrame(forwarded) => {
-                match Box::pin(self.await_auth_frame(deadline)).await {
-                    Ok((token, from_frame)) => {
-                        // The auth frame's own `since`/`last` wins over the query string's.
-                        let personal = match from_frame {
-                            Recovery::Live => personal,
-                            recovery => recovery,
-                        };
-                        (verify_token(&self.app, &token, forwarded), personal)
-                    }
-                    Err(ended) => return Box::pin(self.finish(ended)).await,
-                }
+                let (token, from_frame) = self.await_auth_frame(deadline).await?;
+                // The auth frame's own `since`/`last` wins over the query string's.
+                let personal = match from_frame {
+                    Recovery::Live => personal,
+                    recovery => recovery,
+                };
+                (verify_token(&self.app, &token, forwarded), personal)
             }
         };
-        let verified = match verified {
-            Ok(verified) => verified,
-            Err(e) => {
-                let d = Disconnect::new(CloseCode::Unauthorized, e.message);
-                return Box::pin(self.finish(d.into())).await;
-            }
-        };
+        let verified = verified
+            .map_err(|e| Ended::Close(Disconnect::new(CloseCode::Unauthorized, e.message)))?;
         let expires_at = verified.expires_at;
-        let session = match Box::pin(self.greet(verified, personal)).await {
-            Ok(session) => session,
-            Err(ended) => return Box::pin(self.finish(ended)).await,
-        };
-        let ended = self.serve(&session, expires_at).await;
-        // The fan-out must stop writing before the goodbye, and before the socket closes.
-        session.outbox().set_writer(None);
-        drop(session);
-        Box::pin(self.finish(ended)).await;
+        let session = self.greet(verified, personal).await?;
+        Ok((session, expires_at))
     }
 
     /// Registers the session and sends `connected` (and the personal channel's `subscribed`).
@@ -332,101 +432,6 @@ impl Connection {
                         }
                     }
                 },
-            }
-        }
-    }
-
-    /// The connection's main loop, until it ends.
-    async fn serve(&mut self, session: &Session, expires_at: Option<u64>) -> Ended {
-        let app = self.app.clone();
-        let limits = &app.config.limits;
-        let interval = limits.heartbeat_interval;
-        let leeway = app.config.auth.jwt_leeway;
-        let mut expiry = deadline_of(expires_at, leeway);
-        let mut next_ping = Instant::now() + interval;
-        let mut last_heard = Instant::now();
-        // One timer for both the heartbeat and the token's expiry, whichever comes first.
-        let mut timer = pin!(sleep_until(next_ping.min(expiry)));
-        let mut bucket = CommandBucket::new(limits.commands_per_minute, limits.commands_burst);
-        let mut refused_in_a_row = 0u32;
-        let socket: Arc<dyn DirectWrite> = self.socket.clone();
-        session.outbox().set_writer(Some(socket));
-        loop {
-            // Write what is queued; when nothing is, the socket goes to the fan-out.
-            if let Err(ended) = self.flush(session).await {
-                return ended;
-            }
-            tokio::select! {
-                () = session.outbox().wait() => {}
-                readable = self.socket.stream().readable() => {
-                    if readable.is_err() || !self.read_available() {
-                        return Ended::Gone;
-                    }
-                    last_heard = Instant::now();
-                    loop {
-                        let inbound = match self.next_inbound() {
-                            Ok(Some(inbound)) => inbound,
-                            Ok(None) => break,
-                            Err(ended) => return ended,
-                        };
-                        // From here until the next flush this task writes, so that an answer
-                        // goes out before what the command causes (a `subscribed` before the
-                        // channel's first message).
-                        session.outbox().claim();
-                        let parsed = match inbound {
-                            Inbound::Text(text) => protocol::parse_command(&text),
-                            Inbound::Binary => Err(protocol::Rejected {
-                                id: None,
-                                error: HeraldError::bad_request("binary frames are not accepted; send JSON text frames"),
-                            }),
-                            Inbound::Ping(payload) => {
-                                if let Err(gone) = self.write(frame::pong(&payload)).await { return gone.into() }
-                                continue;
-                            }
-                            Inbound::Pong => continue,
-                            Inbound::Close(code) => return self.answer_close(code).await,
-                        };
-                        if !bucket.try_take(std::time::Instant::now()) {
-                            refused_in_a_row += 1;
-                            if refused_in_a_row > limits.commands_burst {
-                                return Disconnect::new(CloseCode::RateLimited, "kept sending after rate_limited").into();
-                            }
-                            let e = HeraldError::new(ErrorCode::RateLimited, "too many commands; slow down");
-                            let id = match &parsed {
-                                Ok((id, _)) => id.as_ref(),
-                                Err(rejected) => rejected.id.as_ref(),
-                            };
-                            if let Err(gone) = self.send_error(id, &e).await { return gone.into() }
-                            continue;
-                        }
-                        refused_in_a_row = 0;
-                        // Boxed: commands are rare next to deliveries, and an inline command
-                        // future would make every idle connection's task larger.
-                        match Box::pin(self.handle(session, parsed)).await {
-                            Ok(Some(new_expiry)) => {
-                                expiry = deadline_of(Some(new_expiry), leeway);
-                                timer.as_mut().reset(next_ping.min(expiry));
-                            }
-                            Ok(None) => {}
-                            Err(ended) => return ended,
-                        }
-                    }
-                }
-                () = &mut timer => {
-                    let now = Instant::now();
-                    if now >= expiry {
-                        return Disconnect::new(CloseCode::TokenExpired, "token expired").into();
-                    }
-                    if now >= next_ping {
-                        if now.duration_since(last_heard) > interval * 2 {
-                            return Disconnect::new(CloseCode::IdleTimeout, "no pong or frame for more than two heartbeat intervals").into();
-                        }
-                        session.outbox().claim();
-                        if let Err(gone) = self.write(frame::ping()).await { return gone.into() }
-                        next_ping = now + interval;
-                    }
-                    timer.as_mut().reset(next_ping.min(expiry));
-                }
             }
         }
     }
@@ -499,6 +504,54 @@ impl Connection {
                 return close.map_or(Ok(()), |d| Err(d.into()));
             }
         }
+    }
+
+    /// Handles one message from the client. Returns the new token expiry after a successful
+    /// `refresh`.
+    async fn on_inbound(
+        &mut self,
+        session: &Session,
+        inbound: Inbound,
+        commands: &mut CommandRate,
+    ) -> Result<Option<u64>, Ended> {
+        // From here until the next flush this task writes, so that an answer goes out before
+        // what the command causes (a `subscribed` before the channel's first message).
+        session.outbox().claim();
+        let parsed = match inbound {
+            Inbound::Text(text) => protocol::parse_command(&text),
+            Inbound::Binary => Err(protocol::Rejected {
+                id: None,
+                error: HeraldError::bad_request(
+                    "binary frames are not accepted; send JSON text frames",
+                ),
+            }),
+            Inbound::Ping(payload) => {
+                self.write(frame::pong(&payload)).await?;
+                return Ok(None);
+            }
+            Inbound::Pong => return Ok(None),
+            Inbound::Close(code) => return Err(self.answer_close(code).await),
+        };
+        let burst = self.app.config.limits.commands_burst;
+        if !commands.bucket.try_take(std::time::Instant::now()) {
+            commands.refused_in_a_row += 1;
+            if commands.refused_in_a_row > burst {
+                return Err(Disconnect::new(
+                    CloseCode::RateLimited,
+                    "kept sending after rate_limited",
+                )
+                .into());
+            }
+            let e = HeraldError::new(ErrorCode::RateLimited, "too many commands; slow down");
+            let id = match &parsed {
+                Ok((id, _)) => id.as_ref(),
+                Err(rejected) => rejected.id.as_ref(),
+            };
+            self.send_error(id, &e).await?;
+            return Ok(None);
+        }
+        commands.refused_in_a_row = 0;
+        self.handle(session, parsed).await
     }
 
     /// Handles one command. Returns the new token expiry after a successful `refresh`.
@@ -655,7 +708,8 @@ impl Connection {
 
     /// Writes one frame of this task's own (an answer, a ping); the task holds the socket.
     async fn write(&mut self, frame: Bytes) -> Result<(), Gone> {
-        match timeout(WRITE_TIMEOUT, self.socket.write(frame)).await {
+        // Boxed: the write and its timer exist only while writing, not in an idle task.
+        match Box::pin(timeout(WRITE_TIMEOUT, self.socket.write(frame))).await {
             Ok(Ok(())) => Ok(()),
             _ => Err(Gone),
         }
