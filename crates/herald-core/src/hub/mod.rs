@@ -17,10 +17,12 @@
 //! over synchronous sections only.
 
 mod outbox;
+mod subscribers;
 mod throttle;
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{HashMap, HashSet};
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -100,7 +102,7 @@ pub struct HubStats {
 }
 
 /// The subscribers of one channel on this node, by session id.
-type Subscribers = HashMap<u64, Arc<SessionCore>>;
+type Subscribers = subscribers::Subscribers<SessionCore>;
 
 struct HubShared {
     config: HubConfig,
@@ -135,7 +137,9 @@ pub struct SessionCore {
     identity: Mutex<Identity>,
     user: Arc<str>,
     outbox: Outbox,
-    subscriptions: Mutex<HashSet<ChannelName>>,
+    /// The channels this connection is subscribed to. A list: a connection has a few, and a set
+    /// would cost an allocation several times their size.
+    subscriptions: Mutex<Vec<ChannelName>>,
 }
 
 impl SessionCore {
@@ -506,7 +510,7 @@ impl Hub {
         if let Some(subscribers) = shard.get(channel) {
             let mut queued = 0;
             let mut chunk: [Option<&SessionCore>; FAN_OUT_CHUNK] = [None; FAN_OUT_CHUNK];
-            let mut subscribers = subscribers.values();
+            let mut subscribers = subscribers.iter();
             loop {
                 let mut filled = 0;
                 for (slot, session) in chunk.iter_mut().zip(subscribers.by_ref()) {
@@ -676,13 +680,23 @@ impl SessionRef<'_> {
         // index never disagree (lock order: session set, then shard; nothing takes them the
         // other way round).
         let mut subscriptions = self.core.subscriptions.lock();
-        if !subscriptions.insert(channel.clone()) {
+        if subscriptions.contains(channel) {
             return None;
         }
+        subscriptions.push(channel.clone());
         let mut shard = self.hub.shard(channel).write();
-        let subscribers = shard.entry(channel.clone()).or_default();
-        let first = subscribers.is_empty();
-        subscribers.insert(self.core.id, self.core.clone());
+        let first = match shard.entry(channel.clone()) {
+            Entry::Occupied(mut subscribers) => {
+                subscribers
+                    .get_mut()
+                    .insert(self.core.id, self.core.clone());
+                false
+            }
+            Entry::Vacant(entry) => {
+                entry.insert(Subscribers::one(self.core.id, self.core.clone()));
+                true
+            }
+        };
         self.hub
             .shared
             .subscriptions
@@ -692,13 +706,13 @@ impl SessionRef<'_> {
 
     fn remove_subscription(&self, channel: &ChannelName) -> bool {
         let mut subscriptions = self.core.subscriptions.lock();
-        if !subscriptions.remove(channel) {
+        let Some(at) = subscriptions.iter().position(|c| c == channel) else {
             return false;
-        }
+        };
+        subscriptions.swap_remove(at);
         let mut shard = self.hub.shard(channel).write();
         if let Some(subscribers) = shard.get_mut(channel) {
-            subscribers.remove(&self.core.id);
-            if subscribers.is_empty() {
+            if subscribers.remove(self.core.id) {
                 shard.remove(channel);
             }
         }
