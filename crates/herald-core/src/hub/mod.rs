@@ -26,6 +26,7 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 use serde_json::value::RawValue;
@@ -111,6 +112,8 @@ struct HubShared {
     hooks: Option<Arc<dyn Hooks>>,
     typing: TypingThrottle,
     channels: Vec<RwLock<HashMap<ChannelName, Subscribers>>>,
+    /// The pace of each channel larger than [`DIRECT_WRITE_MAX_SUBSCRIBERS`].
+    pace: Mutex<HashMap<ChannelName, FanOutPace>>,
     users: Mutex<HashMap<Arc<str>, Vec<Arc<SessionCore>>>>,
     sessions: AtomicUsize,
     subscriptions: AtomicUsize,
@@ -127,6 +130,29 @@ pub struct Hub {
 }
 
 /// What the hub keeps of a connection.
+/// Channels with up to this many subscribers are always written directly to idle sockets
+/// (personal channels, rooms). A larger channel is written directly only while its fan-out keeps
+/// the node less than half busy ([`FanOutPace`]); past that its publications go through the
+/// connections' queues, where those that arrive during a pass reach each socket together, in one
+/// write. Direct writes cost one `send` per subscriber inside the pass, so without the queues the
+/// pass itself would be the ceiling (about 10,000 sends per publication).
+pub const DIRECT_WRITE_MAX_SUBSCRIBERS: usize = 1024;
+
+/// How busy a large channel's fan-out keeps the node: when its last pass started, and how long
+/// its last direct pass took.
+#[derive(Clone, Copy)]
+struct FanOutPace {
+    last_start: Instant,
+    direct_pass: Duration,
+}
+
+impl FanOutPace {
+    /// Direct writes while the time between passes is at least twice a direct pass.
+    fn allows_direct(&self, now: Instant) -> bool {
+        now.duration_since(self.last_start) >= self.direct_pass * 2
+    }
+}
+
 /// Subscribers whose queues a fan-out loads into the cache before pushing to them (see
 /// [`Outbox::warm`]).
 const FAN_OUT_CHUNK: usize = 16;
@@ -145,8 +171,8 @@ pub struct SessionCore {
 impl SessionCore {
     /// Queues `item`; returns whether it was queued. The caller counts deliveries, so that a
     /// fan-out adds to the shared counter once, not once per subscriber.
-    fn deliver(&self, item: Outbound, stats: &HubStats) -> bool {
-        match self.outbox.push(item) {
+    fn deliver(&self, item: Outbound, direct: bool, stats: &HubStats) -> bool {
+        match self.outbox.push_or_write(item, direct) {
             Pushed::Queued | Pushed::Written => true,
             Pushed::Overflowed => {
                 stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
@@ -202,6 +228,7 @@ impl Hub {
             hooks,
             typing: TypingThrottle::new(TYPING_INTERVAL),
             channels: (0..CHANNEL_SHARDS).map(|_| RwLock::default()).collect(),
+            pace: Mutex::default(),
             users: Mutex::default(),
             sessions: AtomicUsize::new(0),
             subscriptions: AtomicUsize::new(0),
@@ -508,6 +535,14 @@ impl Hub {
         let stats = &self.shared.stats;
         let shard = self.shard(channel).read();
         if let Some(subscribers) = shard.get(channel) {
+            let large = subscribers.len() > DIRECT_WRITE_MAX_SUBSCRIBERS;
+            let started = Instant::now();
+            let pace = if large {
+                self.shared.pace.lock().get(channel).copied()
+            } else {
+                None
+            };
+            let direct = pace.is_none_or(|pace| pace.allows_direct(started));
             let mut queued = 0;
             let mut chunk: [Option<&SessionCore>; FAN_OUT_CHUNK] = [None; FAN_OUT_CHUNK];
             let mut subscribers = subscribers.iter();
@@ -522,7 +557,7 @@ impl Hub {
                 }
                 for session in chunk[..filled].iter().flatten() {
                     if let Some(item) = item_for(session) {
-                        queued += u64::from(session.deliver(item, stats));
+                        queued += u64::from(session.deliver(item, direct, stats));
                     }
                 }
                 if filled < FAN_OUT_CHUNK {
@@ -530,6 +565,18 @@ impl Hub {
                 }
             }
             stats.deliveries.fetch_add(queued, Ordering::Relaxed);
+            if large {
+                let direct_pass = match (direct, pace) {
+                    (true, _) => started.elapsed(),
+                    (false, Some(pace)) => pace.direct_pass,
+                    (false, None) => Duration::ZERO,
+                };
+                let pace = FanOutPace {
+                    last_start: started,
+                    direct_pass,
+                };
+                self.shared.pace.lock().insert(channel.clone(), pace);
+            }
         }
     }
 
@@ -562,7 +609,7 @@ impl Hub {
                     };
                     if session.remove_subscription(&channel) {
                         let stats = &self.shared.stats;
-                        if core.deliver(Outbound::Unsubscribed(channel.clone()), stats) {
+                        if core.deliver(Outbound::Unsubscribed(channel.clone()), true, stats) {
                             stats.deliveries.fetch_add(1, Ordering::Relaxed);
                         }
                         self.left(&channel, &core);
@@ -714,6 +761,7 @@ impl SessionRef<'_> {
         if let Some(subscribers) = shard.get_mut(channel) {
             if subscribers.remove(self.core.id) {
                 shard.remove(channel);
+                self.hub.shared.pace.lock().remove(channel);
             }
         }
         self.hub

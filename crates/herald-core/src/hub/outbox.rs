@@ -150,6 +150,12 @@ impl Outbox {
 
     /// Queues `item`, or closes the connection as a slow consumer if it does not fit.
     pub fn push(&self, item: Outbound) -> Pushed {
+        self.push_or_write(item, true)
+    }
+
+    /// As [`Outbox::push`]; with `direct` false the item is queued even if the socket is idle
+    /// (see [`DIRECT_WRITE_MAX_SUBSCRIBERS`](super::DIRECT_WRITE_MAX_SUBSCRIBERS)).
+    pub fn push_or_write(&self, item: Outbound, direct: bool) -> Pushed {
         let size = item.queued_size();
         let mut state = self.state.lock();
         if state.close.is_some() {
@@ -180,7 +186,7 @@ impl Outbox {
                 return Pushed::Queued;
             }
         }
-        if state.direct {
+        if state.direct && direct {
             let written = match &state.writer {
                 Some(writer) => writer.try_write(&item),
                 None => Written::Nothing,
@@ -200,6 +206,8 @@ impl Outbox {
             }
         }
         state.bytes += size;
+        // Queued while the socket was the fan-out's: it is the task's again.
+        state.direct = false;
         if state.is_empty() {
             state.first = Some(item);
         } else {
