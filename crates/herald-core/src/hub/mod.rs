@@ -566,10 +566,13 @@ impl Hub {
             }
             stats.deliveries.fetch_add(queued, Ordering::Relaxed);
             if large {
-                let direct_pass = match (direct, pace) {
-                    (true, _) => started.elapsed(),
-                    (false, Some(pace)) => pace.direct_pass,
-                    (false, None) => Duration::ZERO,
+                // The estimate of a direct pass falls slowly (by an eighth a pass): a pass that
+                // was short because most sockets were busy must not reopen direct writes at once.
+                let previous = pace.map_or(Duration::ZERO, |pace| pace.direct_pass);
+                let direct_pass = if direct {
+                    started.elapsed().max(previous * 7 / 8)
+                } else {
+                    previous
                 };
                 let pace = FanOutPace {
                     last_start: started,
