@@ -147,9 +147,25 @@ struct FanOutPace {
 }
 
 impl FanOutPace {
-    /// Direct writes while the time between passes is at least twice a direct pass.
-    fn allows_direct(&self, now: Instant) -> bool {
-        now.duration_since(self.last_start) >= self.direct_pass * 2
+    /// Direct writes while the time between passes is at least twice a direct pass (always for
+    /// a channel's first pass).
+    fn allows_direct(pace: Option<FanOutPace>, now: Instant) -> bool {
+        pace.is_none_or(|pace| now.duration_since(pace.last_start) >= pace.direct_pass * 2)
+    }
+
+    /// The pace after a pass that began at `started`, written directly or not. The estimate of a
+    /// direct pass falls slowly (by an eighth a pass): a pass that was short because most sockets
+    /// were busy must not reopen direct writes at once.
+    fn after(previous: Option<FanOutPace>, started: Instant, direct: bool) -> FanOutPace {
+        let previous = previous.map_or(Duration::ZERO, |pace| pace.direct_pass);
+        FanOutPace {
+            last_start: started,
+            direct_pass: if direct {
+                started.elapsed().max(previous * 7 / 8)
+            } else {
+                previous
+            },
+        }
     }
 }
 
@@ -537,12 +553,10 @@ impl Hub {
         if let Some(subscribers) = shard.get(channel) {
             let large = subscribers.len() > DIRECT_WRITE_MAX_SUBSCRIBERS;
             let started = Instant::now();
-            let pace = if large {
-                self.shared.pace.lock().get(channel).copied()
-            } else {
-                None
-            };
-            let direct = pace.is_none_or(|pace| pace.allows_direct(started));
+            let pace = large
+                .then(|| self.shared.pace.lock().get(channel).copied())
+                .flatten();
+            let direct = FanOutPace::allows_direct(pace, started);
             let mut queued = 0;
             let mut chunk: [Option<&SessionCore>; FAN_OUT_CHUNK] = [None; FAN_OUT_CHUNK];
             let mut subscribers = subscribers.iter();
@@ -566,18 +580,7 @@ impl Hub {
             }
             stats.deliveries.fetch_add(queued, Ordering::Relaxed);
             if large {
-                // The estimate of a direct pass falls slowly (by an eighth a pass): a pass that
-                // was short because most sockets were busy must not reopen direct writes at once.
-                let previous = pace.map_or(Duration::ZERO, |pace| pace.direct_pass);
-                let direct_pass = if direct {
-                    started.elapsed().max(previous * 7 / 8)
-                } else {
-                    previous
-                };
-                let pace = FanOutPace {
-                    last_start: started,
-                    direct_pass,
-                };
+                let pace = FanOutPace::after(pace, started, direct);
                 self.shared.pace.lock().insert(channel.clone(), pace);
             }
         }

@@ -191,22 +191,24 @@ impl Outbox {
                 Some(writer) => writer.try_write(&item),
                 None => Written::Nothing,
             };
-            if written == Written::All {
-                return Pushed::Written;
-            }
-            // The socket is the task's again: it writes what is left and what follows.
-            state.direct = false;
-            if written == Written::Part {
-                let waker = state.wake();
-                drop(state);
-                if let Some(waker) = waker {
-                    waker.wake();
+            match written {
+                Written::All => return Pushed::Written,
+                Written::Part => {
+                    // The task writes the rest, and what follows.
+                    state.direct = false;
+                    let waker = state.wake();
+                    drop(state);
+                    if let Some(waker) = waker {
+                        waker.wake();
+                    }
+                    return Pushed::Written;
                 }
-                return Pushed::Written;
+                Written::Nothing => {}
             }
         }
         state.bytes += size;
-        // Queued while the socket was the fan-out's: it is the task's again.
+        // A queued item is the task's to write, and nothing may overtake it: the socket is the
+        // task's until the queue is empty again.
         state.direct = false;
         if state.is_empty() {
             state.first = Some(item);
@@ -463,6 +465,79 @@ mod tests {
             .await
             .expect("woken")
             .expect("joined");
+    }
+
+    /// A socket that takes `room` more items whole, then one in part, then nothing.
+    struct Socket {
+        room: Mutex<usize>,
+        written: Mutex<Vec<String>>,
+    }
+
+    impl DirectWrite for Socket {
+        fn try_write(&self, item: &Outbound) -> Written {
+            let mut room = self.room.lock();
+            let Outbound::Unsubscribed(channel) = item else {
+                return Written::Nothing;
+            };
+            match *room {
+                0 => Written::Nothing,
+                1 => {
+                    *room = 0;
+                    self.written.lock().push(format!("{channel} (part)"));
+                    Written::Part
+                }
+                _ => {
+                    *room -= 1;
+                    self.written.lock().push(channel.to_string());
+                    Written::All
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn direct_writes_hand_the_socket_back_and_never_overtake_a_queued_item() {
+        let outbox = Outbox::new(10_000);
+        let socket = Arc::new(Socket {
+            room: Mutex::new(3),
+            written: Mutex::default(),
+        });
+        outbox.set_writer(Some(socket.clone()));
+        // Lent, but not idle until the task finds the queue empty.
+        assert_eq!(outbox.push(notice("a:0")), Pushed::Queued);
+        let mut batch = Vec::new();
+        assert!(outbox.take_or_release(&mut batch).is_none());
+        assert_eq!(batch.len(), 1);
+        batch.clear();
+        assert!(outbox.take_or_release(&mut batch).is_none() && batch.is_empty());
+        // Idle: written straight through, and the task has nothing to do.
+        assert_eq!(outbox.push(notice("a:1")), Pushed::Written);
+        assert_eq!(outbox.push(notice("a:2")), Pushed::Written);
+        let idle = tokio::time::timeout(Duration::from_millis(20), outbox.wait()).await;
+        assert!(idle.is_err(), "a direct write wakes no one");
+        // Written in part: the socket is the task's again, and it is woken to finish.
+        assert_eq!(outbox.push(notice("a:3")), Pushed::Written);
+        tokio::time::timeout(Duration::from_secs(5), outbox.wait())
+            .await
+            .expect("handed back");
+        // Until the task releases it, later items queue, in order.
+        *socket.room.lock() = 10;
+        assert_eq!(outbox.push(notice("a:4")), Pushed::Queued);
+        // A push that may not write directly queues too, and takes the socket back.
+        assert!(outbox.take_or_release(&mut batch).is_none());
+        batch.clear();
+        assert!(outbox.take_or_release(&mut batch).is_none());
+        assert_eq!(outbox.push_or_write(notice("a:5"), false), Pushed::Queued);
+        assert_eq!(outbox.push(notice("a:6")), Pushed::Queued);
+        // A claim by the task stops direct writes too.
+        outbox.take(&mut batch);
+        assert!(outbox.take_or_release(&mut batch).is_none());
+        outbox.claim();
+        assert_eq!(outbox.push(notice("a:7")), Pushed::Queued);
+        assert_eq!(
+            *socket.written.lock(),
+            ["a:1", "a:2", "a:3 (part)"].map(String::from)
+        );
     }
 
     fn publication(channel: &str, offset: u64) -> Arc<Publication> {
