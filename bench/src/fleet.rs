@@ -369,7 +369,9 @@ impl ClientSocket {
 /// keeps its descriptor open and unchanged until the `AsyncFd` drops it, which is the contract
 /// the unsafe `register` asks for (and this workspace forbids `unsafe`).
 #[expect(deprecated, reason = "sound for an owned TcpStream; see above")]
-fn register(stream: std::net::TcpStream) -> std::io::Result<AsyncFd<std::net::TcpStream>> {
+pub(crate) fn register(
+    stream: std::net::TcpStream,
+) -> std::io::Result<AsyncFd<std::net::TcpStream>> {
     AsyncFd::new(stream)
 }
 

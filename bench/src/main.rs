@@ -100,6 +100,10 @@ enum Scenario {
         /// Publications per HTTP request (more than 1 uses /api/batch).
         #[arg(long, default_value_t = 1)]
         batch: usize,
+        /// Requests each of the publisher's connections may pipeline when requests wait
+        /// (HTTP/1.1 pipelining; 1 = one request in flight per connection).
+        #[arg(long, default_value_t = 1)]
+        pipeline: usize,
     },
     /// Connects and disconnects per second under a live broadcast.
     Churn {
@@ -211,7 +215,8 @@ async fn run_scenario(
             connections,
             rates,
             batch,
-        } => steps.extend(scenarios::personal(ctx, *connections, rates, *batch).await?),
+            pipeline,
+        } => steps.extend(scenarios::personal(ctx, *connections, rates, *batch, *pipeline).await?),
         Scenario::Churn {
             connections,
             rates,
@@ -237,13 +242,13 @@ async fn run_scenario(
                 report.add(&step);
             }
             for step in
-                scenarios::personal(ctx, 10_000, &[10_000.0, 25_000.0, 50_000.0, 75_000.0], 1)
+                scenarios::personal(ctx, 10_000, &[10_000.0, 25_000.0, 50_000.0, 75_000.0], 1, 1)
                     .await?
             {
                 report.add(&step);
             }
             for step in
-                scenarios::personal(ctx, 10_000, &[50_000.0, 100_000.0, 200_000.0], 100).await?
+                scenarios::personal(ctx, 10_000, &[50_000.0, 100_000.0, 200_000.0], 100, 1).await?
             {
                 report.add(&step);
             }
@@ -264,8 +269,8 @@ async fn run_scenario(
             ctx.step = ctx.step.min(Duration::from_secs(2));
             steps.extend(scenarios::idle(ctx, 300, Duration::from_secs(1)).await?);
             steps.extend(scenarios::broadcast(ctx, 300, &[10.0, 50.0]).await?);
-            steps.extend(scenarios::personal(ctx, 300, &[500.0], 1).await?);
-            steps.extend(scenarios::personal(ctx, 300, &[1000.0], 50).await?);
+            steps.extend(scenarios::personal(ctx, 300, &[500.0], 1, 1).await?);
+            steps.extend(scenarios::personal(ctx, 300, &[1000.0], 50, 1).await?);
             steps.extend(scenarios::churn(ctx, 200, &[20.0], 5.0).await?);
             steps.extend(scenarios::slow(ctx, 300, 10.0, 1.0).await?);
             steps.extend(scenarios::chat(ctx, 300, &[100.0]).await?);

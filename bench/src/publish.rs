@@ -1,17 +1,33 @@
 //! The publishing side: HTTP publications at a target rate, each stamped with the generator's
 //! clock so that receivers can measure publish-to-receive latency.
+//!
+//! The publisher speaks HTTP/1.1 itself over [`CONNECTIONS`] keep-alive connections, as lean as
+//! the fleet's WebSocket client: the generator's core also reads every delivery, and at tens of
+//! thousands of requests per second a general-purpose HTTP client cost more of it than the
+//! server spent answering (the publisher, not the server, set the personal scenario's ceiling).
+//! A dispatcher hands out request tickets at the asked rate; an idle connection takes the due
+//! tickets, up to its pipeline depth, writes them in one `write`, and reads their answers. With
+//! the default depth of 1 each connection has one request in flight, as a backend's connection
+//! pool does; a deeper pipeline is only used when tickets wait (the publisher is behind).
 
-use std::cell::Cell;
-use std::rc::Rc;
-use std::sync::Arc;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::io::unix::AsyncFd;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
 use crate::Target;
 
-/// Requests allowed in flight at once; past this the publisher falls behind its rate.
-const MAX_IN_FLIGHT: usize = 64;
+/// Keep-alive connections to the server, each with at most `pipeline` requests in flight.
+pub const CONNECTIONS: usize = 64;
+
+/// A request that waits this long past its due time for a free connection marks the step
+/// `publisher-behind`.
+const BEHIND: Duration = Duration::from_millis(5);
 
 /// What a publishing run achieved.
 #[derive(Default, Clone, Copy)]
@@ -25,74 +41,274 @@ pub struct Published {
 }
 
 pub struct Publisher {
-    client: reqwest::Client,
-    url: String,
+    address: String,
+    path: String,
     key: String,
+    /// Requests a connection may have in flight at once (HTTP/1.1 pipelining when above 1).
+    pipeline: usize,
+}
+
+/// State shared by the dispatcher and the connections of one run.
+struct Run<'a> {
+    /// Tickets due and not yet taken by a connection.
+    due: RefCell<VecDeque<u64>>,
+    /// Wakes a connection when a ticket is queued.
+    queued: Notify,
+    /// Set when the step's time is up: connections finish what they hold and stop.
+    done: Cell<bool>,
+    /// Builds request `i`'s body and says how many publications it holds.
+    body: RefCell<&'a mut dyn FnMut(u64) -> (String, u64)>,
+    accepted: Cell<u64>,
+    failed: Cell<u64>,
 }
 
 impl Publisher {
     pub fn new(target: &Target, path: &str) -> Publisher {
+        Publisher::pipelined(target, path, 1)
+    }
+
+    /// A publisher whose connections pipeline up to `depth` requests when tickets wait.
+    pub fn pipelined(target: &Target, path: &str, depth: usize) -> Publisher {
         Publisher {
-            client: reqwest::Client::builder()
-                .pool_max_idle_per_host(MAX_IN_FLIGHT)
-                .build()
-                .unwrap_or_default(),
-            url: format!("{}{path}", target.http_base),
+            address: target
+                .http_base
+                .trim_start_matches("http://")
+                .trim_end_matches('/')
+                .to_string(),
+            path: path.to_string(),
             key: target.api_key.clone(),
+            pipeline: depth.max(1),
         }
     }
 
     /// Sends `rate` requests per second for `duration`. `body(i)` builds request `i` and says how
-    /// many publications it holds. `rate = None` sends as fast as `MAX_IN_FLIGHT` allows.
+    /// many publications it holds. `rate = None` sends as fast as the connections allow.
     pub async fn run(
         &self,
         rate: Option<f64>,
         duration: Duration,
         mut body: impl FnMut(u64) -> (String, u64),
     ) -> Published {
-        let start = Instant::now();
-        let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-        let accepted = Rc::new(Cell::new(0u64));
-        let failed = Rc::new(Cell::new(0u64));
-        let mut fell_behind = false;
-        let mut sent = 0u64;
-        let mut tick = tokio::time::interval(Duration::from_millis(1));
-        while start.elapsed() < duration {
-            tick.tick().await;
-            let due = match rate {
-                Some(rate) => (start.elapsed().as_secs_f64() * rate) as u64,
-                None => sent + permits.available_permits() as u64,
-            };
-            while sent < due {
-                let Ok(permit) = permits.clone().try_acquire_owned() else {
-                    if rate.is_some() {
+        let run = Run {
+            due: RefCell::new(VecDeque::new()),
+            queued: Notify::new(),
+            done: Cell::new(false),
+            body: RefCell::new(&mut body),
+            accepted: Cell::new(0),
+            failed: Cell::new(0),
+        };
+        let mut connections = FuturesUnordered::new();
+        for _ in 0..CONNECTIONS {
+            connections.push(self.connection(&run));
+        }
+        let dispatch = async {
+            let start = Instant::now();
+            let mut issued = 0u64;
+            let mut fell_behind = false;
+            let mut tick = tokio::time::interval(Duration::from_millis(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            while start.elapsed() < duration {
+                tick.tick().await;
+                let elapsed = start.elapsed().as_secs_f64();
+                let (waiting, oldest) = {
+                    let due = run.due.borrow();
+                    (due.len(), due.front().copied())
+                };
+                let target = match rate {
+                    Some(rate) => (elapsed * rate) as u64,
+                    // As fast as possible: keep every connection's pipeline full.
+                    None => issued + (CONNECTIONS * self.pipeline).saturating_sub(waiting) as u64,
+                };
+                // A ticket that has waited past `BEHIND` for a free connection: every connection
+                // was busy, so the asked rate was not kept.
+                if let (Some(rate), Some(oldest)) = (rate, oldest) {
+                    if elapsed - oldest as f64 / rate > BEHIND.as_secs_f64() {
                         fell_behind = true;
                     }
-                    break;
-                };
-                let (text, publications) = body(sent);
-                sent += 1;
-                let request = self
-                    .client
-                    .post(&self.url)
-                    .bearer_auth(&self.key)
-                    .header("content-type", "application/json")
-                    .body(text);
-                let (accepted, failed) = (accepted.clone(), failed.clone());
-                tokio::task::spawn_local(async move {
-                    let ok = matches!(request.send().await, Ok(r) if r.status().is_success());
-                    let counter = if ok { &accepted } else { &failed };
-                    counter.set(counter.get() + publications);
-                    drop(permit);
-                });
+                }
+                let mut due = run.due.borrow_mut();
+                while issued < target {
+                    due.push_back(issued);
+                    issued += 1;
+                    run.queued.notify_one();
+                }
             }
-        }
-        // Let the requests in flight finish.
-        let _ = permits.acquire_many(MAX_IN_FLIGHT as u32).await;
+            // What was not sent in time is not sent at all: the step's rate is what was done.
+            let unsent = run.due.borrow().len();
+            run.due.borrow_mut().clear();
+            if rate.is_some() && unsent > CONNECTIONS * self.pipeline {
+                fell_behind = true;
+            }
+            run.done.set(true);
+            for _ in 0..CONNECTIONS {
+                run.queued.notify_one();
+            }
+            fell_behind
+        };
+        let drain = async { while connections.next().await.is_some() {} };
+        let (fell_behind, ()) = tokio::join!(dispatch, drain);
         Published {
-            accepted: accepted.get(),
-            failed: failed.get(),
+            accepted: run.accepted.get(),
+            failed: run.failed.get(),
             fell_behind,
         }
+    }
+
+    /// One keep-alive connection: takes due tickets, sends them, reads their answers, until the
+    /// run is done. A connection that fails counts what it held as failed and reconnects.
+    async fn connection(&self, run: &Run<'_>) {
+        let mut socket: Option<HttpSocket> = None;
+        let mut request = Vec::new();
+        let mut counts = Vec::new();
+        loop {
+            let taken: Vec<u64> = {
+                let mut due = run.due.borrow_mut();
+                let n = due.len().min(self.pipeline);
+                due.drain(..n).collect()
+            };
+            if taken.is_empty() {
+                if run.done.get() {
+                    return;
+                }
+                run.queued.notified().await;
+                continue;
+            }
+            request.clear();
+            counts.clear();
+            for i in taken {
+                let (text, publications) = (run.body.borrow_mut())(i);
+                counts.push(publications);
+                let _ = write!(
+                    request,
+                    "POST {} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\
+                     Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{text}",
+                    self.path,
+                    self.address,
+                    self.key,
+                    text.len()
+                );
+            }
+            if socket.is_none() {
+                socket = HttpSocket::connect(&self.address).await.ok();
+            }
+            let answers = match socket.as_mut() {
+                Some(s) => s.exchange(&request, counts.len()).await,
+                None => Err(std::io::ErrorKind::NotConnected.into()),
+            };
+            match answers {
+                Ok(statuses) => {
+                    for (status, publications) in statuses.iter().zip(&counts) {
+                        let counter = if *status == 200 {
+                            &run.accepted
+                        } else {
+                            &run.failed
+                        };
+                        counter.set(counter.get() + publications);
+                    }
+                }
+                Err(_) => {
+                    socket = None;
+                    run.failed
+                        .set(run.failed.get() + counts.iter().sum::<u64>());
+                }
+            }
+        }
+    }
+}
+
+/// An HTTP/1.1 client connection on a raw socket.
+struct HttpSocket {
+    fd: AsyncFd<std::net::TcpStream>,
+    /// What has been read and not yet parsed into answers.
+    buffer: Vec<u8>,
+}
+
+impl HttpSocket {
+    async fn connect(address: &str) -> std::io::Result<HttpSocket> {
+        let stream = TcpStream::connect(address).await?;
+        stream.set_nodelay(true)?;
+        Ok(HttpSocket {
+            fd: crate::fleet::register(stream.into_std()?)?,
+            buffer: Vec::with_capacity(4096),
+        })
+    }
+
+    /// Writes `request` (holding `count` requests) and reads `count` answers; returns their
+    /// status codes.
+    async fn exchange(&mut self, mut request: &[u8], count: usize) -> std::io::Result<Vec<u16>> {
+        while !request.is_empty() {
+            let mut guard = self.fd.writable().await?;
+            match guard.try_io(|fd| fd.get_ref().write(request)) {
+                Ok(Ok(n)) => request = &request[n..],
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => {}
+            }
+        }
+        let mut statuses = Vec::with_capacity(count);
+        loop {
+            while statuses.len() < count {
+                match parse_response(&self.buffer)? {
+                    Some((status, used)) => {
+                        statuses.push(status);
+                        self.buffer.drain(..used);
+                    }
+                    None => break,
+                }
+            }
+            if statuses.len() == count {
+                return Ok(statuses);
+            }
+            let mut guard = self.fd.readable().await?;
+            let mut chunk = [0u8; 8192];
+            match guard.try_io(|fd| fd.get_ref().read(&mut chunk)) {
+                Ok(Ok(0)) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Ok(Ok(n)) => self.buffer.extend_from_slice(&chunk[..n]),
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => {}
+            }
+        }
+    }
+}
+
+/// The first whole response in `bytes`: its status and length, or `None` if it has not all
+/// arrived. Responses without `Content-Length` (chunked) are not expected from the API.
+fn parse_response(bytes: &[u8]) -> std::io::Result<Option<(u16, usize)>> {
+    let Some(head_end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Ok(None);
+    };
+    let bad = || std::io::Error::other("malformed HTTP response");
+    let head = std::str::from_utf8(&bytes[..head_end]).map_err(|_| bad())?;
+    let status: u16 = head
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(bad)?;
+    let length = head
+        .split("\r\n")
+        .filter_map(|line| line.split_once(':'))
+        .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, value)| value.trim().parse::<usize>().ok())
+        .ok_or_else(bad)?;
+    let total = head_end + 4 + length;
+    Ok((bytes.len() >= total).then_some((status, total)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_pipelined_responses_whole_or_not_at_all() {
+        let one =
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 5\r\n\r\nhello";
+        let mut two = one.to_vec();
+        two.extend_from_slice(b"HTTP/1.1 429 Too Many Requests\r\nContent-Length: 2\r\n\r\n{}");
+        let (status, used) = parse_response(&two).expect("valid").expect("whole");
+        assert_eq!((status, used), (200, one.len()));
+        let (status, rest) = parse_response(&two[used..]).expect("valid").expect("whole");
+        assert_eq!((status, rest), (429, two.len() - one.len()));
+        assert!(parse_response(&one[..one.len() - 1])
+            .expect("valid")
+            .is_none());
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\n\r\n").is_err());
     }
 }

@@ -206,6 +206,7 @@ pub async fn personal(
     n: usize,
     rates: &[f64],
     batch: usize,
+    pipeline: usize,
 ) -> Result<Vec<Step>, String> {
     let recorder = Recorder::new(Instant::now(), n);
     let fleet = open_fleet(ctx, 0..n, false, &recorder).await?;
@@ -214,7 +215,7 @@ pub async fn personal(
     } else {
         "/api/publish"
     };
-    let publisher = Publisher::new(&ctx.target, path);
+    let publisher = Publisher::pipelined(&ctx.target, path, pipeline);
     let next = Cell::new(0u64);
     let mut steps = Vec::new();
     for &rate in rates {
@@ -237,10 +238,10 @@ pub async fn personal(
             (text, batch.max(1) as u64)
         };
         let requests_per_s = rate / batch.max(1) as f64;
-        let label = if batch > 1 {
-            format!("{rate} msg/s (batch {batch})")
-        } else {
-            format!("{rate} msg/s")
+        let label = match (batch, pipeline) {
+            (2.., _) => format!("{rate} msg/s (batch {batch})"),
+            (_, 2..) => format!("{rate} msg/s (pipeline {pipeline})"),
+            _ => format!("{rate} msg/s"),
         };
         let step = measure_step(
             ctx,

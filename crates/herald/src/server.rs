@@ -32,6 +32,7 @@ use crate::limits::ConnectionRate;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::store;
+use crate::transport::ws::heartbeat::Heartbeats;
 use crate::transport::{sse, ws};
 
 /// Everything a request handler needs, shared by all of them.
@@ -44,6 +45,8 @@ pub struct AppState {
     pub proxy: Option<Arc<Proxy>>,
     /// New connections per IP per second.
     pub connection_rate: ConnectionRate,
+    /// Pings and credential expiry of every WebSocket connection, kept by one sweep.
+    pub heartbeats: Arc<Heartbeats>,
     pub started: Instant,
     /// Set when shutdown begins: new WebSocket upgrades are refused and `/ready` fails.
     shutting_down: AtomicBool,
@@ -98,6 +101,7 @@ pub fn build(config: Config) -> Result<App, ConfigError> {
     );
     Ok(Arc::new(AppState {
         connection_rate: ConnectionRate::new(config.limits.connections_per_ip_per_second),
+        heartbeats: Heartbeats::start(config.limits.heartbeat_interval),
         config,
         hub,
         auth,
@@ -242,6 +246,8 @@ async fn accept_loop(
         tokio::spawn(async move {
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
+                // Answers to pipelined requests go out in one write, not one each.
+                .pipeline_flush(true)
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades();
             let mut connection = pin!(connection);

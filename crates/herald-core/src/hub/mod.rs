@@ -778,6 +778,28 @@ impl SessionRef<'_> {
     }
 }
 
+/// A weak reference to a session's outbox (see [`Session::outbox_handle`]).
+#[derive(Clone)]
+pub struct OutboxHandle(std::sync::Weak<SessionCore>);
+
+impl OutboxHandle {
+    /// The outbox, while its session lives.
+    pub fn get(&self) -> Option<OutboxRef> {
+        self.0.upgrade().map(OutboxRef)
+    }
+}
+
+/// A session's outbox, held for a moment through an [`OutboxHandle`].
+pub struct OutboxRef(Arc<SessionCore>);
+
+impl std::ops::Deref for OutboxRef {
+    type Target = Outbox;
+
+    fn deref(&self) -> &Outbox {
+        &self.0.outbox
+    }
+}
+
 /// A connection registered with the hub. Dropping it removes the connection everywhere.
 pub struct Session {
     hub: Hub,
@@ -796,6 +818,12 @@ impl Session {
 
     pub fn outbox(&self) -> &Outbox {
         &self.core.outbox
+    }
+
+    /// A handle on this session's outbox that does not keep the session alive, for whatever
+    /// keeps time for many connections at once (the WebSocket transport's heartbeat sweep).
+    pub fn outbox_handle(&self) -> OutboxHandle {
+        OutboxHandle(Arc::downgrade(&self.core))
     }
 
     /// Replaces the connection's identity (after a token refresh for the same user). The headers
@@ -1171,7 +1199,7 @@ mod tests {
             .into_iter()
             .filter_map(|o| match o {
                 Outbound::Publication(p) => Some(p.offset),
-                Outbound::Event(_) | Outbound::Unsubscribed(_) => None,
+                Outbound::Event(_) | Outbound::Unsubscribed(_) | Outbound::Heartbeat => None,
             })
             .collect()
     }

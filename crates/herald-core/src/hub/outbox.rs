@@ -64,6 +64,8 @@ pub enum Outbound {
     Event(Arc<ChannelEvent>),
     /// The server API unsubscribed this connection from a channel.
     Unsubscribed(ChannelName),
+    /// The transport's keep-alive (a WebSocket ping): carries nothing, is not a delivery.
+    Heartbeat,
 }
 
 impl Outbound {
@@ -72,6 +74,7 @@ impl Outbound {
             Outbound::Publication(p) => p.queued_size(),
             Outbound::Event(e) => e.queued_size(),
             Outbound::Unsubscribed(c) => c.as_str().len() + 48,
+            Outbound::Heartbeat => 16,
         }
     }
 }
@@ -93,6 +96,8 @@ struct State {
     /// The connection is idle (nothing queued, nothing half-written): a push writes through
     /// `writer`. Only ever set with an empty queue.
     direct: bool,
+    /// Heartbeats in a row with nothing heard from the client (see [`Outbox::silent_beats`]).
+    silent_beats: u8,
 }
 
 /// Live publications of a channel held while the hub reads the channel's history, so that what
@@ -223,6 +228,19 @@ impl Outbox {
             waker.wake();
         }
         Pushed::Queued
+    }
+
+    /// Notes that the client sent something (a pong, a command): it is alive.
+    pub fn note_client_activity(&self) {
+        self.state.lock().silent_beats = 0;
+    }
+
+    /// Counts a heartbeat and returns how many in a row found nothing heard from the client
+    /// since [`Outbox::note_client_activity`] (1 for the first heartbeat after it).
+    pub fn silent_beats(&self) -> u8 {
+        let mut state = self.state.lock();
+        state.silent_beats = state.silent_beats.saturating_add(1);
+        state.silent_beats
     }
 
     /// Starts holding `channel`'s live publications (call before subscribing the connection to
@@ -424,7 +442,9 @@ mod tests {
             .iter()
             .map(|o| match o {
                 Outbound::Unsubscribed(c) => c.to_string(),
-                Outbound::Publication(_) | Outbound::Event(_) => unreachable!(),
+                Outbound::Publication(_) | Outbound::Event(_) | Outbound::Heartbeat => {
+                    unreachable!()
+                }
             })
             .collect();
         assert_eq!(names, ["a:0", "a:1", "a:2", "a:3", "a:4"]);
@@ -579,7 +599,9 @@ mod tests {
             .iter()
             .map(|o| match o {
                 Outbound::Publication(p) => (p.channel.to_string(), p.offset),
-                Outbound::Unsubscribed(_) | Outbound::Event(_) => unreachable!(),
+                Outbound::Unsubscribed(_) | Outbound::Event(_) | Outbound::Heartbeat => {
+                    unreachable!()
+                }
             })
             .collect();
         let expected = [("b:1", 9), ("a:1", 2), ("a:1", 3), ("a:1", 4)];

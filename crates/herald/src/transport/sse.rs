@@ -40,6 +40,9 @@ use crate::api::ApiError;
 use crate::auth::bearer_token;
 use crate::server::App;
 
+/// The comment that keeps a quiet stream open through proxies.
+const HEARTBEAT_COMMENT: &str = ": ping\n\n";
+
 /// What `GET /sse` reads from its query string.
 struct SseRequest {
     channels: Vec<ChannelName>,
@@ -264,7 +267,7 @@ impl EventStream {
             }
             tokio::select! {
                 () = self.session.outbox().wait() => {}
-                _ = self.heartbeat.tick() => return Some(Bytes::from_static(b": ping\n\n")),
+                _ = self.heartbeat.tick() => return Some(Bytes::from_static(HEARTBEAT_COMMENT.as_bytes())),
                 () = self.expiry.as_mut() => {
                     let mut chunk = String::new();
                     self.end(&mut chunk, &Disconnect::new(CloseCode::TokenExpired, "token expired"));
@@ -325,6 +328,8 @@ impl EventStream {
                         &protocol::unsubscribed(None, &channel),
                     );
                 }
+                // The stream keeps its own heartbeat comments; a keep-alive is one more.
+                Outbound::Heartbeat => chunk.push_str(HEARTBEAT_COMMENT),
             }
         }
         self.app.metrics.messages_out.inc_by(publications);

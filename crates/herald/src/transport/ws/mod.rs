@@ -21,6 +21,7 @@
 //! bound on what may wait for a client is the hub's outbox (`limits.outbound_queue_bytes`).
 
 mod frame;
+pub mod heartbeat;
 mod socket;
 
 use std::collections::VecDeque;
@@ -47,7 +48,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use tokio::net::TcpStream;
-use tokio::time::{sleep, sleep_until, timeout, timeout_at, Instant};
+use tokio::time::{sleep, timeout, timeout_at, Instant};
 
 use self::frame::{FrameReader, Inbound, ReadError};
 use self::socket::{frame_of, Socket};
@@ -282,13 +283,8 @@ impl Connection {
                 Err(ended) => return Box::pin(self.finish(ended)).await,
             };
             // The state an idle connection keeps, sized deliberately: configuration is read from
-            // `self.app` when needed rather than copied here.
-            let mut expiry = deadline_of(expires_at, self.app.config.auth.jwt_leeway);
-            let mut next_ping = Instant::now() + self.app.config.limits.heartbeat_interval;
-            // Heartbeat ticks since the client last sent anything (a pong included).
-            let mut silent_ticks = 0u8;
-            // One timer for both the heartbeat and the token's expiry, whichever comes first.
-            let mut timer = pin!(sleep_until(next_ping.min(expiry)));
+            // `self.app` when needed rather than copied here, and the heartbeat and the token's
+            // expiry are kept by the node's sweep (`heartbeat`), not by a timer in this task.
             let limits = &self.app.config.limits;
             let mut commands = CommandRate {
                 bucket: CommandBucket::new(limits.commands_per_minute, limits.commands_burst),
@@ -296,6 +292,10 @@ impl Connection {
             };
             let socket: Arc<dyn DirectWrite> = self.socket.clone();
             session.outbox().set_writer(Some(socket));
+            let beat = self.app.heartbeats.add(
+                session.outbox_handle(),
+                deadline_of(expires_at, self.app.config.auth.jwt_leeway),
+            );
             let ended: Ended = 'serve: loop {
                 // Write what is queued; when nothing is, the socket goes to the fan-out.
                 if let Err(ended) = Box::pin(self.flush(&session)).await {
@@ -309,7 +309,7 @@ impl Connection {
                         if readable.is_err() || !self.read_available() {
                             break 'serve Ended::Gone;
                         }
-                        silent_ticks = 0;
+                        session.outbox().note_client_activity();
                         loop {
                             let inbound = match self.next_inbound() {
                                 Ok(Some(inbound)) => inbound,
@@ -320,34 +320,17 @@ impl Connection {
                             // future would make every idle connection's task larger.
                             match Box::pin(self.on_inbound(&session, inbound, &mut commands)).await {
                                 Ok(Some(new_expiry)) => {
-                                    expiry = deadline_of(Some(new_expiry), self.app.config.auth.jwt_leeway);
-                                    timer.as_mut().reset(next_ping.min(expiry));
+                                    let expiry = deadline_of(Some(new_expiry), self.app.config.auth.jwt_leeway);
+                                    self.app.heartbeats.set_expiry(&beat, expiry);
                                 }
                                 Ok(None) => {}
                                 Err(ended) => break 'serve ended,
                             }
                         }
                     }
-                    () = &mut timer => {
-                        let now = Instant::now();
-                        if now >= expiry {
-                            break 'serve Disconnect::new(CloseCode::TokenExpired, "token expired").into();
-                        }
-                        if now >= next_ping {
-                            // Nothing heard since before the ping two ticks ago: more than two
-                            // heartbeat intervals of silence.
-                            silent_ticks = silent_ticks.saturating_add(1);
-                            if silent_ticks > 2 {
-                                break 'serve Disconnect::new(CloseCode::IdleTimeout, "no pong or frame for more than two heartbeat intervals").into();
-                            }
-                            session.outbox().claim();
-                            if let Err(gone) = self.write(frame::ping()).await { break 'serve gone.into() }
-                            next_ping = now + self.app.config.limits.heartbeat_interval;
-                        }
-                        timer.as_mut().reset(next_ping.min(expiry));
-                    }
                 }
             };
+            self.app.heartbeats.remove(beat);
             // The fan-out must stop writing before the goodbye, and before the socket closes.
             session.outbox().set_writer(None);
             drop(session);

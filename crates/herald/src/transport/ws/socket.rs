@@ -125,5 +125,6 @@ pub fn frame_of(item: &Outbound) -> Bytes {
             frame::text(&protocol::channel_event(e))
         }),
         Outbound::Unsubscribed(channel) => frame::text(&protocol::unsubscribed(None, channel)),
+        Outbound::Heartbeat => frame::ping(),
     }
 }

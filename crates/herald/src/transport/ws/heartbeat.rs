@@ -1,0 +1,260 @@
+//! Heartbeats and credential expiry for every WebSocket connection of the node, kept by one
+//! sweep instead of a timer in each connection's task.
+//!
+//! An idle connection's task is the largest thing it keeps, and a tokio timer inside it would
+//! cost 112 bytes of every task (and, with the task cell's rounding to 128 bytes, a whole 128).
+//! Here a connection is one small entry: when its next ping is due and when its credentials run
+//! out. A sweep every [`Heartbeats::tick`] (an eighth of the heartbeat interval, at most 250 ms)
+//! takes the connections that are due, then, with the lock released:
+//!
+//! - closes those whose token (or hook-given expiry) has passed, with 4002;
+//! - closes those that have sent nothing for more than two heartbeat intervals, with 4012;
+//! - pings the others by pushing [`Outbound::Heartbeat`] into their outbox, which writes the
+//!   two-byte ping frame straight to an idle socket without waking the connection's task.
+//!
+//! Each connection's pings keep the phase it connected with, so they stay spread over the
+//! interval instead of leaving in one burst. Closing goes through the outbox like every other
+//! close the hub asks for: the connection's task sends the `disconnect` and the close frame.
+//! Expiry is honoured to within one tick.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use herald_core::hub::{Outbound, OutboxHandle};
+use herald_core::{CloseCode, Disconnect};
+use parking_lot::Mutex;
+use slab::Slab;
+use tokio::time::Instant;
+
+/// Heartbeats a client may leave unanswered: with nothing heard for more than this many
+/// intervals, it is dropped.
+const MAX_SILENT_BEATS: u8 = 2;
+
+/// The node's heartbeat and expiry bookkeeping for WebSocket connections.
+pub struct Heartbeats {
+    interval: Duration,
+    /// What entry times count from.
+    started: Instant,
+    beats: Mutex<Slab<Beat>>,
+}
+
+/// One connection's entry.
+struct Beat {
+    outbox: OutboxHandle,
+    /// Milliseconds after `started` when the next ping is due.
+    next_ping: u64,
+    /// Milliseconds after `started` when the credentials run out.
+    expiry: u64,
+}
+
+/// A connection's place in [`Heartbeats`]; its task keeps it and gives it back when it ends.
+pub struct BeatKey(usize);
+
+/// What a sweep does to a connection that is due, once the lock is released.
+enum Due {
+    Expired(OutboxHandle),
+    Ping(OutboxHandle),
+}
+
+impl Heartbeats {
+    /// Bookkeeping for pings every `interval`, with its sweep running on the current runtime
+    /// for as long as the returned value lives.
+    pub fn start(interval: Duration) -> Arc<Heartbeats> {
+        let heartbeats = Arc::new(Heartbeats {
+            interval,
+            started: Instant::now(),
+            beats: Mutex::new(Slab::new()),
+        });
+        tokio::spawn(sweep_while_alive(Arc::downgrade(&heartbeats)));
+        heartbeats
+    }
+
+    /// How often the sweep runs.
+    pub fn tick(&self) -> Duration {
+        (self.interval / 8).clamp(Duration::from_millis(10), Duration::from_millis(250))
+    }
+
+    /// Starts keeping time for a connection whose credentials run out at `expiry`; its first
+    /// ping is due one interval from now.
+    pub fn add(&self, outbox: OutboxHandle, expiry: Instant) -> BeatKey {
+        let next_ping = self.millis(Instant::now() + self.interval);
+        let expiry = self.millis(expiry);
+        BeatKey(self.beats.lock().insert(Beat {
+            outbox,
+            next_ping,
+            expiry,
+        }))
+    }
+
+    /// Moves a connection's expiry (after a token refresh).
+    pub fn set_expiry(&self, key: &BeatKey, expiry: Instant) {
+        let expiry = self.millis(expiry);
+        if let Some(beat) = self.beats.lock().get_mut(key.0) {
+            beat.expiry = expiry;
+        }
+    }
+
+    /// Stops keeping time for a connection.
+    pub fn remove(&self, key: BeatKey) {
+        self.beats.lock().try_remove(key.0);
+    }
+
+    /// Connections being kept.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.beats.lock().len()
+    }
+
+    fn millis(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.started).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Acts on every connection that is due at `now`.
+    fn sweep(&self, now: Instant) {
+        let now_ms = self.millis(now);
+        let next_ping = self.millis(now + self.interval);
+        let mut due = Vec::new();
+        {
+            let mut beats = self.beats.lock();
+            for (_, beat) in beats.iter_mut() {
+                if now_ms >= beat.expiry {
+                    // Closed once; the task removes the entry as it ends.
+                    beat.expiry = u64::MAX;
+                    beat.next_ping = u64::MAX;
+                    due.push(Due::Expired(beat.outbox.clone()));
+                } else if now_ms >= beat.next_ping {
+                    beat.next_ping = next_ping;
+                    due.push(Due::Ping(beat.outbox.clone()));
+                }
+            }
+        }
+        for due in due {
+            match due {
+                Due::Expired(outbox) => {
+                    if let Some(outbox) = outbox.get() {
+                        outbox.close(Disconnect::new(CloseCode::TokenExpired, "token expired"));
+                    }
+                }
+                Due::Ping(outbox) => {
+                    let Some(outbox) = outbox.get() else { continue };
+                    // Nothing heard since before the ping two intervals ago.
+                    if outbox.silent_beats() > MAX_SILENT_BEATS {
+                        outbox.close(Disconnect::new(
+                            CloseCode::IdleTimeout,
+                            "no pong or frame for more than two heartbeat intervals",
+                        ));
+                    } else {
+                        outbox.push(Outbound::Heartbeat);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Sweeps every tick until the bookkeeping is dropped.
+async fn sweep_while_alive(heartbeats: Weak<Heartbeats>) {
+    let Some(tick) = heartbeats.upgrade().map(|h| h.tick()) else {
+        return;
+    };
+    let mut ticks = tokio::time::interval(tick);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match heartbeats.upgrade() {
+            Some(heartbeats) => heartbeats.sweep(Instant::now()),
+            None => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_core::{
+        Hub, HubConfig, Identity, MemoryEngine, NamespacePolicy, Namespaces, Recovery,
+        SubscribePolicy,
+    };
+
+    fn hub() -> Hub {
+        Hub::new(
+            HubConfig {
+                namespaces: Namespaces::new([NamespacePolicy::new(
+                    "chat",
+                    SubscribePolicy::Public,
+                )]),
+                connections_per_user: 16,
+                subscriptions_per_connection: 16,
+                outbound_queue_bytes: 1 << 20,
+                idempotency_window: Duration::from_secs(60),
+            },
+            Arc::new(MemoryEngine::new()),
+        )
+    }
+
+    fn pings(session: &herald_core::Session) -> usize {
+        let mut batch = Vec::new();
+        session.outbox().take(&mut batch);
+        batch
+            .iter()
+            .filter(|o| matches!(o, Outbound::Heartbeat))
+            .count()
+    }
+
+    #[tokio::test]
+    async fn pings_when_due_drops_the_silent_and_closes_at_expiry() {
+        let hub = hub();
+        let interval = Duration::from_secs(10);
+        let heartbeats = Heartbeats::start(interval);
+        let t0 = Instant::now();
+        let far = t0 + Duration::from_secs(3600);
+        let (talker, _) = hub
+            .connect(Identity::new("a"), Recovery::Live)
+            .await
+            .expect("a");
+        let (silent, _) = hub
+            .connect(Identity::new("b"), Recovery::Live)
+            .await
+            .expect("b");
+        let (expiring, _) = hub
+            .connect(Identity::new("c"), Recovery::Live)
+            .await
+            .expect("c");
+        let keys = [
+            heartbeats.add(talker.outbox_handle(), far),
+            heartbeats.add(silent.outbox_handle(), far),
+            heartbeats.add(expiring.outbox_handle(), t0 + Duration::from_secs(15)),
+        ];
+
+        heartbeats.sweep(t0 + Duration::from_secs(5));
+        assert_eq!((pings(&talker), pings(&silent)), (0, 0), "nothing due yet");
+
+        for beat in 1..=2u32 {
+            talker.outbox().note_client_activity();
+            heartbeats.sweep(t0 + interval * beat + Duration::from_millis(1));
+            assert_eq!(pings(&talker), 1, "beat {beat}");
+            assert_eq!(silent.outbox().closing(), None, "beat {beat}");
+            assert_eq!(pings(&silent), 1, "beat {beat}");
+            if beat == 1 {
+                assert_eq!(expiring.outbox().closing(), None);
+            } else {
+                assert_eq!(expiring.outbox().closing(), Some(CloseCode::TokenExpired));
+            }
+        }
+        // Two pings unanswered: the third heartbeat finds more than two intervals of silence.
+        talker.outbox().note_client_activity();
+        heartbeats.sweep(t0 + interval * 3 + Duration::from_millis(1));
+        assert_eq!(silent.outbox().closing(), Some(CloseCode::IdleTimeout));
+        assert_eq!(talker.outbox().closing(), None);
+
+        // A refresh moves the expiry; removed entries are forgotten.
+        let [talker_key, silent_key, expiring_key] = keys;
+        heartbeats.set_expiry(&talker_key, t0 + interval * 4);
+        heartbeats.sweep(t0 + interval * 4 + Duration::from_millis(1));
+        assert_eq!(talker.outbox().closing(), Some(CloseCode::TokenExpired));
+        for key in [talker_key, silent_key, expiring_key] {
+            heartbeats.remove(key);
+        }
+        assert_eq!(heartbeats.len(), 0);
+    }
+}
