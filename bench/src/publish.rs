@@ -27,7 +27,7 @@ pub const CONNECTIONS: usize = 64;
 
 /// A request that waits this long past its due time for a free connection marks the step
 /// `publisher-behind`.
-const BEHIND: Duration = Duration::from_millis(5);
+const BEHIND: Duration = Duration::from_millis(50);
 
 /// What a publishing run achieved.
 #[derive(Default, Clone, Copy)]
@@ -122,7 +122,7 @@ impl Publisher {
                 // A ticket that has waited past `BEHIND` for a free connection: every connection
                 // was busy, so the asked rate was not kept.
                 if let (Some(rate), Some(oldest)) = (rate, oldest) {
-                    if elapsed - oldest as f64 / rate > BEHIND.as_secs_f64() {
+                    if elapsed - (oldest + 1) as f64 / rate > BEHIND.as_secs_f64() {
                         fell_behind = true;
                     }
                 }

@@ -135,10 +135,12 @@ pub async fn idle(ctx: &Ctx, n: usize, idle: Duration) -> Result<Vec<Step>, Stri
     let connect_seconds = started.elapsed().as_secs_f64();
     let connect_cpu = generator_cpu.percent();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss_after = ctx.server_pid.and_then(rss_kib);
     let server_cpu = ctx.server_pid.map(CpuMeter::start);
     let generator_idle = CpuMeter::start(std::process::id());
     tokio::time::sleep(idle).await;
+    // Read at the end of the idle period: the steady state of idle connections, heartbeats
+    // included, after what connecting allocated for a moment has been returned.
+    let rss_after = ctx.server_pid.and_then(rss_kib);
     let bytes_per_connection = match (rss_before, rss_after) {
         (Some(before), Some(after)) => {
             Some(after.saturating_sub(before) as f64 * 1024.0 / n as f64)

@@ -131,8 +131,8 @@ pub struct Hub {
 
 /// What the hub keeps of a connection.
 /// Channels with up to this many subscribers are always written directly to idle sockets
-/// (personal channels, rooms). A larger channel is written directly only while its fan-out keeps
-/// the node less than half busy ([`FanOutPace`]); past that its publications go through the
+/// (personal channels, rooms). A larger channel is written directly only while its passes do not
+/// overlap, with an eighth to spare ([`FanOutPace`]); past that its publications go through the
 /// connections' queues, where those that arrive during a pass reach each socket together, in one
 /// write. Direct writes cost one `send` per subscriber inside the pass, so without the queues the
 /// pass itself would be the ceiling (about 10,000 sends per publication).
@@ -147,10 +147,10 @@ struct FanOutPace {
 }
 
 impl FanOutPace {
-    /// Direct writes while the time between passes is at least twice a direct pass (always for
-    /// a channel's first pass).
+    /// Direct writes while the time between passes is at least a direct pass and an eighth
+    /// (always for a channel's first pass): passes that would overlap go through the queues.
     fn allows_direct(pace: Option<FanOutPace>, now: Instant) -> bool {
-        pace.is_none_or(|pace| now.duration_since(pace.last_start) >= pace.direct_pass * 2)
+        pace.is_none_or(|pace| now.duration_since(pace.last_start) >= pace.direct_pass * 9 / 8)
     }
 
     /// The pace after a pass that began at `started`, written directly or not. The estimate of a
