@@ -58,13 +58,48 @@ struct Stream {
     last_active: Instant,
     policy: HistoryPolicy,
     /// Retained publications, oldest first; their offsets end at `last_offset` with no gap.
-    history: VecDeque<Arc<Publication>>,
+    history: Retained,
     /// Idempotency keys seen within their window (allocated on first use).
     keys: Option<Box<RecentKeys>>,
     /// Whether this node has subscribers for the channel (the stream is then never swept).
     subscribed: bool,
     /// Set by the sweep when it removes the stream; a publish that finds it set looks again.
     dead: bool,
+}
+
+/// A stream's retained publications. Boxed, and only while it holds any: most streams (every
+/// connection's personal channel) keep nothing most of the time, and an empty queue inline would
+/// cost each of them 24 bytes more.
+#[derive(Default)]
+struct Retained(Option<Box<VecDeque<Arc<Publication>>>>);
+
+impl Retained {
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |q| q.len())
+    }
+
+    fn front(&self) -> Option<&Arc<Publication>> {
+        self.0.as_ref()?.front()
+    }
+
+    fn push_back(&mut self, publication: Arc<Publication>) {
+        self.0.get_or_insert_default().push_back(publication);
+    }
+
+    fn pop_front(&mut self) -> Option<Arc<Publication>> {
+        self.0.as_mut()?.pop_front()
+    }
+
+    fn range(&self, range: std::ops::Range<usize>) -> impl Iterator<Item = &Arc<Publication>> + '_ {
+        self.0.iter().flat_map(move |q| q.range(range.clone()))
+    }
+
+    /// Gives the memory back once nothing is kept.
+    fn release_if_empty(&mut self) {
+        if self.0.as_ref().is_some_and(|q| q.is_empty()) {
+            self.0 = None;
+        }
+    }
 }
 
 #[derive(Default)]
@@ -95,7 +130,7 @@ impl Stream {
             assigned: 0,
             last_active: Instant::now(),
             policy,
-            history: VecDeque::new(),
+            history: Retained::default(),
             keys: None,
             subscribed: false,
             dead: false,
@@ -122,9 +157,7 @@ impl Stream {
         {
             self.history.pop_front();
         }
-        if self.history.is_empty() && self.history.capacity() > 0 {
-            self.history = VecDeque::new();
-        }
+        self.history.release_if_empty();
     }
 
     /// The offset an earlier publish with this key got, if it is within its window.
@@ -196,7 +229,7 @@ impl Stream {
             (None, limit) => {
                 let n = limit.unwrap_or(self.history.len()).min(self.history.len());
                 self.history
-                    .range(self.history.len() - n..)
+                    .range(self.history.len() - n..self.history.len())
                     .cloned()
                     .collect()
             }
