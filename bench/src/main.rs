@@ -271,6 +271,7 @@ async fn run_scenario(
             steps.extend(scenarios::broadcast(ctx, 300, &[10.0, 50.0]).await?);
             steps.extend(scenarios::personal(ctx, 300, &[500.0], 1, 1).await?);
             steps.extend(scenarios::personal(ctx, 300, &[1000.0], 50, 1).await?);
+            steps.extend(scenarios::personal(ctx, 300, &[1000.0], 1, 4).await?);
             steps.extend(scenarios::churn(ctx, 200, &[20.0], 5.0).await?);
             steps.extend(scenarios::slow(ctx, 300, 10.0, 1.0).await?);
             steps.extend(scenarios::chat(ctx, 300, &[100.0]).await?);
