@@ -83,10 +83,15 @@ impl Outbound {
 struct State {
     /// The oldest queued item, kept inline: at ordinary rates a take finds just one.
     first: Option<Outbound>,
-    /// Items after `first`, in order.
+    /// The next one, also inline: when publications coalesce during a busy fan-out, the second
+    /// for a socket is stored in a cache line the push has just locked, not in the deque's
+    /// buffer (a miss per subscriber; 13% of the server's time at 15 broadcasts/s).
+    second: Option<Outbound>,
+    /// Items after `second`, in order.
     rest: VecDeque<Outbound>,
     bytes: usize,
-    close: Option<Disconnect>,
+    /// Boxed: rare, and inline it would cost every connection 24 bytes.
+    close: Option<Box<Disconnect>>,
     /// The connection's task, when it is parked waiting on this queue.
     waker: Option<Waker>,
     /// A channel being subscribed to, whose live publications are held until its history is in.
@@ -112,9 +117,21 @@ impl State {
         self.first.is_none()
     }
 
+    /// Queues `item` after everything already queued.
+    fn enqueue(&mut self, item: Outbound) {
+        if self.first.is_none() {
+            self.first = Some(item);
+        } else if self.second.is_none() && self.rest.is_empty() {
+            self.second = Some(item);
+        } else {
+            self.rest.push_back(item);
+        }
+    }
+
     /// Moves everything queued into `batch`, keeping a small allocation for the next items.
     fn drain_into(&mut self, batch: &mut Vec<Outbound>) {
         batch.extend(self.first.take());
+        batch.extend(self.second.take());
         batch.extend(self.rest.drain(..));
         if self.rest.capacity() > KEPT_CAPACITY {
             self.rest = VecDeque::new();
@@ -170,13 +187,14 @@ impl Outbox {
         // never closes a connection that is keeping up.
         if state.bytes > 0 && state.bytes + size > self.limit_bytes {
             state.first = None;
+            state.second = None;
             state.rest = VecDeque::new();
             state.recovering = None;
             state.bytes = 0;
-            state.close = Some(Disconnect::new(
+            state.close = Some(Box::new(Disconnect::new(
                 CloseCode::SlowConsumer,
                 "outgoing queue full: the client is not reading fast enough",
-            ));
+            )));
             let waker = state.wake();
             drop(state);
             if let Some(waker) = waker {
@@ -215,11 +233,7 @@ impl Outbox {
         // A queued item is the task's to write, and nothing may overtake it: the socket is the
         // task's until the queue is empty again.
         state.direct = false;
-        if state.is_empty() {
-            state.first = Some(item);
-        } else {
-            state.rest.push_back(item);
-        }
+        state.enqueue(item);
         let waker = state.wake();
         drop(state);
         // The waker is taken under the lock and woken outside it; later pushes before the task
@@ -275,12 +289,7 @@ impl Outbox {
             .into_iter()
             .chain(recovering.held.into_iter().filter(|p| !already_read(p)));
         for p in items {
-            let item = Outbound::Publication(p);
-            if state.is_empty() {
-                state.first = Some(item);
-            } else {
-                state.rest.push_back(item);
-            }
+            state.enqueue(Outbound::Publication(p));
         }
         let waker = if state.is_empty() { None } else { state.wake() };
         drop(state);
@@ -322,14 +331,14 @@ impl Outbox {
             return None;
         }
         state.drain_into(batch);
-        state.close.clone()
+        state.close.as_deref().cloned()
     }
 
     /// Asks the connection to close. The first reason wins; what was queued is still written.
     pub fn close(&self, disconnect: Disconnect) {
         let mut state = self.state.lock();
         if state.close.is_none() {
-            state.close = Some(disconnect);
+            state.close = Some(Box::new(disconnect));
         }
         state.direct = false;
         let waker = state.wake();
@@ -351,7 +360,7 @@ impl Outbox {
     pub fn take(&self, batch: &mut Vec<Outbound>) -> Option<Disconnect> {
         let mut state = self.state.lock();
         state.drain_into(batch);
-        state.close.clone()
+        state.close.as_deref().cloned()
     }
 
     /// Waits until the connection's task has something to do: an item queued, a close asked for,
