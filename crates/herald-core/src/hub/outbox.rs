@@ -8,7 +8,7 @@
 //!
 //! The fan-out touches one outbox per subscriber, and with thousands of subscribers each one is
 //! cold in the CPU cache, so a push is kept to what it must touch: one lock word, the slot beside
-//! it (the first item waits inline; only a second one goes to the heap), and, if the connection's
+//! it (the first two items wait inline; only a third goes to the heap), and, if the connection's
 //! task is parked on this queue, its waker, which is kept under the same lock (a separate
 //! `tokio::sync::Notify` cost several more atomic operations on other cache lines per delivery).
 //! A wake-up is never lost: the task registers its waker under the lock it checks the queue
