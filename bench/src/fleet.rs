@@ -351,17 +351,25 @@ impl ClientSocket {
         self.write_all(&frame).await
     }
 
-    async fn write_all(&self, mut bytes: &[u8]) -> std::io::Result<()> {
-        while !bytes.is_empty() {
-            let mut guard = self.fd.writable().await?;
-            match guard.try_io(|fd| fd.get_ref().write(bytes)) {
-                Ok(Ok(n)) => bytes = &bytes[n..],
-                Ok(Err(e)) => return Err(e),
-                Err(_would_block) => {}
-            }
-        }
-        Ok(())
+    async fn write_all(&self, bytes: &[u8]) -> std::io::Result<()> {
+        write_all(&self.fd, bytes).await
     }
+}
+
+/// Writes all of `bytes` to a registered socket, waiting while it is full.
+pub(crate) async fn write_all(
+    fd: &AsyncFd<std::net::TcpStream>,
+    mut bytes: &[u8],
+) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        let mut guard = fd.writable().await?;
+        match guard.try_io(|fd| fd.get_ref().write(bytes)) {
+            Ok(Ok(n)) => bytes = &bytes[n..],
+            Ok(Err(e)) => return Err(e),
+            Err(_would_block) => {}
+        }
+    }
+    Ok(())
 }
 
 /// Registers an owned socket with the reactor. `AsyncFd::new` is deprecated because a generic

@@ -12,7 +12,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::io::{Read, Write};
+use std::io::{Read, Write as _};
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -235,15 +235,8 @@ impl HttpSocket {
 
     /// Writes `request` (holding `count` requests) and reads `count` answers; returns their
     /// status codes.
-    async fn exchange(&mut self, mut request: &[u8], count: usize) -> std::io::Result<Vec<u16>> {
-        while !request.is_empty() {
-            let mut guard = self.fd.writable().await?;
-            match guard.try_io(|fd| fd.get_ref().write(request)) {
-                Ok(Ok(n)) => request = &request[n..],
-                Ok(Err(e)) => return Err(e),
-                Err(_would_block) => {}
-            }
-        }
+    async fn exchange(&mut self, request: &[u8], count: usize) -> std::io::Result<Vec<u16>> {
+        crate::fleet::write_all(&self.fd, request).await?;
         let mut statuses = Vec::with_capacity(count);
         loop {
             while statuses.len() < count {

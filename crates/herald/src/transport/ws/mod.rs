@@ -10,10 +10,11 @@
 //!
 //! One task per connection owns the conversation. It authenticates the client (header,
 //! `?token=` or a first `auth` frame within the handshake timeout), registers a [`Session`] with
-//! the hub, and then waits for one of three things: the hub handing it the socket (something
-//! queued, or a close), the client's bytes, or its one timer (the next heartbeat ping or the
-//! token's expiry). It closes with the documented code when a limit is hit, the token expires,
-//! or the hub asks. No lock is held while it awaits.
+//! the hub, and then waits for one of two things: the hub handing it the socket (something
+//! queued, or a close) or the client's bytes. It holds no timer: the node's [`heartbeat`] sweep
+//! pings it and asks its outbox for the close when the client falls silent or the token
+//! expires. It closes with the documented code when a limit is hit, the token expires, or the
+//! hub asks. No lock is held while it awaits.
 //!
 //! Nothing here holds a buffer while the connection is idle: the read buffer exists while a read
 //! is parsed, frames are shared with the publication they carry, and the task's state is a few
