@@ -101,7 +101,7 @@ pub fn build(config: Config) -> Result<App, ConfigError> {
     );
     Ok(Arc::new(AppState {
         connection_rate: ConnectionRate::new(config.limits.connections_per_ip_per_second),
-        heartbeats: Heartbeats::start(config.limits.heartbeat_interval),
+        heartbeats: Heartbeats::start(config.limits.heartbeat_interval, hub.clone()),
         config,
         hub,
         auth,

@@ -17,11 +17,12 @@
 //! close the hub asks for: the connection's task sends the `disconnect` and the close frame.
 //! Expiry is honoured to within one tick.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use herald_core::hub::{Outbound, OutboxHandle};
-use herald_core::{CloseCode, Disconnect};
+use herald_core::hub::{Outbound, OutboxHandle, Pushed};
+use herald_core::{CloseCode, Disconnect, Hub};
 use parking_lot::Mutex;
 use slab::Slab;
 use tokio::time::Instant;
@@ -33,6 +34,8 @@ const MAX_SILENT_BEATS: u8 = 2;
 /// The node's heartbeat and expiry bookkeeping for WebSocket connections.
 pub struct Heartbeats {
     interval: Duration,
+    /// Where a ping that overflows a slow consumer's queue is counted, as a fan-out's would be.
+    hub: Hub,
     /// What entry times count from.
     started: Instant,
     beats: Mutex<Slab<Beat>>,
@@ -59,9 +62,10 @@ enum Due {
 impl Heartbeats {
     /// Bookkeeping for pings every `interval`, with its sweep running on the current runtime
     /// for as long as the returned value lives.
-    pub fn start(interval: Duration) -> Arc<Heartbeats> {
+    pub fn start(interval: Duration, hub: Hub) -> Arc<Heartbeats> {
         let heartbeats = Arc::new(Heartbeats {
             interval,
+            hub,
             started: Instant::now(),
             beats: Mutex::new(Slab::new()),
         });
@@ -143,8 +147,11 @@ impl Heartbeats {
                             CloseCode::IdleTimeout,
                             "no pong or frame for more than two heartbeat intervals",
                         ));
-                    } else {
-                        outbox.push(Outbound::Heartbeat);
+                    } else if outbox.push(Outbound::Heartbeat) == Pushed::Overflowed {
+                        self.hub
+                            .stats()
+                            .slow_consumers
+                            .fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
@@ -172,8 +179,7 @@ async fn sweep_while_alive(heartbeats: Weak<Heartbeats>) {
 mod tests {
     use super::*;
     use herald_core::{
-        Hub, HubConfig, Identity, MemoryEngine, NamespacePolicy, Namespaces, Recovery,
-        SubscribePolicy,
+        HubConfig, Identity, MemoryEngine, NamespacePolicy, Namespaces, Recovery, SubscribePolicy,
     };
 
     fn hub() -> Hub {
@@ -205,7 +211,7 @@ mod tests {
     async fn pings_when_due_drops_the_silent_and_closes_at_expiry() {
         let hub = hub();
         let interval = Duration::from_secs(10);
-        let heartbeats = Heartbeats::start(interval);
+        let heartbeats = Heartbeats::start(interval, hub.clone());
         let t0 = Instant::now();
         let far = t0 + Duration::from_secs(3600);
         let (talker, _) = hub
