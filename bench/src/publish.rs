@@ -107,25 +107,30 @@ impl Publisher {
             let mut fell_behind = false;
             let mut tick = tokio::time::interval(Duration::from_millis(1));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            while start.elapsed() < duration {
+            let behind = |oldest: Option<u64>, elapsed: f64| match (rate, oldest) {
+                // A ticket that has waited past `BEHIND` for a free connection: every
+                // connection was busy, so the asked rate was not kept.
+                (Some(rate), Some(oldest)) => {
+                    elapsed - (oldest + 1) as f64 / rate > BEHIND.as_secs_f64()
+                }
+                _ => false,
+            };
+            loop {
                 tick.tick().await;
                 let elapsed = start.elapsed().as_secs_f64();
+                if elapsed >= duration.as_secs_f64() {
+                    break;
+                }
                 let (waiting, oldest) = {
                     let due = run.due.borrow();
                     (due.len(), due.front().copied())
                 };
+                fell_behind |= behind(oldest, elapsed);
                 let target = match rate {
                     Some(rate) => (elapsed * rate) as u64,
                     // As fast as possible: keep every connection's pipeline full.
                     None => issued + (CONNECTIONS * self.pipeline).saturating_sub(waiting) as u64,
                 };
-                // A ticket that has waited past `BEHIND` for a free connection: every connection
-                // was busy, so the asked rate was not kept.
-                if let (Some(rate), Some(oldest)) = (rate, oldest) {
-                    if elapsed - (oldest + 1) as f64 / rate > BEHIND.as_secs_f64() {
-                        fell_behind = true;
-                    }
-                }
                 let mut due = run.due.borrow_mut();
                 while issued < target {
                     due.push_back(issued);
@@ -133,12 +138,10 @@ impl Publisher {
                     run.queued.notify_one();
                 }
             }
-            // What was not sent in time is not sent at all: the step's rate is what was done.
-            let unsent = run.due.borrow().len();
-            run.due.borrow_mut().clear();
-            if rate.is_some() && unsent > CONNECTIONS * self.pipeline {
-                fell_behind = true;
-            }
+            // Tickets issued before the end are still sent; the connections stop once they
+            // have taken them all.
+            let oldest = run.due.borrow().front().copied();
+            fell_behind |= behind(oldest, start.elapsed().as_secs_f64());
             run.done.set(true);
             for _ in 0..CONNECTIONS {
                 run.queued.notify_one();
@@ -160,6 +163,7 @@ impl Publisher {
         let mut socket: Option<HttpSocket> = None;
         let mut request = Vec::new();
         let mut counts = Vec::new();
+        let mut statuses = Vec::new();
         loop {
             let taken: Vec<u64> = {
                 let mut due = run.due.borrow_mut();
@@ -191,26 +195,24 @@ impl Publisher {
             if socket.is_none() {
                 socket = HttpSocket::connect(&self.address).await.ok();
             }
-            let answers = match socket.as_mut() {
-                Some(s) => s.exchange(&request, counts.len()).await,
+            statuses.clear();
+            let exchanged = match socket.as_mut() {
+                Some(s) => s.exchange(&request, counts.len(), &mut statuses).await,
                 None => Err(std::io::ErrorKind::NotConnected.into()),
             };
-            match answers {
-                Ok(statuses) => {
-                    for (status, publications) in statuses.iter().zip(&counts) {
-                        let counter = if *status == 200 {
-                            &run.accepted
-                        } else {
-                            &run.failed
-                        };
-                        counter.set(counter.get() + publications);
-                    }
-                }
-                Err(_) => {
-                    socket = None;
-                    run.failed
-                        .set(run.failed.get() + counts.iter().sum::<u64>());
-                }
+            for (status, publications) in statuses.iter().zip(&counts) {
+                let counter = if *status == 200 {
+                    &run.accepted
+                } else {
+                    &run.failed
+                };
+                counter.set(counter.get() + publications);
+            }
+            if exchanged.is_err() {
+                // The requests that got no answer failed; the next ones reconnect.
+                socket = None;
+                let unanswered: u64 = counts[statuses.len().min(counts.len())..].iter().sum();
+                run.failed.set(run.failed.get() + unanswered);
             }
         }
     }
@@ -233,11 +235,16 @@ impl HttpSocket {
         })
     }
 
-    /// Writes `request` (holding `count` requests) and reads `count` answers; returns their
-    /// status codes.
-    async fn exchange(&mut self, request: &[u8], count: usize) -> std::io::Result<Vec<u16>> {
+    /// Writes `request` (holding `count` requests) and reads `count` answers, appending their
+    /// status codes to `statuses` as they arrive (so that a failure part way leaves the answers
+    /// already read).
+    async fn exchange(
+        &mut self,
+        request: &[u8],
+        count: usize,
+        statuses: &mut Vec<u16>,
+    ) -> std::io::Result<()> {
         crate::fleet::write_all(&self.fd, request).await?;
-        let mut statuses = Vec::with_capacity(count);
         loop {
             while statuses.len() < count {
                 match parse_response(&self.buffer)? {
@@ -249,7 +256,7 @@ impl HttpSocket {
                 }
             }
             if statuses.len() == count {
-                return Ok(statuses);
+                return Ok(());
             }
             let mut guard = self.fd.readable().await?;
             let mut chunk = [0u8; 8192];

@@ -787,6 +787,11 @@ impl OutboxHandle {
     pub fn get(&self) -> Option<OutboxRef> {
         self.0.upgrade().map(OutboxRef)
     }
+
+    /// Whether the session still lives.
+    pub fn is_alive(&self) -> bool {
+        self.0.strong_count() > 0
+    }
 }
 
 /// A session's outbox, held for a moment through an [`OutboxHandle`].

@@ -250,10 +250,16 @@ impl Outbox {
     }
 
     /// Counts a heartbeat and returns how many in a row found nothing heard from the client
-    /// since [`Outbox::note_client_activity`] (1 for the first heartbeat after it).
+    /// since [`Outbox::note_client_activity`] (1 for the first heartbeat after it). Only a
+    /// heartbeat that finds the connection idle (its socket lent for direct writes) counts:
+    /// while its task is writing it is not reading either, so the client's answers wait unread
+    /// and its silence says nothing. (A client that stops reading is caught by the write timeout
+    /// and the queue's bound instead.)
     pub fn silent_beats(&self) -> u8 {
         let mut state = self.state.lock();
-        state.silent_beats = state.silent_beats.saturating_add(1);
+        if state.direct {
+            state.silent_beats = state.silent_beats.saturating_add(1);
+        }
         state.silent_beats
     }
 

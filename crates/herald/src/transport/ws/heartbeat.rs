@@ -81,7 +81,7 @@ impl Heartbeats {
     /// Starts keeping time for a connection whose credentials run out at `expiry`; its first
     /// ping is due one interval from now.
     pub fn add(&self, outbox: OutboxHandle, expiry: Instant) -> BeatKey {
-        let next_ping = self.millis(Instant::now() + self.interval);
+        let next_ping = self.interval_after(Instant::now());
         let expiry = self.millis(expiry);
         BeatKey(self.beats.lock().insert(Beat {
             outbox,
@@ -113,25 +113,40 @@ impl Heartbeats {
         u64::try_from(at.saturating_duration_since(self.started).as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Acts on every connection that is due at `now`.
+    /// One interval after `at`, in milliseconds after `started` (never overflowing).
+    fn interval_after(&self, at: Instant) -> u64 {
+        at.checked_add(self.interval)
+            .map_or(u64::MAX, |next| self.millis(next))
+    }
+
+    /// Acts on every connection that is due at `now`. An entry whose connection is gone (its
+    /// task ended without removing it, say by a panic) is dropped when its ping comes due.
     fn sweep(&self, now: Instant) {
         let now_ms = self.millis(now);
-        let next_ping = self.millis(now + self.interval);
+        let interval_ms = u64::try_from(self.interval.as_millis()).unwrap_or(u64::MAX);
         let mut due = Vec::new();
-        {
-            let mut beats = self.beats.lock();
-            for (_, beat) in beats.iter_mut() {
-                if now_ms >= beat.expiry {
-                    // Closed once; the task removes the entry as it ends.
-                    beat.expiry = u64::MAX;
-                    beat.next_ping = u64::MAX;
-                    due.push(Due::Expired(beat.outbox.clone()));
-                } else if now_ms >= beat.next_ping {
-                    beat.next_ping = next_ping;
-                    due.push(Due::Ping(beat.outbox.clone()));
+        self.beats.lock().retain(|_, beat| {
+            if now_ms >= beat.expiry {
+                // Closed once; the task removes the entry as it ends.
+                beat.expiry = u64::MAX;
+                beat.next_ping = u64::MAX;
+                due.push(Due::Expired(beat.outbox.clone()));
+            } else if now_ms >= beat.next_ping {
+                if !beat.outbox.is_alive() {
+                    return false;
                 }
+                // The next ping keeps the connection's phase, unless the sweep fell a whole
+                // interval behind.
+                let next = beat.next_ping.saturating_add(interval_ms);
+                beat.next_ping = if next > now_ms {
+                    next
+                } else {
+                    now_ms.saturating_add(interval_ms)
+                };
+                due.push(Due::Ping(beat.outbox.clone()));
             }
-        }
+            true
+        });
         for due in due {
             match due {
                 Due::Expired(outbox) => {
@@ -178,6 +193,7 @@ async fn sweep_while_alive(heartbeats: Weak<Heartbeats>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use herald_core::hub::{DirectWrite, Written};
     use herald_core::{
         HubConfig, Identity, MemoryEngine, NamespacePolicy, Namespaces, Recovery, SubscribePolicy,
     };
@@ -198,13 +214,35 @@ mod tests {
         )
     }
 
-    fn pings(session: &herald_core::Session) -> usize {
+    /// A socket that takes every write and counts the pings.
+    #[derive(Default)]
+    struct CountingSocket(std::sync::atomic::AtomicUsize);
+
+    impl DirectWrite for CountingSocket {
+        fn try_write(&self, item: &Outbound) -> Written {
+            if matches!(item, Outbound::Heartbeat) {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+            Written::All
+        }
+    }
+
+    /// A connected session whose idle socket counts the pings written to it.
+    async fn idle_session(hub: &Hub, user: &str) -> (herald_core::Session, Arc<CountingSocket>) {
+        let (session, _) = hub
+            .connect(Identity::new(user), Recovery::Live)
+            .await
+            .expect("connect");
+        let socket = Arc::new(CountingSocket::default());
+        session.outbox().set_writer(Some(socket.clone()));
         let mut batch = Vec::new();
         session.outbox().take(&mut batch);
-        batch
-            .iter()
-            .filter(|o| matches!(o, Outbound::Heartbeat))
-            .count()
+        session.outbox().take_or_release(&mut batch);
+        (session, socket)
+    }
+
+    fn pings(socket: &CountingSocket) -> usize {
+        socket.0.swap(0, Ordering::Relaxed)
     }
 
     #[tokio::test]
@@ -214,51 +252,66 @@ mod tests {
         let heartbeats = Heartbeats::start(interval, hub.clone());
         let t0 = Instant::now();
         let far = t0 + Duration::from_secs(3600);
-        let (talker, _) = hub
-            .connect(Identity::new("a"), Recovery::Live)
-            .await
-            .expect("a");
-        let (silent, _) = hub
-            .connect(Identity::new("b"), Recovery::Live)
-            .await
-            .expect("b");
-        let (expiring, _) = hub
-            .connect(Identity::new("c"), Recovery::Live)
-            .await
-            .expect("c");
+        let (talker, talker_socket) = idle_session(&hub, "a").await;
+        let (silent, silent_socket) = idle_session(&hub, "b").await;
+        let (expiring, _) = idle_session(&hub, "c").await;
+        let (busy, _) = idle_session(&hub, "d").await;
+        let (gone, _) = idle_session(&hub, "e").await;
         let keys = [
             heartbeats.add(talker.outbox_handle(), far),
             heartbeats.add(silent.outbox_handle(), far),
             heartbeats.add(expiring.outbox_handle(), t0 + Duration::from_secs(15)),
+            heartbeats.add(busy.outbox_handle(), far),
         ];
+        // A connection whose task ended without removing its entry.
+        let _leaked = heartbeats.add(gone.outbox_handle(), far);
+        drop(gone);
+        // The task holds this socket (it is writing), so it is not reading either.
+        busy.outbox().claim();
 
         heartbeats.sweep(t0 + Duration::from_secs(5));
-        assert_eq!((pings(&talker), pings(&silent)), (0, 0), "nothing due yet");
+        assert_eq!(
+            (pings(&talker_socket), pings(&silent_socket)),
+            (0, 0),
+            "nothing due yet"
+        );
+        assert_eq!(heartbeats.len(), 5);
 
         for beat in 1..=2u32 {
             talker.outbox().note_client_activity();
             heartbeats.sweep(t0 + interval * beat + Duration::from_millis(1));
-            assert_eq!(pings(&talker), 1, "beat {beat}");
+            assert_eq!(pings(&talker_socket), 1, "beat {beat}");
             assert_eq!(silent.outbox().closing(), None, "beat {beat}");
-            assert_eq!(pings(&silent), 1, "beat {beat}");
+            assert_eq!(pings(&silent_socket), 1, "beat {beat}");
             if beat == 1 {
                 assert_eq!(expiring.outbox().closing(), None);
             } else {
                 assert_eq!(expiring.outbox().closing(), Some(CloseCode::TokenExpired));
             }
         }
+        assert_eq!(
+            heartbeats.len(),
+            4,
+            "the gone connection's entry is dropped"
+        );
         // Two pings unanswered: the third heartbeat finds more than two intervals of silence.
+        // The busy connection's pings were queued behind its writes and its silence not
+        // counted.
         talker.outbox().note_client_activity();
         heartbeats.sweep(t0 + interval * 3 + Duration::from_millis(1));
         assert_eq!(silent.outbox().closing(), Some(CloseCode::IdleTimeout));
         assert_eq!(talker.outbox().closing(), None);
+        assert_eq!(busy.outbox().closing(), None);
+        let mut queued = Vec::new();
+        busy.outbox().take(&mut queued);
+        assert_eq!(queued.len(), 3);
 
         // A refresh moves the expiry; removed entries are forgotten.
-        let [talker_key, silent_key, expiring_key] = keys;
+        let [talker_key, silent_key, expiring_key, busy_key] = keys;
         heartbeats.set_expiry(&talker_key, t0 + interval * 4);
         heartbeats.sweep(t0 + interval * 4 + Duration::from_millis(1));
         assert_eq!(talker.outbox().closing(), Some(CloseCode::TokenExpired));
-        for key in [talker_key, silent_key, expiring_key] {
+        for key in [talker_key, silent_key, expiring_key, busy_key] {
             heartbeats.remove(key);
         }
         assert_eq!(heartbeats.len(), 0);
