@@ -268,6 +268,13 @@ impl Hub {
         &self.shared.stats
     }
 
+    /// Queues `item` for the session behind `outbox` (or writes it to its idle socket) as the
+    /// fan-out would: a queue that overflows closes the connection and is counted as a slow
+    /// consumer. Returns whether the item was taken.
+    pub fn deliver_to(&self, outbox: &OutboxRef, item: Outbound) -> bool {
+        outbox.0.deliver(item, true, &self.shared.stats)
+    }
+
     /// Registers a connection for `identity` and subscribes it to the user's personal channel,
     /// starting where `personal` says (so that a client coming back gets what it missed while
     /// away). Returns the personal subscription too, when there is one.

@@ -17,11 +17,10 @@
 //! close the hub asks for: the connection's task sends the `disconnect` and the close frame.
 //! Expiry is honoured to within one tick.
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use herald_core::hub::{Outbound, OutboxHandle, Pushed};
+use herald_core::hub::{Outbound, OutboxHandle};
 use herald_core::{CloseCode, Disconnect, Hub};
 use parking_lot::Mutex;
 use slab::Slab;
@@ -34,7 +33,8 @@ const MAX_SILENT_BEATS: u8 = 2;
 /// The node's heartbeat and expiry bookkeeping for WebSocket connections.
 pub struct Heartbeats {
     interval: Duration,
-    /// Where a ping that overflows a slow consumer's queue is counted, as a fan-out's would be.
+    /// Pings are delivered through it, so that one that overflows a slow consumer's queue is
+    /// handled and counted as a fan-out's would be.
     hub: Hub,
     /// What entry times count from.
     started: Instant,
@@ -74,7 +74,7 @@ impl Heartbeats {
     }
 
     /// How often the sweep runs.
-    pub fn tick(&self) -> Duration {
+    fn tick(&self) -> Duration {
         (self.interval / 8).clamp(Duration::from_millis(10), Duration::from_millis(250))
     }
 
@@ -162,11 +162,8 @@ impl Heartbeats {
                             CloseCode::IdleTimeout,
                             "no pong or frame for more than two heartbeat intervals",
                         ));
-                    } else if outbox.push(Outbound::Heartbeat) == Pushed::Overflowed {
-                        self.hub
-                            .stats()
-                            .slow_consumers
-                            .fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        self.hub.deliver_to(&outbox, Outbound::Heartbeat);
                     }
                 }
             }
@@ -221,7 +218,7 @@ mod tests {
     impl DirectWrite for CountingSocket {
         fn try_write(&self, item: &Outbound) -> Written {
             if matches!(item, Outbound::Heartbeat) {
-                self.0.fetch_add(1, Ordering::Relaxed);
+                self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             Written::All
         }
@@ -242,7 +239,7 @@ mod tests {
     }
 
     fn pings(socket: &CountingSocket) -> usize {
-        socket.0.swap(0, Ordering::Relaxed)
+        socket.0.swap(0, std::sync::atomic::Ordering::Relaxed)
     }
 
     #[tokio::test]
