@@ -31,6 +31,16 @@ pub struct PresenceCounts {
     pub connections: usize,
 }
 
+/// What a presence join or leave did: whether the connection's entry was added (or removed) by
+/// it, and the channel's counts after it. Both calls are idempotent, so a hub that repeats one
+/// learns here that there is nothing to announce.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PresenceChange {
+    /// False when the connection was already in (for a join) or already out (for a leave).
+    pub changed: bool,
+    pub counts: PresenceCounts,
+}
+
 /// A channel's presence: every connection in it, and the counts.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Presence {

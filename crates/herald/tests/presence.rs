@@ -302,3 +302,53 @@ async fn a_client_publication_carries_from_enters_history_and_answers_with_its_o
     let (_, history) = server.get("/api/channels/room:1/history").await;
     assert!(publication_offsets(&history).is_empty());
 }
+
+#[tokio::test]
+async fn an_unsubscribe_and_subscribe_in_one_burst_keep_presence_in_the_order_sent() {
+    let mut config = TestServer::config();
+    config.limits.commands_burst = 1_000;
+    let server = TestServer::start(config).await;
+    let mut bob = server.connect("bob").await;
+    bob.subscribed("lobby:burst").await;
+    let mut alice = server.connect("alice").await;
+    alice.subscribed("lobby:burst").await;
+    assert_eq!(bob.next_of("join").await["user"], "alice");
+
+    for round in 0..20 {
+        // Both frames leave before any answer comes back, as a client re-recovering would send
+        // them.
+        alice
+            .send(json!({"type": "unsubscribe", "channel": "lobby:burst", "id": 1000 + round}))
+            .await;
+        alice
+            .send(json!({"type": "subscribe", "channel": "lobby:burst", "id": 2000 + round}))
+            .await;
+        let unsubscribed = alice.next().await;
+        assert_eq!(
+            unsubscribed["type"], "unsubscribed",
+            "round {round}: {unsubscribed}"
+        );
+        let subscribed = alice.next().await;
+        assert_eq!(
+            subscribed["type"], "subscribed",
+            "round {round}: {subscribed}"
+        );
+        // The others see the leave, then the join: never a join followed by a leave.
+        let leave = bob.next().await;
+        assert_eq!(
+            (&leave["type"], &leave["user"]),
+            (&json!("leave"), &json!("alice")),
+            "round {round}"
+        );
+        let join = bob.next().await;
+        assert_eq!(
+            (&join["type"], &join["user"]),
+            (&json!("join"), &json!("alice")),
+            "round {round}"
+        );
+        // And alice is still present, as she is still subscribed.
+        let (_, body) = server.get("/api/channels/lobby:burst/presence").await;
+        assert_eq!(counts(&body), (2, 2), "round {round}: {body}");
+    }
+    bob.assert_silent(QUIET).await;
+}

@@ -20,6 +20,7 @@
 //! publication for its TTL is dropped by the sweep, and a later publication starts a new epoch;
 //! that keeps memory bounded by the channels in use.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -35,7 +36,7 @@ use super::{
 };
 use crate::channel::ChannelName;
 use crate::error::HeraldError;
-use crate::presence::{ChannelEvent, Presence, PresenceCounts, PresenceMember};
+use crate::presence::{ChannelEvent, Presence, PresenceChange, PresenceCounts, PresenceMember};
 use crate::publication::{now_millis, Publication, StreamPosition};
 
 /// Idempotency keys remembered per channel; past this the oldest are forgotten early.
@@ -434,8 +435,16 @@ impl MemoryEngine {
     }
 
     /// Writes one batch to the store, then appends and delivers its publications in order.
+    ///
+    /// After a write failed, nothing more is written: a later batch would store offsets after
+    /// the lost ones, a gap that readers assume impossible. Its publishers (admitted before the
+    /// failure was known) are answered `unavailable`, like those of the failed batch.
     async fn write_batch(&self, batch: Vec<Pending>) {
         let Some(durable) = &self.durable else { return };
+        if durable.failed.get().is_some() {
+            // Dropping the commits answers their publishers with `unavailable`.
+            return;
+        }
         let (writes, commits): (Vec<StoreWrite>, Vec<Option<Commit>>) =
             batch.into_iter().map(|p| (p.write, p.commit)).unzip();
         let store = durable.store.clone();
@@ -670,30 +679,35 @@ impl Engine for MemoryEngine {
         &self,
         channel: &ChannelName,
         member: PresenceMember,
-    ) -> Result<PresenceCounts, HeraldError> {
+    ) -> Result<PresenceChange, HeraldError> {
         let mut all = self.presence.lock();
         let presence = all.entry(channel.clone()).or_default();
-        let user = member.user.clone();
-        if presence
-            .members
-            .insert(member.client.clone(), member)
-            .is_none()
-        {
-            *presence.users.entry(user).or_default() += 1;
-        }
-        Ok(presence.counts())
+        // A connection already present keeps its entry (and so when it joined).
+        let changed = match presence.members.entry(member.client.clone()) {
+            Entry::Occupied(_) => false,
+            Entry::Vacant(entry) => {
+                *presence.users.entry(member.user.clone()).or_default() += 1;
+                entry.insert(member);
+                true
+            }
+        };
+        Ok(PresenceChange {
+            changed,
+            counts: presence.counts(),
+        })
     }
 
     async fn presence_leave(
         &self,
         channel: &ChannelName,
         client: &str,
-    ) -> Result<PresenceCounts, HeraldError> {
+    ) -> Result<PresenceChange, HeraldError> {
         let mut all = self.presence.lock();
         let Some(presence) = all.get_mut(channel) else {
-            return Ok(PresenceCounts::default());
+            return Ok(PresenceChange::default());
         };
-        if let Some(member) = presence.members.remove(client) {
+        let removed = presence.members.remove(client);
+        if let Some(member) = &removed {
             if let Some(n) = presence.users.get_mut(&member.user) {
                 *n -= 1;
                 if *n == 0 {
@@ -705,7 +719,10 @@ impl Engine for MemoryEngine {
         if counts.connections == 0 {
             all.remove(channel);
         }
-        Ok(counts)
+        Ok(PresenceChange {
+            changed: removed.is_some(),
+            counts,
+        })
     }
 
     async fn presence(&self, channel: &ChannelName) -> Result<Presence, HeraldError> {
@@ -817,23 +834,33 @@ mod tests {
             client: client.into(),
             joined_at: 1,
         };
-        let counts = |users, connections| PresenceCounts { users, connections };
+        let change = |changed, users, connections| PresenceChange {
+            changed,
+            counts: PresenceCounts { users, connections },
+        };
         let join = |m| engine.presence_join(&channel, m);
-        assert_eq!(join(member("a", "a1")).await.ok(), Some(counts(1, 1)));
-        assert_eq!(join(member("a", "a2")).await.ok(), Some(counts(1, 2)));
-        assert_eq!(join(member("b", "b1")).await.ok(), Some(counts(2, 3)));
-        // Joining twice with one connection counts once.
-        assert_eq!(join(member("b", "b1")).await.ok(), Some(counts(2, 3)));
+        assert_eq!(join(member("a", "a1")).await.ok(), Some(change(true, 1, 1)));
+        assert_eq!(join(member("a", "a2")).await.ok(), Some(change(true, 1, 2)));
+        assert_eq!(join(member("b", "b1")).await.ok(), Some(change(true, 2, 3)));
+        // Joining twice with one connection counts once, and says nothing changed.
+        assert_eq!(
+            join(member("b", "b1")).await.ok(),
+            Some(change(false, 2, 3))
+        );
         let listed = engine.presence(&channel).await.expect("presence");
         let clients: Vec<&str> = listed.members.iter().map(|m| &*m.client).collect();
         assert_eq!(clients, ["a1", "a2", "b1"]);
-        assert_eq!(listed.counts, counts(2, 3));
+        assert_eq!(listed.counts, change(false, 2, 3).counts);
 
         let leave = |c: &'static str| engine.presence_leave(&channel, c);
-        assert_eq!(leave("a1").await.ok(), Some(counts(2, 2)));
-        assert_eq!(leave("a1").await.ok(), Some(counts(2, 2)), "leaving twice");
-        assert_eq!(leave("b1").await.ok(), Some(counts(1, 1)));
-        assert_eq!(leave("a2").await.ok(), Some(counts(0, 0)));
+        assert_eq!(leave("a1").await.ok(), Some(change(true, 2, 2)));
+        assert_eq!(
+            leave("a1").await.ok(),
+            Some(change(false, 2, 2)),
+            "leaving twice"
+        );
+        assert_eq!(leave("b1").await.ok(), Some(change(true, 1, 1)));
+        assert_eq!(leave("a2").await.ok(), Some(change(true, 0, 0)));
         assert!(
             engine.presence.lock().is_empty(),
             "an empty channel is dropped"
@@ -942,5 +969,145 @@ mod tests {
         assert_eq!(first, again);
         assert_eq!(other.offset, 2);
         assert_eq!(sink.0.lock().len(), 2);
+    }
+}
+
+#[cfg(test)]
+mod durable_tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::mpsc;
+
+    use super::*;
+    use crate::engine::store::StoredStream;
+    use serde_json::value::RawValue;
+
+    /// A store that keeps the offsets it was given, and fails one write when told to, after
+    /// waiting for the test's go-ahead (so that the test can publish while that write is on).
+    #[derive(Default)]
+    struct FailingStore {
+        written: Mutex<Vec<u64>>,
+        fail_next: AtomicBool,
+        /// Told when the failing write has started; then waits for the go-ahead.
+        started: Mutex<Option<mpsc::Sender<()>>>,
+        go_ahead: Mutex<Option<mpsc::Receiver<()>>>,
+    }
+
+    impl StreamStore for FailingStore {
+        fn load(&self) -> Result<Vec<StoredStream>, HeraldError> {
+            Ok(Vec::new())
+        }
+
+        fn write(&self, batch: &[StoreWrite]) -> Result<(), HeraldError> {
+            if self.fail_next.swap(false, Ordering::SeqCst) {
+                if let Some(started) = self.started.lock().take() {
+                    let _ = started.send(());
+                }
+                let go_ahead = self.go_ahead.lock().take();
+                if let Some(go_ahead) = go_ahead {
+                    let _ = go_ahead.recv();
+                }
+                return Err(HeraldError::unavailable("disk full"));
+            }
+            let mut written = self.written.lock();
+            for write in batch {
+                if let StoreWrite::Appended { publication, .. } = write {
+                    written.push(publication.offset);
+                }
+            }
+            Ok(())
+        }
+    }
+
+    struct Delivered(Mutex<Vec<u64>>);
+
+    impl NodeSink for Delivered {
+        fn deliver(&self, publication: Arc<Publication>) {
+            self.0.lock().push(publication.offset);
+        }
+        fn deliver_event(&self, _: Arc<ChannelEvent>) {}
+        fn command(&self, _: ClusterCommand) {}
+    }
+
+    fn request() -> PublishRequest {
+        PublishRequest {
+            channel: ChannelName::parse("chat:1").expect("channel"),
+            event: None,
+            data: RawValue::from_string("1".into()).expect("json"),
+            from: None,
+            history: HistoryPolicy {
+                size: 10,
+                ttl: Duration::from_secs(60),
+            },
+            idempotency: None,
+        }
+    }
+
+    /// After a failed write nothing more is written or acknowledged, not even publications that
+    /// were admitted while that write was on: the next batch would otherwise store offsets after
+    /// the lost ones, a gap that every reader assumes impossible.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn after_a_failed_write_nothing_more_is_written_or_acknowledged() {
+        let store = Arc::new(FailingStore::default());
+        let engine =
+            Arc::new(MemoryEngine::with_store(store.clone(), |_| None).expect("empty store loads"));
+        let delivered = Arc::new(Delivered(Mutex::default()));
+        engine.attach(delivered.clone());
+        engine.spawn_writer();
+        let first = engine.publish(request()).await.expect("first publish");
+        assert_eq!(first.offset, 1);
+
+        let (started_tx, started) = mpsc::channel();
+        let (go_ahead, go_ahead_rx) = mpsc::channel();
+        *store.started.lock() = Some(started_tx);
+        *store.go_ahead.lock() = Some(go_ahead_rx);
+        store.fail_next.store(true, Ordering::SeqCst);
+
+        let lost = tokio::spawn({
+            let engine = engine.clone();
+            async move { engine.publish(request()).await }
+        });
+        tokio::task::spawn_blocking(move || started.recv())
+            .await
+            .expect("join")
+            .expect("the failing write starts");
+        // Admitted while the failing write is on; queued for the next batch.
+        let behind = tokio::spawn({
+            let engine = engine.clone();
+            async move { engine.publish(request()).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        go_ahead.send(()).expect("store waits");
+
+        let lost = lost.await.expect("join");
+        assert!(lost.is_err(), "the failed write is not acknowledged");
+        let behind = behind.await.expect("join");
+        assert!(
+            behind.is_err(),
+            "a publication behind the failed write is not acknowledged: {behind:?}"
+        );
+        let after = engine.publish(request()).await;
+        assert!(after.is_err(), "publishing is refused until restart");
+        assert!(engine.ready().await.is_err());
+
+        // Give a writer that went on the time to write.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            *store.written.lock(),
+            [1],
+            "nothing written after the failure"
+        );
+        assert_eq!(
+            *delivered.0.lock(),
+            [1],
+            "nothing delivered after the failure"
+        );
+        let policy = request().history;
+        let channel = request().channel;
+        let page = engine
+            .history(&channel, policy, HistoryQuery::default())
+            .await
+            .expect("history");
+        assert_eq!(page.position.offset, 1);
+        assert_eq!(page.publications.len(), 1);
     }
 }

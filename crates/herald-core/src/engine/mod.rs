@@ -31,7 +31,7 @@ use serde_json::value::RawValue;
 
 use crate::channel::ChannelName;
 use crate::error::HeraldError;
-use crate::presence::{ChannelEvent, Presence, PresenceCounts, PresenceMember};
+use crate::presence::{ChannelEvent, Presence, PresenceChange, PresenceCounts, PresenceMember};
 use crate::publication::{Publication, Publisher, StreamPosition};
 
 pub use memory::MemoryEngine;
@@ -141,25 +141,31 @@ pub trait Engine: Send + Sync + 'static {
         query: HistoryQuery,
     ) -> Result<HistoryPage, HeraldError>;
 
-    /// This node has its first local subscriber for `channel`: start receiving its publications.
+    /// This node has local subscribers for `channel`: receive its publications. Idempotent; the
+    /// hub calls it before every subscription's history read (so a subscriber's read never
+    /// precedes the node's subscription) and orders it against `node_unsubscribe` per channel.
     async fn node_subscribe(&self, channel: &ChannelName) -> Result<(), HeraldError>;
 
-    /// This node has lost its last local subscriber for `channel`.
+    /// This node has no local subscriber left for `channel`. Idempotent; never called while the
+    /// channel has local subscribers.
     async fn node_unsubscribe(&self, channel: &ChannelName) -> Result<(), HeraldError>;
 
-    /// Adds a connection to the channel's presence; returns the channel's counts after it.
+    /// Puts a connection in the channel's presence (or refreshes its entry); says whether it was
+    /// new, with the channel's counts after it. The hub calls presence changes for one channel
+    /// one at a time, in the order its subscriptions changed.
     async fn presence_join(
         &self,
         channel: &ChannelName,
         member: PresenceMember,
-    ) -> Result<PresenceCounts, HeraldError>;
+    ) -> Result<PresenceChange, HeraldError>;
 
-    /// Removes a connection from the channel's presence; returns the channel's counts after it.
+    /// Takes a connection out of the channel's presence; says whether it was there, with the
+    /// channel's counts after it.
     async fn presence_leave(
         &self,
         channel: &ChannelName,
         client: &str,
-    ) -> Result<PresenceCounts, HeraldError>;
+    ) -> Result<PresenceChange, HeraldError>;
 
     /// Everyone in the channel.
     async fn presence(&self, channel: &ChannelName) -> Result<Presence, HeraldError>;

@@ -16,6 +16,7 @@
 //! subscriber's outbox; it never awaits and never serialises. Locks here are `parking_lot` locks
 //! over synchronous sections only.
 
+mod membership;
 mod outbox;
 mod subscribers;
 mod throttle;
@@ -39,8 +40,8 @@ use crate::engine::{
 };
 use crate::error::{CloseCode, Disconnect, ErrorCode, HeraldError};
 use crate::hooks::{Caller, Hooks, PublishCheck, SubscribeCheck};
-use crate::presence::{ChannelEvent, EventKind, Presence, PresenceMember};
-use crate::publication::{now_millis, Publication, Publisher, StreamPosition};
+use crate::presence::{ChannelEvent, EventKind, Presence};
+use crate::publication::{Publication, Publisher, StreamPosition};
 use throttle::TypingThrottle;
 
 const CHANNEL_SHARDS: usize = 64;
@@ -111,6 +112,8 @@ struct HubShared {
     /// The backend's hooks, where namespaces ask it.
     hooks: Option<Arc<dyn Hooks>>,
     typing: TypingThrottle,
+    /// Orders each channel's node-subscription and presence calls to the engine.
+    channel_locks: membership::ChannelLocks,
     channels: Vec<RwLock<HashMap<ChannelName, Subscribers>>>,
     /// The pace of each channel larger than [`DIRECT_WRITE_MAX_SUBSCRIBERS`].
     pace: Mutex<HashMap<ChannelName, FanOutPace>>,
@@ -185,6 +188,10 @@ pub struct SessionCore {
 }
 
 impl SessionCore {
+    fn is_subscribed(&self, channel: &ChannelName) -> bool {
+        self.subscriptions.lock().contains(channel)
+    }
+
     /// Queues `item`; returns whether it was queued. The caller counts deliveries, so that a
     /// fan-out adds to the shared counter once, not once per subscriber.
     fn deliver(&self, item: Outbound, direct: bool, stats: &HubStats) -> bool {
@@ -243,6 +250,7 @@ impl Hub {
             engine: engine.clone(),
             hooks,
             typing: TypingThrottle::new(TYPING_INTERVAL),
+            channel_locks: membership::ChannelLocks::new(),
             channels: (0..CHANNEL_SHARDS).map(|_| RwLock::default()).collect(),
             pace: Mutex::default(),
             users: Mutex::default(),
@@ -625,64 +633,16 @@ impl Hub {
                         if core.deliver(Outbound::Unsubscribed(channel.clone()), true, stats) {
                             stats.deliveries.fetch_add(1, Ordering::Relaxed);
                         }
-                        self.left(&channel, &core);
+                        self.spawn_sync_after_leave(&channel, &core);
                     }
                 }
             }
         }
     }
 
-    /// After a session's subscription to `channel` ended: takes it out of the channel's presence
-    /// (telling the others, where the namespace says so) and lets the engine know if this node no
-    /// longer needs the channel. Runs in the background: it is called where nothing may wait.
-    fn left(&self, channel: &ChannelName, core: &SessionCore) {
-        self.release_channel(channel);
-        let Ok(policy) = self.shared.config.namespaces.policy(channel) else {
-            return;
-        };
-        if !policy.presence {
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let engine = self.shared.engine.clone();
-        let announce = policy.join_leave;
-        let max_members = policy.join_leave_max_members;
-        let channel = channel.clone();
-        let (user, client) = (core.user.clone(), core.client.clone());
-        runtime.spawn(async move {
-            let counts = match engine.presence_leave(&channel, &client).await {
-                Ok(counts) => counts,
-                Err(e) => {
-                    tracing::warn!(channel = %channel, error = %e, "presence leave failed");
-                    return;
-                }
-            };
-            // The count before this leave, so that join and leave are suppressed together.
-            if announce && counts.connections < max_members {
-                let event = ChannelEvent::new(EventKind::Leave, channel, user, client);
-                if let Err(e) = engine.publish_event(event).await {
-                    tracing::warn!(error = %e, "leave event failed");
-                }
-            }
-        });
-    }
-
-    /// Tells the engine this node no longer needs `channel`, if it has no subscribers left.
-    fn release_channel(&self, channel: &ChannelName) {
-        if self.shard(channel).read().contains_key(channel) {
-            return;
-        }
-        let engine = self.shared.engine.clone();
-        let channel = channel.clone();
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                if let Err(e) = engine.node_unsubscribe(&channel).await {
-                    tracing::warn!(channel = %channel, error = %e, "engine unsubscribe failed");
-                }
-            });
-        }
+    /// Whether `channel` has a subscriber on this node.
+    fn has_subscribers(&self, channel: &ChannelName) -> bool {
+        self.shard(channel).read().contains_key(channel)
     }
 }
 
@@ -888,7 +848,7 @@ impl Session {
     }
 
     fn is_subscribed(&self, channel: &ChannelName) -> bool {
-        self.core.subscriptions.lock().contains(channel)
+        self.core.is_subscribed(channel)
     }
 
     fn hooks(&self) -> Result<&Arc<dyn Hooks>, HeraldError> {
@@ -966,11 +926,10 @@ impl Session {
             hub: &self.hub,
             core: &self.core,
         };
-        let joined = match session.add(channel) {
-            Some(true) => hub.engine.node_subscribe(channel).await,
-            _ => Ok(()),
-        };
-        let read = match joined {
+        session.add(channel);
+        // Awaited even when others here are subscribed already: the node's subscription may still
+        // be on its way, and this read must not come before it.
+        let read = match self.hub.sync_node_subscription(channel).await {
             Ok(()) => hub.engine.history(channel, policy, query).await,
             Err(e) => Err(e),
         };
@@ -979,7 +938,7 @@ impl Session {
             Err(e) => {
                 outbox.abort_recovery();
                 if session.remove_subscription(channel) {
-                    self.hub.release_channel(channel);
+                    self.hub.sync_after_leave(channel, &self.core).await;
                 }
                 return Err(e);
             }
@@ -995,48 +954,13 @@ impl Session {
         };
         outbox.finish_recovery(missed, &page.position);
         if namespace.presence {
-            self.join_presence(channel, &namespace).await;
+            self.hub.sync_presence(channel, &self.core).await;
         }
         Ok(Subscribed {
             channel: channel.clone(),
             position: page.position,
             recovered,
         })
-    }
-
-    /// Enters the channel's presence and, where the namespace says so and the channel is not too
-    /// large, tells the other subscribers. A presence that cannot be written is logged, not
-    /// refused: the subscription itself works.
-    async fn join_presence(&self, channel: &ChannelName, policy: &NamespacePolicy) {
-        let engine = &self.hub.shared.engine;
-        let member = PresenceMember {
-            user: self.core.user.clone(),
-            client: self.core.client.clone(),
-            joined_at: now_millis(),
-        };
-        let counts = match engine.presence_join(channel, member).await {
-            Ok(counts) => counts,
-            Err(e) => {
-                tracing::warn!(channel = %channel, error = %e, "presence join failed");
-                return;
-            }
-        };
-        if !self.is_subscribed(channel) {
-            // Unsubscribed (by the server API) while joining: its leave may have run first.
-            self.hub.left(channel, &self.core);
-            return;
-        }
-        if policy.join_leave && counts.connections <= policy.join_leave_max_members {
-            let event = ChannelEvent::new(
-                EventKind::Join,
-                channel.clone(),
-                self.core.user.clone(),
-                self.core.client.clone(),
-            );
-            if let Err(e) = engine.publish_event(event).await {
-                tracing::warn!(channel = %channel, error = %e, "join event failed");
-            }
-        }
     }
 
     /// Reads a channel's history, where this connection may subscribe to it.
@@ -1093,8 +1017,10 @@ impl Session {
         Ok(true)
     }
 
-    /// Unsubscribes; `not_found` if the connection was not subscribed.
-    pub fn unsubscribe(&self, channel: &ChannelName) -> Result<(), HeraldError> {
+    /// Unsubscribes; `not_found` if the connection was not subscribed. Returns once the
+    /// connection has left the channel's presence and the engine knows whether this node still
+    /// needs the channel, so that a subscribe sent after it takes effect after it.
+    pub async fn unsubscribe(&self, channel: &ChannelName) -> Result<(), HeraldError> {
         let session = SessionRef {
             hub: &self.hub,
             core: &self.core,
@@ -1104,7 +1030,7 @@ impl Session {
                 "not subscribed to {channel}"
             )));
         }
-        self.hub.left(channel, &self.core);
+        self.hub.sync_after_leave(channel, &self.core).await;
         Ok(())
     }
 
@@ -1157,7 +1083,7 @@ impl Drop for Session {
         };
         for channel in &channels {
             view.remove_subscription(channel);
-            self.hub.left(channel, &self.core);
+            self.hub.spawn_sync_after_leave(channel, &self.core);
         }
         let shared = &self.hub.shared;
         let mut users = shared.users.lock();
@@ -1232,7 +1158,7 @@ mod tests {
             .expect("publish");
         assert_eq!(drain(&a), [1, 2]);
         assert!(drain(&b).is_empty());
-        a.unsubscribe(&ch("chat:1")).expect("unsubscribe");
+        a.unsubscribe(&ch("chat:1")).await.expect("unsubscribe");
         hub.publish(ch("chat:1"), None, data(), None)
             .await
             .expect("publish");
@@ -1268,6 +1194,48 @@ mod tests {
             .await
             .expect_err("3rd");
         assert_eq!(err.code, ErrorCode::LimitExceeded);
+    }
+
+    /// The node stays subscribed to a channel it has a subscriber for, however the unsubscribes
+    /// and subscribes of its connections interleave: its stream is never swept under a live
+    /// subscriber, so the next publication keeps the epoch the subscriber was given.
+    #[tokio::test]
+    async fn a_resubscribe_right_after_an_unsubscribe_keeps_the_node_subscribed() {
+        let mut policy = NamespacePolicy::new("chat", SubscribePolicy::Public);
+        policy.history_ttl = std::time::Duration::from_secs(1);
+        let config = HubConfig {
+            namespaces: Namespaces::new([policy]),
+            connections_per_user: 4,
+            subscriptions_per_connection: 4,
+            outbound_queue_bytes: 1 << 20,
+            idempotency_window: std::time::Duration::from_secs(60),
+        };
+        let engine = Arc::new(MemoryEngine::new());
+        let hub = Hub::new(config, engine.clone());
+        let a = connect(&hub, Identity::new("a")).await;
+        let channel = ch("chat:1");
+        a.subscribe(&channel, Recovery::Live)
+            .await
+            .expect("subscribe");
+        // The server API's unsubscribe (whose engine calls run in the background), then the
+        // client's own unsubscribe and subscribe, each followed at once by a subscribe.
+        hub.unsubscribe_user("a", channel.clone())
+            .await
+            .expect("unsubscribe");
+        let first = a.subscribe(&channel, Recovery::Live).await.expect("again");
+        a.unsubscribe(&channel).await.expect("unsubscribe");
+        let second = a.subscribe(&channel, Recovery::Live).await.expect("again");
+        assert_eq!(first.position.epoch, second.position.epoch);
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        engine.sweep(std::time::Instant::now() + std::time::Duration::from_secs(5));
+        let published = hub
+            .publish(channel.clone(), None, data(), None)
+            .await
+            .expect("publish");
+        assert_eq!(published.epoch, second.position.epoch, "stream kept");
+        assert_eq!(published.offset, second.position.offset + 1);
     }
 
     #[tokio::test]

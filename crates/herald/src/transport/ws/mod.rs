@@ -562,6 +562,7 @@ impl Connection {
                 .map(|subscribed| protocol::subscribed(id, &subscribed)),
             Command::Unsubscribe { channel } => session
                 .unsubscribe(&channel)
+                .await
                 .map(|()| protocol::unsubscribed(id, &channel)),
             Command::Publish {
                 channel,
