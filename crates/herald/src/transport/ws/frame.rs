@@ -15,6 +15,14 @@ use tungstenite::protocol::frame::FrameHeader;
 
 /// The largest payload a control frame may carry (RFC 6455 §5.5).
 const MAX_CONTROL_PAYLOAD: u64 = 125;
+/// The largest payload length a frame may state: the most significant bit of the 64-bit form must
+/// be 0 (RFC 6455 §5.2).
+const MAX_PAYLOAD_LENGTH: u64 = i64::MAX as u64;
+
+/// Reasons given in the close frame when the client's bytes are refused.
+const UNKNOWN_OPCODE: &str = "unknown opcode";
+const NO_MESSAGE: &str = "a continuation frame with no message";
+const NOT_UTF8: &str = "a text message that is not UTF-8";
 
 /// A complete, unmasked server frame: the header, then `payload`, in one buffer.
 fn encode(opcode: OpCode, payload: &[u8]) -> Bytes {
@@ -59,6 +67,14 @@ pub fn close(code: u16, reason: &str) -> Bytes {
     encode(OpCode::Control(Control::Close), &payload)
 }
 
+/// Whether a close frame may carry `code` (RFC 6455 §7.4): the RFC's own codes 1000–1003 and
+/// 1007–1011, the codes IANA registered since (1012–1014), and the ranges for libraries and
+/// applications (3000–4999). 1004 is reserved, 1005, 1006 and 1015 stand for conditions that are
+/// never sent, and every other code is unassigned.
+pub fn is_valid_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
 /// The answer to a client's close frame: a close with the same code (none if it gave none).
 pub fn close_echo(code: Option<u16>) -> Bytes {
     match code {
@@ -75,7 +91,8 @@ pub enum Inbound {
     Binary,
     Ping(Vec<u8>),
     Pong,
-    /// The client's close, with its code if it gave one.
+    /// The client's close, with its code if it gave one. The code is a valid one
+    /// ([`is_valid_close_code`]) and the reason, which is not kept, was UTF-8.
     Close(Option<u16>),
 }
 
@@ -86,8 +103,8 @@ pub enum ReadError {
     TooLarge,
     /// The bytes break RFC 6455 (answered with close code 1002).
     Protocol(&'static str),
-    /// A text message that is not UTF-8 (answered with close code 1007).
-    InvalidUtf8,
+    /// A text message or a close reason that is not UTF-8 (answered with close code 1007).
+    InvalidUtf8(&'static str),
 }
 
 /// Reassembles the client's messages from the bytes read off its socket.
@@ -98,8 +115,34 @@ pub enum ReadError {
 pub struct FrameReader {
     /// Bytes read and not yet parsed.
     buffer: Vec<u8>,
-    /// A fragmented message being assembled: whether it is text, and its payload so far.
-    partial: Option<Box<(bool, Vec<u8>)>>,
+    /// A fragmented message being assembled.
+    partial: Option<Box<Partial>>,
+}
+
+/// A fragmented message, from its first frame until its last.
+struct Partial {
+    is_text: bool,
+    payload: Vec<u8>,
+    /// How much of a text message's payload is known to be UTF-8: all of it but a character that
+    /// the next fragment may complete.
+    checked: usize,
+}
+
+impl Partial {
+    /// Checks that a text message's payload so far is UTF-8, but for a character it may end
+    /// inside, so that a message that cannot become UTF-8 is refused before its last fragment.
+    fn check_utf8(&mut self) -> Result<(), ReadError> {
+        if !self.is_text {
+            return Ok(());
+        }
+        match std::str::from_utf8(&self.payload[self.checked..]) {
+            Ok(_) => self.checked = self.payload.len(),
+            // The payload ends inside a character.
+            Err(e) if e.error_len().is_none() => self.checked += e.valid_up_to(),
+            Err(_) => return Err(ReadError::InvalidUtf8(NOT_UTF8)),
+        }
+        Ok(())
+    }
 }
 
 impl FrameReader {
@@ -127,6 +170,8 @@ impl FrameReader {
                 // tungstenite refuses reserved opcodes here.
                 Err(_) => return Err(ReadError::Protocol("malformed frame header")),
             };
+            // A frame that breaks the protocol is refused from its header, before its payload.
+            let mask = self.check_header(&header, length)?;
             if length > max as u64 {
                 return Err(ReadError::TooLarge);
             }
@@ -136,63 +181,77 @@ impl FrameReader {
             if self.buffer.len() < end {
                 return Ok(None);
             }
-            let Some(mask) = header.mask else {
-                return Err(ReadError::Protocol("a client frame must be masked"));
-            };
-            if header.rsv1 || header.rsv2 || header.rsv3 {
-                return Err(ReadError::Protocol("no extension was negotiated"));
-            }
             let mut payload = self.buffer[start..end].to_vec();
             self.buffer.drain(..end);
             for (i, byte) in payload.iter_mut().enumerate() {
                 *byte ^= mask[i % 4];
             }
             match header.opcode {
-                OpCode::Control(control) => {
-                    if !header.is_final || length > MAX_CONTROL_PAYLOAD {
-                        return Err(ReadError::Protocol(
-                            "a control frame must be whole and at most 125 bytes",
-                        ));
-                    }
-                    return match control {
-                        Control::Ping => Ok(Some(Inbound::Ping(payload))),
-                        Control::Pong => Ok(Some(Inbound::Pong)),
-                        Control::Close => Ok(Some(Inbound::Close(
-                            payload
-                                .get(..2)
-                                .map(|code| u16::from_be_bytes([code[0], code[1]])),
-                        ))),
-                        Control::Reserved(_) => Err(ReadError::Protocol("unknown opcode")),
-                    };
-                }
+                OpCode::Control(Control::Ping) => return Ok(Some(Inbound::Ping(payload))),
+                OpCode::Control(Control::Pong) => return Ok(Some(Inbound::Pong)),
+                OpCode::Control(Control::Close) => return close_of(&payload).map(Some),
                 OpCode::Data(Data::Continue) => {
                     let Some(mut partial) = self.partial.take() else {
-                        return Err(ReadError::Protocol("a continuation frame with no message"));
+                        return Err(ReadError::Protocol(NO_MESSAGE));
                     };
-                    if partial.1.len() + payload.len() > max {
+                    if partial.payload.len() + payload.len() > max {
                         return Err(ReadError::TooLarge);
                     }
-                    partial.1.extend_from_slice(&payload);
+                    partial.payload.extend_from_slice(&payload);
                     if header.is_final {
-                        let (is_text, message) = *partial;
-                        return message_of(is_text, message).map(Some);
+                        return message_of(partial.is_text, partial.payload).map(Some);
                     }
+                    partial.check_utf8()?;
                     self.partial = Some(partial);
                 }
                 OpCode::Data(data @ (Data::Text | Data::Binary)) => {
-                    if self.partial.is_some() {
-                        return Err(ReadError::Protocol("a new message inside a fragmented one"));
-                    }
                     let is_text = data == Data::Text;
                     if header.is_final {
                         return message_of(is_text, payload).map(Some);
                     }
-                    self.partial = Some(Box::new((is_text, payload)));
+                    let mut partial = Box::new(Partial {
+                        is_text,
+                        payload,
+                        checked: 0,
+                    });
+                    partial.check_utf8()?;
+                    self.partial = Some(partial);
                 }
-                OpCode::Data(Data::Reserved(_)) => {
-                    return Err(ReadError::Protocol("unknown opcode"))
+                OpCode::Control(Control::Reserved(_)) | OpCode::Data(Data::Reserved(_)) => {
+                    return Err(ReadError::Protocol(UNKNOWN_OPCODE))
                 }
             }
+        }
+    }
+
+    /// The rules of RFC 6455 §5 that a frame's header alone must follow, given the message being
+    /// assembled. Returns the frame's masking key.
+    fn check_header(&self, header: &FrameHeader, length: u64) -> Result<[u8; 4], ReadError> {
+        let Some(mask) = header.mask else {
+            return Err(ReadError::Protocol("a client frame must be masked"));
+        };
+        if header.rsv1 || header.rsv2 || header.rsv3 {
+            return Err(ReadError::Protocol("no extension was negotiated"));
+        }
+        if length > MAX_PAYLOAD_LENGTH {
+            return Err(ReadError::Protocol(
+                "a 64-bit payload length must have its most significant bit clear",
+            ));
+        }
+        match header.opcode {
+            OpCode::Control(Control::Reserved(_)) | OpCode::Data(Data::Reserved(_)) => {
+                Err(ReadError::Protocol(UNKNOWN_OPCODE))
+            }
+            OpCode::Control(_) if !header.is_final || length > MAX_CONTROL_PAYLOAD => Err(
+                ReadError::Protocol("a control frame must be whole and at most 125 bytes"),
+            ),
+            OpCode::Data(Data::Continue) if self.partial.is_none() => {
+                Err(ReadError::Protocol(NO_MESSAGE))
+            }
+            OpCode::Data(Data::Text | Data::Binary) if self.partial.is_some() => {
+                Err(ReadError::Protocol("a new message inside a fragmented one"))
+            }
+            _ => Ok(mask),
         }
     }
 
@@ -211,7 +270,27 @@ fn message_of(is_text: bool, payload: Vec<u8>) -> Result<Inbound, ReadError> {
     }
     String::from_utf8(payload)
         .map(Inbound::Text)
-        .map_err(|_| ReadError::InvalidUtf8)
+        .map_err(|_| ReadError::InvalidUtf8(NOT_UTF8))
+}
+
+/// A client's close frame (RFC 6455 §5.5.1): no payload, or a valid code and a UTF-8 reason.
+fn close_of(payload: &[u8]) -> Result<Inbound, ReadError> {
+    let (code, reason) = match payload {
+        [] => return Ok(Inbound::Close(None)),
+        [high, low, reason @ ..] => (u16::from_be_bytes([*high, *low]), reason),
+        [_] => {
+            return Err(ReadError::Protocol(
+                "a close frame's payload must start with a two-byte code",
+            ))
+        }
+    };
+    if !is_valid_close_code(code) {
+        return Err(ReadError::Protocol("a close frame with an invalid code"));
+    }
+    if std::str::from_utf8(reason).is_err() {
+        return Err(ReadError::InvalidUtf8("a close reason that is not UTF-8"));
+    }
+    Ok(Inbound::Close(Some(code)))
 }
 
 #[cfg(test)]
@@ -306,17 +385,21 @@ mod tests {
     #[test]
     fn refuses_what_the_rfc_forbids() {
         let unmasked = b"\x81\x02hi".to_vec();
-        let cases: [(Vec<u8>, ReadError); 6] = [
+        // A binary frame's header stating 2^63 bytes in the 64-bit form.
+        let mut huge = vec![0x82, 0x80 | 127, 0x80, 0, 0, 0, 0, 0, 0, 0];
+        huge.extend_from_slice(&[1, 2, 3, 4]);
+        let cases: [(Vec<u8>, ReadError); 10] = [
             (
                 unmasked,
                 ReadError::Protocol("a client frame must be masked"),
             ),
-            (
-                client(0x80, b"x"),
-                ReadError::Protocol("a continuation frame with no message"),
-            ),
+            (client(0x80, b"x"), ReadError::Protocol(NO_MESSAGE)),
             (
                 client(0x09, b""),
+                ReadError::Protocol("a control frame must be whole and at most 125 bytes"),
+            ),
+            (
+                client(0x89, &[0; 126]),
                 ReadError::Protocol("a control frame must be whole and at most 125 bytes"),
             ),
             (
@@ -327,7 +410,25 @@ mod tests {
                 client(0xC1, b"x"),
                 ReadError::Protocol("no extension was negotiated"),
             ),
-            (client(0x81, &[0xff, 0xfe]), ReadError::InvalidUtf8),
+            (
+                huge,
+                ReadError::Protocol(
+                    "a 64-bit payload length must have its most significant bit clear",
+                ),
+            ),
+            (
+                client(0x81, &[0xff, 0xfe]),
+                ReadError::InvalidUtf8(NOT_UTF8),
+            ),
+            // Refused at the first fragment, before the message ends.
+            (
+                client(0x01, b"ok \xed\xa0\x80"),
+                ReadError::InvalidUtf8(NOT_UTF8),
+            ),
+            (
+                [client(0x01, b"a"), client(0x80, b"\xc3")].concat(),
+                ReadError::InvalidUtf8(NOT_UTF8),
+            ),
         ];
         for (bytes, expected) in cases {
             let mut reader = FrameReader::default();
@@ -341,16 +442,81 @@ mod tests {
             reader.next(100),
             Err(ReadError::Protocol("a new message inside a fragmented one"))
         );
+        // A frame that breaks the rules is refused from its header, before its payload arrives.
+        let mut reader = FrameReader::default();
+        reader.buffer().extend(&client(0xC2, &[0; 50])[..6]);
+        assert_eq!(
+            reader.next(100),
+            Err(ReadError::Protocol("no extension was negotiated"))
+        );
     }
 
     #[test]
-    fn reads_the_close_code() {
-        let mut reader = FrameReader::default();
-        reader
-            .buffer()
-            .extend(client(0x88, &[0x03, 0xe8, b'b', b'y', b'e']));
-        reader.buffer().extend(client(0x88, b""));
-        assert_eq!(reader.next(100), Ok(Some(Inbound::Close(Some(1000)))));
-        assert_eq!(reader.next(100), Ok(Some(Inbound::Close(None))));
+    fn joins_a_character_split_between_fragments() {
+        let text = "clef 𝄞".as_bytes();
+        for split in 5..text.len() {
+            let mut reader = FrameReader::default();
+            reader.buffer().extend(client(0x01, &text[..split]));
+            reader.buffer().extend(client(0x80, &text[split..]));
+            assert_eq!(reader.next(100), Ok(Some(Inbound::Text("clef 𝄞".into()))));
+        }
+    }
+
+    #[test]
+    fn reads_a_close_only_with_a_valid_code_and_reason() {
+        let code_and_greek = [&[0x0f, 0xa0][..], "κόσμε".as_bytes()].concat();
+        let cases: [(&[u8], Result<Inbound, ReadError>); 9] = [
+            (b"", Ok(Inbound::Close(None))),
+            (b"\x03\xe8", Ok(Inbound::Close(Some(1000)))),
+            (b"\x03\xe8bye", Ok(Inbound::Close(Some(1000)))),
+            (&code_and_greek, Ok(Inbound::Close(Some(4000)))),
+            (
+                b"\x03",
+                Err(ReadError::Protocol(
+                    "a close frame's payload must start with a two-byte code",
+                )),
+            ),
+            (
+                b"\x03\xe7",
+                Err(ReadError::Protocol("a close frame with an invalid code")),
+            ),
+            (
+                b"\x03\xed",
+                Err(ReadError::Protocol("a close frame with an invalid code")),
+            ),
+            (
+                b"\x03\xe8\xce\xba\xed\xa0\x80",
+                Err(ReadError::InvalidUtf8("a close reason that is not UTF-8")),
+            ),
+            // An invalid code is refused before the reason is looked at.
+            (
+                b"\x00\x00\xff",
+                Err(ReadError::Protocol("a close frame with an invalid code")),
+            ),
+        ];
+        for (payload, expected) in cases {
+            let mut reader = FrameReader::default();
+            reader.buffer().extend(client(0x88, payload));
+            assert_eq!(reader.next(100), expected.map(Some), "payload {payload:?}");
+        }
+    }
+
+    #[test]
+    fn close_codes_follow_rfc_6455_and_the_iana_registry() {
+        let valid = (1000..=1003).chain(1007..=1014).chain(3000..=4999);
+        let invalid = (0..=999)
+            .chain(1004..=1006)
+            .chain(1015..=2999)
+            .chain(5000..=u16::MAX);
+        for code in valid {
+            assert!(is_valid_close_code(code), "{code} is valid");
+        }
+        for code in invalid {
+            assert!(!is_valid_close_code(code), "{code} is invalid");
+        }
+        // Every code Herald sends is one a client accepts.
+        for code in herald_core::CloseCode::ALL {
+            assert!(is_valid_close_code(code.code()), "{code:?}");
+        }
     }
 }

@@ -441,13 +441,12 @@ impl Connection {
                 format!("frame larger than {max} bytes"),
             )),
             ReadError::Protocol(reason) => Ended::Protocol(CLOSE_PROTOCOL_ERROR, reason),
-            ReadError::InvalidUtf8 => {
-                Ended::Protocol(CLOSE_INVALID_PAYLOAD, "a text frame that is not UTF-8")
-            }
+            ReadError::InvalidUtf8(reason) => Ended::Protocol(CLOSE_INVALID_PAYLOAD, reason),
         })
     }
 
-    /// Answers the client's close frame with one of the same code, as RFC 6455 asks.
+    /// Answers the client's close frame with one of the same code, as RFC 6455 asks. The reader
+    /// has refused a close with an invalid code or reason as a protocol error.
     async fn answer_close(&mut self, code: Option<u16>) -> Ended {
         let _ = timeout(CLOSE_TIMEOUT, self.socket.write(frame::close_echo(code))).await;
         Ended::Gone
