@@ -25,7 +25,8 @@ use crate::error::HeraldError;
 use crate::presence::{ChannelEvent, EventKind, PresenceMember};
 use crate::publication::now_millis;
 
-use super::{Hub, SessionCore};
+use super::session::SessionInner;
+use super::Hub;
 
 /// How many locks the channels are spread over. Two channels that share one wait for each
 /// other's engine calls, so there are enough that this is rare even with a remote engine.
@@ -61,14 +62,18 @@ impl Hub {
 
     /// Puts `session` in `channel`'s presence, if it is still subscribed and the namespace keeps
     /// presence, and announces the join if the entry is new.
-    pub(super) async fn sync_presence(&self, channel: &ChannelName, session: &Arc<SessionCore>) {
+    pub(super) async fn sync_presence(&self, channel: &ChannelName, session: &Arc<SessionInner>) {
         let _ordered = self.shared.channel_locks.of(channel).lock().await;
         self.tell_presence(channel, &Member::of(session)).await;
     }
 
     /// After `session`'s subscription to `channel` ended: takes it out of the channel's presence
     /// (announcing the leave) and unsubscribes the node if nobody else here needs the channel.
-    pub(super) async fn sync_after_leave(&self, channel: &ChannelName, session: &Arc<SessionCore>) {
+    pub(super) async fn sync_after_leave(
+        &self,
+        channel: &ChannelName,
+        session: &Arc<SessionInner>,
+    ) {
         self.sync_member_after_leave(channel, &Member::of(session))
             .await;
     }
@@ -76,7 +81,11 @@ impl Hub {
     /// [`Hub::sync_after_leave`] in the background, for callers that may not wait (a session
     /// being dropped, a cluster command). The task holds the session weakly, so that a dropped
     /// session is gone at once.
-    pub(super) fn spawn_sync_after_leave(&self, channel: &ChannelName, session: &Arc<SessionCore>) {
+    pub(super) fn spawn_sync_after_leave(
+        &self,
+        channel: &ChannelName,
+        session: &Arc<SessionInner>,
+    ) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -161,13 +170,13 @@ impl Hub {
 /// The connection a presence change is about. The session is held weakly: one that was dropped
 /// is in no channel.
 struct Member {
-    session: Weak<SessionCore>,
+    session: Weak<SessionInner>,
     user: Arc<str>,
     client: Arc<str>,
 }
 
 impl Member {
-    fn of(session: &Arc<SessionCore>) -> Member {
+    fn of(session: &Arc<SessionInner>) -> Member {
         Member {
             session: Arc::downgrade(session),
             user: session.user.clone(),

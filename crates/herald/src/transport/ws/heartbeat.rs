@@ -20,7 +20,7 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use herald_core::hub::{Outbound, OutboxHandle};
+use herald_core::hub::{Outbound, WeakSession};
 use herald_core::{CloseCode, Disconnect, Hub};
 use parking_lot::Mutex;
 use slab::Slab;
@@ -43,7 +43,7 @@ pub struct Heartbeats {
 
 /// One connection's entry.
 struct Beat {
-    outbox: OutboxHandle,
+    session: WeakSession,
     /// Milliseconds after `started` when the next ping is due.
     next_ping: u64,
     /// Milliseconds after `started` when the credentials run out.
@@ -55,8 +55,8 @@ pub struct BeatKey(usize);
 
 /// What a sweep does to a connection that is due, once the lock is released.
 enum Due {
-    Expired(OutboxHandle),
-    Ping(OutboxHandle),
+    Expired(WeakSession),
+    Ping(WeakSession),
 }
 
 impl Heartbeats {
@@ -80,11 +80,11 @@ impl Heartbeats {
 
     /// Starts keeping time for a connection whose credentials run out at `expiry`; its first
     /// ping is due one interval from now.
-    pub fn add(&self, outbox: OutboxHandle, expiry: Instant) -> BeatKey {
+    pub fn add(&self, session: WeakSession, expiry: Instant) -> BeatKey {
         let next_ping = self.interval_after(Instant::now());
         let expiry = self.millis(expiry);
         BeatKey(self.beats.lock().insert(Beat {
-            outbox,
+            session,
             next_ping,
             expiry,
         }))
@@ -130,9 +130,9 @@ impl Heartbeats {
                 // Closed once; the task removes the entry as it ends.
                 beat.expiry = u64::MAX;
                 beat.next_ping = u64::MAX;
-                due.push(Due::Expired(beat.outbox.clone()));
+                due.push(Due::Expired(beat.session.clone()));
             } else if now_ms >= beat.next_ping {
-                if !beat.outbox.is_alive() {
+                if !beat.session.is_alive() {
                     return false;
                 }
                 // The next ping keeps the connection's phase, unless the sweep fell a whole
@@ -143,27 +143,31 @@ impl Heartbeats {
                 } else {
                     now_ms.saturating_add(interval_ms)
                 };
-                due.push(Due::Ping(beat.outbox.clone()));
+                due.push(Due::Ping(beat.session.clone()));
             }
             true
         });
         for due in due {
             match due {
-                Due::Expired(outbox) => {
-                    if let Some(outbox) = outbox.get() {
-                        outbox.close(Disconnect::new(CloseCode::TokenExpired, "token expired"));
-                    }
+                Due::Expired(session) => {
+                    session.outbox(|outbox| {
+                        outbox.close(Disconnect::new(CloseCode::TokenExpired, "token expired"))
+                    });
                 }
-                Due::Ping(outbox) => {
-                    let Some(outbox) = outbox.get() else { continue };
+                Due::Ping(session) => {
                     // Nothing heard since before the ping two intervals ago.
-                    if outbox.silent_beats() > MAX_SILENT_BEATS {
-                        outbox.close(Disconnect::new(
-                            CloseCode::IdleTimeout,
-                            "no pong or frame for more than two heartbeat intervals",
-                        ));
-                    } else {
-                        self.hub.deliver_to(&outbox, Outbound::Heartbeat);
+                    let silent = session.outbox(|outbox| {
+                        let silent = outbox.silent_beats() > MAX_SILENT_BEATS;
+                        if silent {
+                            outbox.close(Disconnect::new(
+                                CloseCode::IdleTimeout,
+                                "no pong or frame for more than two heartbeat intervals",
+                            ));
+                        }
+                        silent
+                    });
+                    if silent == Some(false) {
+                        self.hub.deliver_to(&session, Outbound::Heartbeat);
                     }
                 }
             }
@@ -255,13 +259,13 @@ mod tests {
         let (busy, _) = idle_session(&hub, "d").await;
         let (gone, _) = idle_session(&hub, "e").await;
         let keys = [
-            heartbeats.add(talker.outbox_handle(), far),
-            heartbeats.add(silent.outbox_handle(), far),
-            heartbeats.add(expiring.outbox_handle(), t0 + Duration::from_secs(15)),
-            heartbeats.add(busy.outbox_handle(), far),
+            heartbeats.add(talker.downgrade(), far),
+            heartbeats.add(silent.downgrade(), far),
+            heartbeats.add(expiring.downgrade(), t0 + Duration::from_secs(15)),
+            heartbeats.add(busy.downgrade(), far),
         ];
         // A connection whose task ended without removing its entry.
-        let _leaked = heartbeats.add(gone.outbox_handle(), far);
+        let _leaked = heartbeats.add(gone.downgrade(), far);
         drop(gone);
         // The task holds this socket (it is writing), so it is not reading either.
         busy.outbox().claim();

@@ -294,7 +294,7 @@ impl Connection {
             let socket: Arc<dyn DirectWrite> = self.socket.clone();
             session.outbox().set_writer(Some(socket));
             let beat = self.app.heartbeats.add(
-                session.outbox_handle(),
+                session.downgrade(),
                 deadline_of(expires_at, self.app.config.auth.jwt_leeway),
             );
             let ended: Ended = 'serve: loop {
