@@ -2,7 +2,8 @@
 //!
 //! This is the only module that knows the protocol's field names. Transports hand it the text of a
 //! frame and get a [`Command`] or a [`HeraldError`] back; they hand it what happened and get the
-//! bytes to write. `docs/protocol.md` is the reference for every frame here.
+//! bytes to write. Every HTTP error body comes from here too ([`http_error`]). `docs/protocol.md` is
+//! the reference for every frame here.
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -461,6 +462,36 @@ pub fn error(id: Option<&RequestId>, code: ErrorCode, message: &str) -> String {
     })
 }
 
+/// `{"code","message"}`: what went wrong, as the HTTP API writes it: the `error` of every HTTP error
+/// body ([`http_error`]) and of a failed item in a broadcast or batch result.
+#[derive(Debug, Serialize)]
+pub struct ErrorDetail {
+    code: &'static str,
+    message: String,
+}
+
+impl From<HeraldError> for ErrorDetail {
+    fn from(e: HeraldError) -> Self {
+        ErrorDetail {
+            code: e.code.as_str(),
+            message: e.message,
+        }
+    }
+}
+
+/// `{"error":{"code","message"}}`: the body of every HTTP error, on every route (the API, `/ws`
+/// and `/sse` before they open, `/ready`, unknown paths and methods). The status is
+/// [`ErrorCode::http_status`].
+pub fn http_error(error: HeraldError) -> String {
+    #[derive(Serialize)]
+    struct HttpError {
+        error: ErrorDetail,
+    }
+    encode(&HttpError {
+        error: error.into(),
+    })
+}
+
 /// `{"type":"disconnect",...}`: sent just before the server closes the socket.
 pub fn disconnect(d: &Disconnect) -> String {
     #[derive(Serialize)]
@@ -600,6 +631,23 @@ mod tests {
         for bad in ["x", "user:42:abc:e", "user:42:1:", "bad name:1:e", ":1"] {
             assert!(parse_sse_event_id(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn http_errors_have_one_shape() {
+        let body = http_error(HeraldError::new(ErrorCode::MethodNotAllowed, "say \"GET\""));
+        let body: Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(
+            body,
+            serde_json::json!({"error": {"code": "method_not_allowed", "message": "say \"GET\""}})
+        );
+        let detail =
+            serde_json::to_value(ErrorDetail::from(HeraldError::bad_request("no"))).expect("json");
+        assert_eq!(body["error"].as_object().map(|o| o.len()), Some(2));
+        assert_eq!(
+            detail,
+            serde_json::json!({"code": "bad_request", "message": "no"})
+        );
     }
 
     #[test]

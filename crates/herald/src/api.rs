@@ -2,16 +2,26 @@
 //! read-only views (channels, users, stats), plus `/health`, `/ready` and `/metrics`.
 //!
 //! Every `/api` route needs `Authorization: Bearer <api key>`, compared in constant time against
-//! each configured key. Bodies are JSON; every error is `{"error":{"code","message"}}` with the
-//! status that [`ErrorCode::http_status`] gives. Keys are never logged.
+//! each configured key. Bodies are JSON; every error, on every route of the server, is
+//! [`protocol::http_error`]'s `{"error":{"code","message"}}` with the status that
+//! [`ErrorCode::http_status`] gives, counted in `herald_errors_total`. That includes what the
+//! router and the extractors refuse: a query string or a path segment that does not parse
+//! ([`ApiQuery`], [`ApiPath`]), a wrong method ([`method_not_allowed`]), an unknown path
+//! ([`not_found`]). Keys are never logged.
+
+use std::error::Error as _;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Path, Query, Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::path::ErrorKind;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use herald_core::engine::HistoryQuery;
+use herald_core::protocol::ErrorDetail;
 use herald_core::{protocol, ChannelName, ErrorCode, HeraldError, StreamPosition};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -22,7 +32,8 @@ use subtle::ConstantTimeEq;
 use crate::auth::bearer_token;
 use crate::server::App;
 
-/// An error answered by the API.
+/// An error answered over HTTP: [`protocol::http_error`]'s body with the code's status. Build it
+/// with [`counted`], which also counts it.
 #[derive(Debug)]
 pub struct ApiError(pub HeraldError);
 
@@ -36,17 +47,115 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.0.code.http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = json!({ "error": { "code": self.0.code.as_str(), "message": self.0.message } });
-        (status, Json(body)).into_response()
+        let content_type = [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )];
+        (status, content_type, protocol::http_error(self.0)).into_response()
     }
 }
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
 /// Counts the error in metrics and turns it into a response error.
-fn counted(app: &App, error: HeraldError) -> ApiError {
+pub(crate) fn counted(app: &App, error: HeraldError) -> ApiError {
     app.metrics.error(error.code);
     ApiError(error)
+}
+
+/// The query string of a request, deserialised into `T`. One that does not parse is `bad_request`
+/// naming the parameter and what is wrong with it, counted. The message is serde's, which for the
+/// numbers, booleans and strings of Herald's queries never repeats the value (it may be a token).
+///
+/// Herald's routes take this instead of axum's `Query`, whose rejection is a `text/plain` answer
+/// that bypasses the error body and the metrics. It is axum's documented way to change an
+/// extractor's rejection: a wrapper type that implements `FromRequestParts` by running the
+/// built-in extractor and mapping its rejection. (axum's `#[derive(FromRequestParts)]` with
+/// `#[from_request(via(Query), rejection(ApiError))]` does the same, but it needs axum's `macros`
+/// feature, which the server does not otherwise use.)
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequestParts<App> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, ApiError> {
+        parse_query(&parts.uri)
+            .map(ApiQuery)
+            .map_err(|e| counted(app, e))
+    }
+}
+
+/// Reads the query string of `uri` into `T`, as [`ApiQuery`] does, without counting the error:
+/// for a handler that checks other things first (`/ws` checks the handshake and admits the
+/// connection before it reads its query).
+pub(crate) fn parse_query<T: DeserializeOwned>(uri: &Uri) -> Result<T, HeraldError> {
+    Query::try_from_uri(uri)
+        .map(|Query(query)| query)
+        .map_err(|rejection| query_error(&rejection))
+}
+
+/// The deserialiser's error under axum's rejection: serde's own message ("invalid digit found in
+/// string", "duplicate field `token`", "unknown field `x`, expected ...") and the parameter it is
+/// about. Neither holds the value given.
+type QueryDeError = serde_path_to_error::Error<serde_urlencoded::de::Error>;
+
+fn query_error(rejection: &QueryRejection) -> HeraldError {
+    let mut source = rejection.source();
+    while let Some(error) = source {
+        if let Some(e) = error.downcast_ref::<QueryDeError>() {
+            let path = e.path().to_string();
+            return HeraldError::bad_request(if path == "." {
+                format!("invalid query string: {}", e.inner())
+            } else {
+                format!("invalid query parameter {path}: {}", e.inner())
+            });
+        }
+        source = error.source();
+    }
+    // Should axum stop carrying the deserialiser's error there: its own text, which says the same.
+    HeraldError::bad_request(format!("invalid query string: {rejection}"))
+}
+
+/// The parameters of a route's path (`{channel}`, `{user}`), deserialised into `T`. A segment that
+/// is not valid UTF-8 once percent-decoded, or that does not parse, is `bad_request` naming the
+/// parameter, counted. A route whose handler expects other parameters than its path has is a
+/// fault of the server: `internal`. Axum's `Path`, wrapped for the reasons given at [`ApiQuery`].
+pub struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send> FromRequestParts<App> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, ApiError> {
+        match Path::<T>::from_request_parts(parts, app).await {
+            Ok(Path(value)) => Ok(ApiPath(value)),
+            Err(rejection) => Err(counted(app, path_error(rejection))),
+        }
+    }
+}
+
+fn path_error(rejection: PathRejection) -> HeraldError {
+    let PathRejection::FailedToDeserializePathParams(e) = rejection else {
+        return HeraldError::internal(format!("route without path parameters: {rejection}"));
+    };
+    match e.into_kind() {
+        ErrorKind::InvalidUtf8InPathParam { key } => HeraldError::bad_request(format!(
+            "path segment {key} is not valid UTF-8 once percent-decoded"
+        )),
+        ErrorKind::ParseErrorAtKey {
+            key, expected_type, ..
+        } => HeraldError::bad_request(format!("path segment {key} is not a valid {expected_type}")),
+        ErrorKind::DeserializeError { key, message, .. } => {
+            HeraldError::bad_request(format!("path segment {key}: {message}"))
+        }
+        ErrorKind::ParseError { expected_type, .. }
+        | ErrorKind::ParseErrorAtIndex { expected_type, .. } => {
+            HeraldError::bad_request(format!("a path segment is not a valid {expected_type}"))
+        }
+        kind @ (ErrorKind::WrongNumberOfParameters { .. } | ErrorKind::UnsupportedType { .. }) => {
+            HeraldError::internal(format!("route and handler disagree: {kind}"))
+        }
+        other => HeraldError::bad_request(format!("invalid path: {other}")),
+    }
 }
 
 /// Middleware for `/api`: a valid API key or `401`.
@@ -131,14 +240,8 @@ enum ItemResult {
     },
     Err {
         channel: String,
-        error: ErrorBody,
+        error: ErrorDetail,
     },
-}
-
-#[derive(Serialize)]
-struct ErrorBody {
-    code: &'static str,
-    message: String,
 }
 
 async fn publish_one(
@@ -182,10 +285,7 @@ fn item_result(
             app.metrics.error(e.code);
             ItemResult::Err {
                 channel,
-                error: ErrorBody {
-                    code: e.code.as_str(),
-                    message: e.message,
-                },
+                error: e.into(),
             }
         }
     }
@@ -304,7 +404,7 @@ pub struct ChannelsQuery {
 /// `GET /api/channels?prefix=` → `{channels: [{channel, subscribers}]}`.
 pub async fn channels(
     State(app): State<App>,
-    Query(query): Query<ChannelsQuery>,
+    ApiQuery(query): ApiQuery<ChannelsQuery>,
 ) -> ApiResult<serde_json::Value> {
     Ok(Json(json!({ "channels": app.hub.channels(&query.prefix) })))
 }
@@ -322,8 +422,8 @@ pub struct HistoryParams {
 /// it (with `epoch`, checked against the stream's; without, the current epoch is assumed).
 pub async fn history(
     State(app): State<App>,
-    Path(name): Path<String>,
-    Query(params): Query<HistoryParams>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(params): ApiQuery<HistoryParams>,
 ) -> ApiResult<serde_json::Value> {
     let channel = channel(&app, &name)?;
     let result = async {
@@ -361,8 +461,8 @@ pub struct PresenceParams {
 /// for the whole cluster; `forbidden` where the namespace keeps no presence.
 pub async fn presence(
     State(app): State<App>,
-    Path(name): Path<String>,
-    Query(params): Query<PresenceParams>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(params): ApiQuery<PresenceParams>,
 ) -> ApiResult<serde_json::Value> {
     let channel = channel(&app, &name)?;
     let result = async {
@@ -380,7 +480,7 @@ pub async fn presence(
 /// `GET /api/users/{user}` → `{user, online, connections}`.
 pub async fn user(
     State(app): State<App>,
-    Path(user): Path<String>,
+    ApiPath(user): ApiPath<String>,
 ) -> ApiResult<serde_json::Value> {
     let connections = app.hub.user_connections(&user);
     Ok(Json(
@@ -441,4 +541,47 @@ pub async fn metrics(State(app): State<App>) -> Response {
 /// Any other path.
 pub async fn not_found(State(app): State<App>) -> ApiError {
     counted(&app, HeraldError::not_found("no such endpoint"))
+}
+
+/// A path that exists, with a method it does not take. The router adds the `Allow` header.
+pub async fn method_not_allowed(State(app): State<App>, method: Method) -> ApiError {
+    counted(
+        &app,
+        HeraldError::new(
+            ErrorCode::MethodNotAllowed,
+            format!("{method} is not allowed here; the Allow header lists the methods that are"),
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query_message<T: DeserializeOwned>(uri: &str) -> String {
+        let uri: Uri = uri.parse().expect("uri");
+        let error = parse_query::<T>(&uri).err().expect("refused");
+        assert_eq!(error.code, ErrorCode::BadRequest);
+        error.message
+    }
+
+    /// The parameter and serde's reason come from the deserialiser's error under axum's
+    /// rejection; this fails if axum stops carrying it there.
+    #[test]
+    fn query_errors_name_the_parameter_and_not_the_value() {
+        assert_eq!(
+            query_message::<HistoryParams>("/h?limit=x"),
+            "invalid query parameter limit: invalid digit found in string"
+        );
+        assert_eq!(
+            query_message::<PresenceParams>("/p?counts_only=maybe"),
+            "invalid query parameter counts_only: provided string was not `true` or `false`"
+        );
+        let twice = query_message::<ChannelsQuery>("/c?prefix=secret-a&prefix=secret-b");
+        assert!(twice.contains("duplicate field `prefix`"), "{twice}");
+        assert!(!twice.contains("secret"), "{twice}");
+        let uri: Uri = "/h?limit=7&since=3".parse().expect("uri");
+        let params = parse_query::<HistoryParams>(&uri).expect("valid");
+        assert_eq!((params.limit, params.since), (Some(7), Some(3)));
+    }
 }

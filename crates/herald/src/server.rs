@@ -112,7 +112,8 @@ pub fn build(config: Config) -> Result<App, ConfigError> {
     }))
 }
 
-/// The HTTP routes.
+/// The HTTP routes. Every error any of them answers, the router's own (unknown path, wrong
+/// method) included, is the JSON error body (see [`api`]).
 pub fn router(app: App) -> Router {
     let api = Router::new()
         .route("/publish", post(api::publish))
@@ -125,6 +126,9 @@ pub fn router(app: App) -> Router {
         .route("/channels/{channel}/presence", get(api::presence))
         .route("/users/{user}", get(api::user))
         .route("/stats", get(api::stats))
+        // Before the layers, so that they wrap it: the API key is checked before the method, and
+        // CORS answers preflights (an OPTIONS, which no route takes).
+        .method_not_allowed_fallback(api::method_not_allowed)
         .route_layer(axum::middleware::from_fn_with_state(
             app.clone(),
             api::require_api_key,
@@ -134,7 +138,9 @@ pub fn router(app: App) -> Router {
         Some(layer) => api.layer(layer),
         None => api,
     };
-    let sse = Router::new().route("/sse", get(sse::stream));
+    let sse = Router::new()
+        .route("/sse", get(sse::stream))
+        .method_not_allowed_fallback(api::method_not_allowed);
     let sse = match cors(&app.config.allowed_origins) {
         Some(layer) => sse.layer(layer),
         None => sse,
@@ -147,6 +153,8 @@ pub fn router(app: App) -> Router {
         .route("/metrics", get(api::metrics))
         .nest("/api", api)
         .fallback(api::not_found)
+        // For the routes above that have none yet (`/api` and `/sse` have theirs).
+        .method_not_allowed_fallback(api::method_not_allowed)
         .with_state(app)
 }
 

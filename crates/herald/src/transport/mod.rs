@@ -14,15 +14,37 @@ pub mod ws;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
 use axum::http::HeaderMap;
 use herald_core::hooks::ForwardedHeaders;
 use herald_core::publication::now_millis;
 use herald_core::{ErrorCode, HeraldError};
 use tokio::time::Instant;
 
+use crate::api::{counted, ApiError};
 use crate::auth::Verified;
 use crate::limits::{client_ip, origin_allowed};
 use crate::server::App;
+
+/// The address of the client's end of the TCP connection. `server::run` records it on every
+/// request; a request without it (a server set up some other way) is refused with the JSON
+/// `internal` error, counted, rather than axum's `text/plain` rejection of `ConnectInfo`.
+pub struct Peer(pub SocketAddr);
+
+impl FromRequestParts<App> for Peer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, ApiError> {
+        match ConnectInfo::<SocketAddr>::from_request_parts(parts, app).await {
+            Ok(ConnectInfo(peer)) => Ok(Peer(peer)),
+            Err(_) => Err(counted(
+                app,
+                HeraldError::internal("the client's address is not known"),
+            )),
+        }
+    }
+}
 
 /// The checks every new client connection passes before anything else, on every transport:
 /// the server is not shutting down, the `Origin` is allowed, and the client's address is within

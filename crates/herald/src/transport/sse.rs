@@ -26,7 +26,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use herald_core::hub::{Outbound, Recovery, Subscribed};
@@ -36,9 +36,11 @@ use herald_core::{
 };
 use tokio::time::{sleep_until, Instant, Interval, Sleep};
 
-use crate::api::ApiError;
+use crate::api::counted;
 use crate::auth::bearer_token;
 use crate::server::App;
+
+use super::Peer;
 
 /// The comment that keeps a quiet stream open through proxies.
 const HEARTBEAT_COMMENT: &str = ": ping\n\n";
@@ -67,8 +69,8 @@ impl SseRequest {
                         request.channels.push(channel);
                     }
                 }
-                "token" => request.token = Some(value),
-                "last_event_id" => request.last_event_id = Some(value),
+                "token" => once(&mut request.token, "token", value)?,
+                "last_event_id" => once(&mut request.last_event_id, "last_event_id", value)?,
                 other => {
                     return Err(HeraldError::bad_request(format!(
                         "unknown query parameter {other:?} (channel, token, last_event_id)"
@@ -80,19 +82,29 @@ impl SseRequest {
     }
 }
 
-/// `GET /sse`: checks, authenticates, subscribes, then streams.
+/// Sets a query parameter that may be given once; a second one is an error that names it and not
+/// its values (a token is a secret).
+fn once(slot: &mut Option<String>, name: &str, value: String) -> Result<(), HeraldError> {
+    if slot.is_some() {
+        return Err(HeraldError::bad_request(format!(
+            "query parameter {name} given more than once"
+        )));
+    }
+    *slot = Some(value);
+    Ok(())
+}
+
+/// `GET /sse`: checks, authenticates, subscribes, then streams. A refused stream is the JSON
+/// error body, counted, like any other HTTP error.
 pub async fn stream(
     State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Peer(peer): Peer,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
     match open(&app, peer, &headers, query.as_deref()).await {
         Ok(response) => response,
-        Err(error) => {
-            app.metrics.error(error.code);
-            ApiError(error).into_response()
-        }
+        Err(error) => counted(&app, error).into_response(),
     }
 }
 

@@ -28,12 +28,11 @@ mod socket;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::extract::{Request, State};
 use axum::http::header::{
     CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE,
 };
@@ -53,12 +52,12 @@ use tokio::time::{sleep, timeout, timeout_at, Instant};
 
 use self::frame::{FrameReader, Inbound, ReadError};
 use self::socket::{frame_of, Socket};
-use crate::api::ApiError;
+use crate::api::{counted, parse_query};
 use crate::auth::{bearer_token, Verified};
 use crate::limits::CommandBucket;
 use crate::server::App;
 
-use super::{admit_connection, connect_hook, deadline_of, forwarded_headers, verify_token};
+use super::{admit_connection, connect_hook, deadline_of, forwarded_headers, verify_token, Peer};
 
 /// Most bytes read from a socket at a time. Clients send small commands; a larger frame is read
 /// in several calls.
@@ -73,6 +72,7 @@ const CLOSE_INVALID_PAYLOAD: u16 = 1007;
 
 /// The query string of `GET /ws`: the token, and where the personal channel starts
 /// (`since=<offset>:<epoch>` or `last=<n>`), for clients that authenticate by header or query.
+/// Other parameters are ignored; one given twice is an error.
 #[derive(Deserialize)]
 pub struct ConnectQuery {
     token: Option<String>,
@@ -80,18 +80,11 @@ pub struct ConnectQuery {
     last: Option<u32>,
 }
 
-/// `GET /ws`: checks the handshake, origin and connection rate, then upgrades.
-pub async fn upgrade(
-    State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Query(query): Query<ConnectQuery>,
-    mut request: Request,
-) -> Response {
+/// `GET /ws`: checks the handshake, origin and connection rate, then the query string, then
+/// upgrades. Each refusal is the JSON error body, counted.
+pub async fn upgrade(State(app): State<App>, Peer(peer): Peer, mut request: Request) -> Response {
     let limits = &app.config.limits;
-    let refuse = |error: HeraldError| {
-        app.metrics.error(error.code);
-        ApiError(error).into_response()
-    };
+    let refuse = |error: HeraldError| counted(&app, error).into_response();
     let accept = match accept_key(request.headers()) {
         Ok(accept) => accept,
         Err(e) => return refuse(e),
@@ -105,6 +98,10 @@ pub async fn upgrade(
     if let Err(e) = admit_connection(&app, peer, headers) {
         return refuse(e);
     }
+    let query: ConnectQuery = match parse_query(request.uri()) {
+        Ok(query) => query,
+        Err(e) => return refuse(e),
+    };
     let since = match query
         .since
         .as_deref()
