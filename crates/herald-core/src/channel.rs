@@ -50,6 +50,7 @@ impl ChannelName {
         ChannelName::parse(&format!("{PERSONAL_NAMESPACE}:{user}")).ok()
     }
 
+    /// The name as written.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -104,6 +105,7 @@ pub enum SubscribePolicy {
 pub struct NamespacePolicy {
     /// The namespace, or `*` for every namespace that is not configured by name.
     pub name: String,
+    /// Who may subscribe to the namespace's channels.
     pub subscribe: SubscribePolicy,
     /// Whether clients may publish (the server API always may).
     pub publish: bool,
@@ -119,7 +121,9 @@ pub struct NamespacePolicy {
     pub join_leave_max_members: usize,
     /// Whether subscribers may send `typing`.
     pub typing: bool,
+    /// How many publications each channel's history keeps (0: none).
     pub history_size: usize,
+    /// How long a publication stays in history, and a stream with no subscriber lives.
     pub history_ttl: Duration,
 }
 
@@ -153,6 +157,7 @@ impl NamespacePolicy {
 /// backend's connect hook answer).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
+    /// The user id (the token's `sub`).
     pub user: Arc<str>,
     /// The token's `channels` claim, compiled. Empty when the token has none.
     pub channel_grants: Vec<ChannelGrant>,
@@ -166,18 +171,21 @@ pub struct Identity {
 pub struct ChannelGrant(glob::Pattern);
 
 impl ChannelGrant {
+    /// Parses a grant from a token's `channels` claim: a channel name or a glob (`chat:*`).
     pub fn parse(pattern: &str) -> Result<ChannelGrant, HeraldError> {
         glob::Pattern::new(pattern)
             .map(ChannelGrant)
             .map_err(|e| HeraldError::bad_request(format!("bad channel glob {pattern:?}: {e}")))
     }
 
+    /// Whether this grant covers `channel`.
     pub fn matches(&self, channel: &ChannelName) -> bool {
         self.0.matches(channel.as_str())
     }
 }
 
 impl Identity {
+    /// An identity for `user` with no channel grants.
     pub fn new(user: impl Into<Arc<str>>) -> Self {
         Identity {
             user: user.into(),

@@ -9,16 +9,25 @@ use std::fmt;
 /// The error codes of the native protocol and the HTTP API (`docs/protocol.md` lists them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
+    /// The request or frame is malformed or names something invalid (400).
     BadRequest,
+    /// No valid credentials (401).
     Unauthorized,
+    /// Credentials valid, but not for this (403).
     Forbidden,
+    /// No such namespace, channel subscription or route (404).
     NotFound,
     /// HTTP only: the path exists, the method does not (the `Allow` header lists those that do).
     MethodNotAllowed,
+    /// Too many requests or commands (429).
     RateLimited,
+    /// A body or frame over its size limit (413).
     TooLarge,
+    /// A per-connection or per-user limit was reached (409).
     LimitExceeded,
+    /// The engine, the store or the backend cannot answer now; retry later (503).
     Unavailable,
+    /// A bug on the server's side (500).
     Internal,
 }
 
@@ -80,29 +89,37 @@ impl fmt::Display for ErrorCode {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct HeraldError {
+    /// What kind of error.
     pub code: ErrorCode,
+    /// What was wrong, for a person to read (never a secret).
     pub message: String,
 }
 
 impl HeraldError {
+    /// An error of `code` saying `message`.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         HeraldError {
             code,
             message: message.into(),
         }
     }
+    /// A `bad_request` error.
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::BadRequest, message)
     }
+    /// A `forbidden` error.
     pub fn forbidden(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::Forbidden, message)
     }
+    /// A `not_found` error.
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::NotFound, message)
     }
+    /// An `internal` error.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::Internal, message)
     }
+    /// An `unavailable` error.
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::Unavailable, message)
     }
@@ -133,6 +150,7 @@ pub enum CloseCode {
 }
 
 impl CloseCode {
+    /// Every close code, for metrics that list each one.
     pub const ALL: [CloseCode; 9] = [
         CloseCode::Unauthorized,
         CloseCode::TokenExpired,
@@ -194,12 +212,16 @@ impl CloseCode {
 /// A decision to end a connection: the code, a human reason, and whether to reconnect.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Disconnect {
+    /// The close code.
     pub code: CloseCode,
+    /// Why, for a person to read.
     pub reason: String,
+    /// Whether the client should reconnect (sent in the `disconnect` frame).
     pub reconnect: bool,
 }
 
 impl Disconnect {
+    /// A disconnect with `code`'s own reconnect advice.
     pub fn new(code: CloseCode, reason: impl Into<String>) -> Self {
         Disconnect {
             code,

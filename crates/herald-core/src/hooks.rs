@@ -22,24 +22,33 @@ pub type ForwardedHeaders = Arc<[(String, String)]>;
 /// Who is asking: the connection's user and id, and its forwarded headers.
 #[derive(Debug, Clone)]
 pub struct Caller {
+    /// The connection's user.
     pub user: Arc<str>,
+    /// The connection's client id.
     pub client: Arc<str>,
+    /// The allow-listed headers of the connection's HTTP request.
     pub headers: Option<ForwardedHeaders>,
 }
 
 /// A client wants to subscribe to a channel whose namespace asks the backend.
 #[derive(Debug, Clone)]
 pub struct SubscribeCheck {
+    /// Who asks.
     pub caller: Caller,
+    /// The channel it wants.
     pub channel: ChannelName,
 }
 
 /// A client wants to publish to a channel whose namespace asks the backend.
 #[derive(Debug, Clone)]
 pub struct PublishCheck {
+    /// Who publishes.
     pub caller: Caller,
+    /// Where.
     pub channel: ChannelName,
+    /// The event name, if any.
     pub event: Option<String>,
+    /// The payload as the client sent it.
     pub data: Box<RawValue>,
 }
 

@@ -16,6 +16,7 @@
 //! - [`engine`]: the interface to the rest of the cluster, and the in-process `memory` engine.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
 
 pub mod channel;
 pub mod engine;

@@ -17,7 +17,9 @@ use crate::publication::{Encodings, WireFormat};
 /// One connection in a channel's presence.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct PresenceMember {
+    /// The connection's user.
     pub user: Arc<str>,
+    /// The connection's client id.
     pub client: Arc<str>,
     /// When the connection subscribed, milliseconds since the Unix epoch.
     pub joined_at: u64,
@@ -27,7 +29,9 @@ pub struct PresenceMember {
 /// and two connections).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct PresenceCounts {
+    /// Distinct users.
     pub users: usize,
+    /// Connections.
     pub connections: usize,
 }
 
@@ -38,6 +42,7 @@ pub struct PresenceCounts {
 pub struct PresenceChange {
     /// False when the connection was already in (for a join) or already out (for a leave).
     pub changed: bool,
+    /// The counts after the change.
     pub counts: PresenceCounts,
 }
 
@@ -46,6 +51,7 @@ pub struct PresenceChange {
 pub struct Presence {
     /// Ordered by user, then client.
     pub members: Vec<PresenceMember>,
+    /// The counts.
     pub counts: PresenceCounts,
 }
 
@@ -73,8 +79,11 @@ impl EventKind {
 
 /// An ephemeral event on a channel, for its subscribers other than the connection it is about.
 pub struct ChannelEvent {
+    /// Join, leave or typing.
     pub kind: EventKind,
+    /// The channel it happened on.
     pub channel: ChannelName,
+    /// Whom it is about.
     pub user: Arc<str>,
     /// The connection the event is about; it does not receive the event itself.
     pub client: Arc<str>,
@@ -82,6 +91,7 @@ pub struct ChannelEvent {
 }
 
 impl ChannelEvent {
+    /// An event about `client` of `user` on `channel`.
     pub fn new(kind: EventKind, channel: ChannelName, user: Arc<str>, client: Arc<str>) -> Self {
         ChannelEvent {
             kind,

@@ -22,46 +22,70 @@ pub const MAX_HISTORY_LIMIT: u32 = 1000;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum RequestId {
+    /// A number, e.g. `"id": 7`.
     Number(u64),
+    /// A string, e.g. `"id": "a7"`.
     Text(String),
 }
 
 /// A command from a client, validated.
 #[derive(Debug)]
 pub enum Command {
+    /// `auth`: the first frame of a client that brought no token on the upgrade.
     Auth {
+        /// The JWT.
         token: String,
         /// Where the personal channel's subscription starts (`since` or `last` on the frame).
         personal: Recovery,
     },
+    /// `subscribe`, from where `recovery` says (`since`, `last`, or now).
     Subscribe {
+        /// The channel.
         channel: ChannelName,
+        /// Where the subscription starts.
         recovery: Recovery,
     },
+    /// `unsubscribe`.
     Unsubscribe {
+        /// The channel.
         channel: ChannelName,
     },
+    /// `publish` by the client, where its namespace allows it.
     Publish {
+        /// The channel.
         channel: ChannelName,
+        /// The event name, if any.
         event: Option<String>,
+        /// The payload, kept as the JSON text it came as.
         data: Box<RawValue>,
     },
+    /// `typing` on a subscribed channel.
     Typing {
+        /// The channel.
         channel: ChannelName,
     },
+    /// `presence` of a channel.
     Presence {
+        /// The channel.
         channel: ChannelName,
         /// Only the counts, not the list of clients.
         counts_only: bool,
     },
+    /// `history` of a channel.
     History {
+        /// The channel.
         channel: ChannelName,
+        /// Publications after this position; without it, the newest.
         since: Option<StreamPosition>,
+        /// At most this many.
         limit: Option<u32>,
     },
+    /// `refresh`: a new token for the same user, before the current one expires.
     Refresh {
+        /// The JWT.
         token: String,
     },
+    /// `ping`, answered with the server's time.
     Ping,
 }
 
@@ -108,7 +132,9 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue
 /// A frame that could not be turned into a command, with the `id` when one could be read.
 #[derive(Debug)]
 pub struct Rejected {
+    /// The frame's `id`, when it could be read, so that the error answers it.
     pub id: Option<RequestId>,
+    /// What was wrong.
     pub error: HeraldError,
 }
 

@@ -17,14 +17,18 @@ use crate::channel::ChannelName;
 /// epoch (which changes whenever the stream's history is lost).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StreamPosition {
+    /// The offset in the stream (1 for its first publication).
     pub offset: u64,
+    /// The stream's epoch.
     pub epoch: String,
 }
 
 /// Who published, when a client did (set by the server, never taken from input).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Publisher {
+    /// The publishing client's user.
     pub user: Arc<str>,
+    /// The publishing client's id.
     pub client: Arc<str>,
 }
 
@@ -67,15 +71,19 @@ impl Encodings {
 
 /// One published event, with its place in the channel's stream.
 pub struct Publication {
+    /// The channel.
     pub channel: ChannelName,
+    /// The event name, if any.
     pub event: Option<Box<str>>,
     /// The event payload: any JSON value, kept as the text it arrived as.
     pub data: Box<RawValue>,
     /// Gapless position in the channel's stream, starting at 1.
     pub offset: u64,
+    /// The stream's epoch.
     pub epoch: Arc<str>,
     /// Milliseconds since the Unix epoch when the engine accepted it.
     pub ts: u64,
+    /// The client that published it, if a client did.
     pub from: Option<Publisher>,
     /// When this node first saw it; the base of the publish-to-write latency metric.
     pub received_at: Instant,
@@ -83,6 +91,7 @@ pub struct Publication {
 }
 
 impl Publication {
+    /// A new publication (its `ts` and `received_at` are now).
     pub fn new(
         channel: ChannelName,
         event: Option<Box<str>>,

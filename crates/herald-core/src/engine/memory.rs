@@ -342,6 +342,7 @@ impl Default for MemoryEngine {
 }
 
 impl MemoryEngine {
+    /// An engine that keeps everything in memory (nothing survives a restart).
     pub fn new() -> Self {
         MemoryEngine {
             sink: OnceLock::new(),

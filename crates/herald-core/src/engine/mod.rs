@@ -41,7 +41,9 @@ pub use memory::MemoryEngine;
 /// subscribers for it and for `ttl` after its last publication.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HistoryPolicy {
+    /// At most this many publications.
     pub size: usize,
+    /// None older than this.
     pub ttl: Duration,
 }
 
@@ -49,18 +51,26 @@ pub struct HistoryPolicy {
 /// with the same key returns the first one's position and stores nothing.
 #[derive(Debug, Clone)]
 pub struct IdempotencyKey {
+    /// The publisher's key (at most `MAX_IDEMPOTENCY_KEY_BYTES`).
     pub key: Box<str>,
+    /// How long the key is remembered.
     pub window: Duration,
 }
 
 /// What the hub asks an engine to publish.
 #[derive(Debug, Clone)]
 pub struct PublishRequest {
+    /// Where to publish.
     pub channel: ChannelName,
+    /// The event name, if any.
     pub event: Option<Box<str>>,
+    /// The payload, kept as the JSON text it arrived as.
     pub data: Box<RawValue>,
+    /// The client that published, for client publications.
     pub from: Option<Publisher>,
+    /// How much of the channel's stream to keep.
     pub history: HistoryPolicy,
+    /// Present when the publisher may retry.
     pub idempotency: Option<IdempotencyKey>,
 }
 
@@ -98,12 +108,18 @@ pub struct HistoryPage {
 /// A command for the connections of a user, wherever they are connected.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClusterCommand {
+    /// Close every connection of `user`.
     DisconnectUser {
+        /// Whose connections.
         user: Arc<str>,
+        /// Whether the clients are told to reconnect.
         reconnect: bool,
     },
+    /// Unsubscribe every connection of `user` from `channel`.
     UnsubscribeUser {
+        /// Whose connections.
         user: Arc<str>,
+        /// The channel they leave.
         channel: ChannelName,
     },
 }
@@ -112,9 +128,11 @@ pub enum ClusterCommand {
 ///
 /// Both calls are synchronous and must not block: they only queue bytes for connections.
 pub trait NodeSink: Send + Sync + 'static {
+    /// A publication for the channel's subscribers on this node, in offset order per channel.
     fn deliver(&self, publication: Arc<Publication>);
     /// An ephemeral event for the channel's subscribers (join, leave, typing).
     fn deliver_event(&self, event: Arc<ChannelEvent>);
+    /// A command for the connections on this node.
     fn command(&self, command: ClusterCommand);
 }
 

@@ -29,26 +29,36 @@ pub trait StreamStore: Send + Sync + 'static {
 pub enum StoreWrite {
     /// A new stream (a new epoch at offset 0); anything stored under the channel before is gone.
     Created {
+        /// The channel.
         channel: ChannelName,
+        /// The new stream's epoch.
         epoch: Arc<str>,
     },
     /// A publication, which moves the stream to its offset; publications of the channel below
     /// `first_kept` are no longer kept.
     Appended {
+        /// The publication, with its channel and offset.
         publication: Arc<Publication>,
+        /// The lowest offset still kept.
         first_kept: u64,
         /// The publish's idempotency key and when it stops counting (Unix milliseconds).
         idempotency: Option<(Box<str>, u64)>,
     },
     /// The stream expired: forget it.
-    Dropped { channel: ChannelName },
+    Dropped {
+        /// The expired stream's channel.
+        channel: ChannelName,
+    },
 }
 
 /// A stream as the store gives it back.
 #[derive(Debug)]
 pub struct StoredStream {
+    /// The channel.
     pub channel: ChannelName,
+    /// The stream's epoch.
     pub epoch: String,
+    /// The last offset assigned (history may hold fewer).
     pub last_offset: u64,
     /// Oldest first.
     pub publications: Vec<StoredPublication>,
@@ -57,11 +67,15 @@ pub struct StoredStream {
 /// A publication as the store gives it back.
 #[derive(Debug)]
 pub struct StoredPublication {
+    /// Its offset in the stream.
     pub offset: u64,
+    /// Its event name, if any.
     pub event: Option<Box<str>>,
+    /// Its payload.
     pub data: Box<RawValue>,
     /// Unix milliseconds when it was first accepted.
     pub ts: u64,
+    /// The client that published it, for client publications.
     pub from: Option<Publisher>,
     /// Its idempotency key and when that stops counting (Unix milliseconds).
     pub idempotency: Option<(Box<str>, u64)>,

@@ -9,7 +9,9 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::channel::ChannelName;
 use crate::presence::ChannelEvent;
@@ -139,5 +141,37 @@ impl Hub {
     /// Forgets the pace of a channel that has no subscriber left here.
     pub(super) fn forget_pace(&self, channel: &ChannelName) {
         self.shared.pace.lock().remove(channel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A large channel writes directly while its passes do not overlap (with an eighth to
+    /// spare), and the estimate of a direct pass falls slowly after short passes.
+    #[tokio::test(start_paused = true)]
+    async fn direct_writes_only_while_passes_leave_room() {
+        let start = Instant::now();
+        assert!(FanOutPace::allows_direct(None, start), "a first pass");
+        // A direct pass of 8 ms.
+        tokio::time::advance(Duration::from_millis(8)).await;
+        let pace = FanOutPace::after(None, start, true);
+        assert_eq!(pace.direct_pass, Duration::from_millis(8));
+        // The next pass may write directly 9 ms after the last one started, not before.
+        assert!(!FanOutPace::allows_direct(
+            Some(pace),
+            start + Duration::from_millis(8)
+        ));
+        assert!(FanOutPace::allows_direct(
+            Some(pace),
+            start + Duration::from_millis(9)
+        ));
+        // A queued pass leaves the estimate as it was.
+        let queued = FanOutPace::after(Some(pace), Instant::now(), false);
+        assert_eq!(queued.direct_pass, Duration::from_millis(8));
+        // A direct pass that took no time lowers it by an eighth only.
+        let quick = FanOutPace::after(Some(pace), Instant::now(), true);
+        assert_eq!(quick.direct_pass, Duration::from_millis(7));
     }
 }

@@ -48,7 +48,7 @@ use parking_lot::Mutex;
 
 pub use fan_out::DIRECT_WRITE_MAX_SUBSCRIBERS;
 pub use node::{ChannelInfo, HubSnapshot};
-pub use outbox::{DirectWrite, Outbound, Outbox, Pushed, Written};
+pub use outbox::{DirectWrite, Outbound, Outbox, Written};
 pub use session::{Recovery, Session, Subscribed, WeakSession};
 
 use crate::channel::{ChannelName, Namespaces};
@@ -73,9 +73,13 @@ pub const TYPING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(
 /// The hub's limits, from configuration.
 #[derive(Debug, Clone)]
 pub struct HubConfig {
+    /// The namespaces and their policies.
     pub namespaces: Namespaces,
+    /// Connections one user may hold on this node.
     pub connections_per_user: usize,
+    /// Subscriptions one connection may hold, its personal channel not counted.
     pub subscriptions_per_connection: usize,
+    /// The byte bound of each connection's outbox.
     pub outbound_queue_bytes: usize,
     /// How long a publish's idempotency key is remembered.
     pub idempotency_window: std::time::Duration,
@@ -330,6 +334,50 @@ mod tests {
             .expect("publish");
         assert_eq!(published.epoch, second.position.epoch, "stream kept");
         assert_eq!(published.offset, second.position.offset + 1);
+    }
+
+    /// One `typing` per user per channel per [`TYPING_INTERVAL`], on tokio's clock.
+    #[tokio::test(start_paused = true)]
+    async fn typing_is_throttled_per_user_and_channel() {
+        let mut policy = NamespacePolicy::new("chat", SubscribePolicy::Public);
+        policy.typing = true;
+        let config = HubConfig {
+            namespaces: Namespaces::new([policy]),
+            connections_per_user: 4,
+            subscriptions_per_connection: 4,
+            outbound_queue_bytes: 1 << 20,
+            idempotency_window: std::time::Duration::from_secs(60),
+        };
+        let hub = Hub::new(config, Arc::new(MemoryEngine::new()));
+        let a = connect(&hub, Identity::new("a")).await;
+        let a2 = connect(&hub, Identity::new("a")).await;
+        let b = connect(&hub, Identity::new("b")).await;
+        for session in [&a, &a2, &b] {
+            for channel in ["chat:1", "chat:2"] {
+                session
+                    .subscribe(&ch(channel), Recovery::Live)
+                    .await
+                    .expect("subscribe");
+            }
+        }
+        assert!(a.typing(&ch("chat:1")).await.expect("typing"));
+        assert!(!a.typing(&ch("chat:1")).await.expect("typing"), "throttled");
+        assert!(
+            !a2.typing(&ch("chat:1")).await.expect("typing"),
+            "per user, not per connection"
+        );
+        assert!(
+            a.typing(&ch("chat:2")).await.expect("typing"),
+            "per channel"
+        );
+        assert!(b.typing(&ch("chat:1")).await.expect("typing"), "per user");
+        tokio::time::advance(TYPING_INTERVAL - std::time::Duration::from_millis(1)).await;
+        assert!(!a.typing(&ch("chat:1")).await.expect("typing"));
+        tokio::time::advance(std::time::Duration::from_millis(1)).await;
+        assert!(
+            a.typing(&ch("chat:1")).await.expect("typing"),
+            "after the interval"
+        );
     }
 
     #[tokio::test]

@@ -18,19 +18,28 @@ use super::{Hub, MAX_EVENT_BYTES, MAX_IDEMPOTENCY_KEY_BYTES};
 /// One channel's entry in `GET /api/channels`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ChannelInfo {
+    /// The channel.
     pub channel: ChannelName,
+    /// Its subscribers on this node.
     pub subscribers: usize,
 }
 
 /// Node-wide figures.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct HubSnapshot {
+    /// Connections registered.
     pub connections: usize,
+    /// Distinct users among them.
     pub users: usize,
+    /// Channels with a subscriber.
     pub channels: usize,
+    /// Subscriptions held, personal channels included.
     pub subscriptions: usize,
+    /// Publications that reached this node.
     pub publications: u64,
+    /// Publications queued for (or written to) a subscriber.
     pub deliveries: u64,
+    /// Connections closed as slow consumers.
     pub slow_consumers: u64,
     /// Join, leave and typing events that reached this node.
     pub events: u64,

@@ -18,9 +18,11 @@
 //! more bytes. A transport may then lend the outbox a [`DirectWrite`]: while the connection is
 //! idle, a push writes the item straight to the socket from the fan-out, with no queue, no
 //! wake-up and no poll of the connection's task. Who may write to the socket is decided under the
-//! outbox's lock, so bytes never interleave: while `direct` is set the fan-out writes (under the
-//! lock); otherwise the connection's task does, and it sets `direct` again only when it finds the
-//! queue empty ([`Outbox::take_or_release`]). The first push that cannot be written whole hands the
+//! outbox's lock, so bytes never interleave: it is the [`Owner`] of the moment, either the
+//! connection's task or the fan-out (which writes under the lock), and every change of hands is a
+//! method of the outbox's state. Queuing an item always hands the socket to the task, and the
+//! fan-out gets it only from the task and only with nothing queued ([`Outbox::take_or_release`]),
+//! so a queued item is never overtaken. The first push that cannot be written whole hands the
 //! socket back to the task (and wakes it), so a client that stops reading costs one failed write,
 //! then queues as before.
 
@@ -53,12 +55,14 @@ pub enum Written {
 /// A transport's socket, written from the fan-out while its connection is idle (see the module
 /// documentation). Called under the outbox's lock: it must not block or wait.
 pub trait DirectWrite: Send + Sync {
+    /// Writes `item` without blocking, as much of it as the socket takes.
     fn try_write(&self, item: &Outbound) -> Written;
 }
 
 /// Something the hub wants written to a connection. The transport decides the bytes.
 #[derive(Debug, Clone)]
 pub enum Outbound {
+    /// A publication on a subscribed channel.
     Publication(Arc<Publication>),
     /// An ephemeral event on a subscribed channel (join, leave, typing).
     Event(Arc<ChannelEvent>),
@@ -98,11 +102,23 @@ struct State {
     recovering: Option<Box<Recovering>>,
     /// The transport's socket, when it accepts direct writes.
     writer: Option<Arc<dyn DirectWrite>>,
-    /// The connection is idle (nothing queued, nothing half-written): a push writes through
-    /// `writer`. Only ever set with an empty queue.
-    direct: bool,
+    /// Who may write to the socket now; changed only by [`State::hand_to_task`] and
+    /// [`State::hand_to_fan_out`].
+    owner: Owner,
     /// Heartbeats in a row with nothing heard from the client (see [`Outbox::silent_beats`]).
     silent_beats: u8,
+}
+
+/// Who may write to a connection's socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Owner {
+    /// The connection's task: something is queued, part of a frame waits to be written, the task
+    /// is answering its client, or no socket was lent. A push is queued.
+    #[default]
+    Task,
+    /// The fan-out: the connection is idle (nothing queued, nothing half-written, no close asked
+    /// for) and its socket is lent; a push writes straight to it.
+    FanOut,
 }
 
 /// Live publications of a channel held while the hub reads the channel's history, so that what
@@ -117,8 +133,10 @@ impl State {
         self.first.is_none()
     }
 
-    /// Queues `item` after everything already queued.
+    /// Queues `item` after everything already queued. A queued item is the task's to write, and
+    /// nothing may overtake it: the socket is the task's until the queue is empty again.
     fn enqueue(&mut self, item: Outbound) {
+        self.hand_to_task();
         if self.first.is_none() {
             self.first = Some(item);
         } else if self.second.is_none() && self.rest.is_empty() {
@@ -142,6 +160,34 @@ impl State {
     fn wake(&mut self) -> Option<Waker> {
         self.waker.take()
     }
+
+    /// The connection's task writes from now on; pushes are queued.
+    fn hand_to_task(&mut self) {
+        self.owner = Owner::Task;
+    }
+
+    /// The fan-out writes from now on, if it may: only with a socket lent, nothing queued and
+    /// no close asked for. Returns whether it does.
+    fn hand_to_fan_out(&mut self) -> bool {
+        if self.writer.is_some() && self.is_empty() && self.close.is_none() {
+            self.owner = Owner::FanOut;
+        }
+        self.owner == Owner::FanOut
+    }
+
+    /// The socket, if the fan-out may write to it now.
+    fn fan_out_writer(&self) -> Option<&Arc<dyn DirectWrite>> {
+        match self.owner {
+            Owner::FanOut => self.writer.as_ref(),
+            Owner::Task => None,
+        }
+    }
+
+    /// The socket was lent and the task holds it: it has something to write (the rest of a
+    /// frame a direct write could not finish, at least).
+    fn task_holds_socket(&self) -> bool {
+        self.owner == Owner::Task && self.writer.is_some()
+    }
 }
 
 /// The bounded queue plus the wake-up for the connection's task.
@@ -152,7 +198,8 @@ pub struct Outbox {
 
 /// What happened to a push.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Pushed {
+pub(crate) enum Pushed {
+    /// Queued for the connection's task.
     Queued,
     /// Written straight to the socket (the connection was idle).
     Written,
@@ -163,6 +210,7 @@ pub enum Pushed {
 }
 
 impl Outbox {
+    /// An empty outbox holding at most `limit_bytes` (plus one item).
     pub fn new(limit_bytes: usize) -> Self {
         Outbox {
             state: Mutex::new(State::default()),
@@ -171,13 +219,16 @@ impl Outbox {
     }
 
     /// Queues `item`, or closes the connection as a slow consumer if it does not fit.
-    pub fn push(&self, item: Outbound) -> Pushed {
+    #[cfg(test)]
+    fn push(&self, item: Outbound) -> Pushed {
         self.push_or_write(item, true)
     }
 
-    /// As [`Outbox::push`]; with `direct` false the item is queued even if the socket is idle
+    /// Queues `item` (or, with `direct` and an idle socket, writes it straight to the socket), or
+    /// closes the connection as a slow consumer if it does not fit. With `direct` false the item
+    /// is queued even if the socket is idle
     /// (see [`DIRECT_WRITE_MAX_SUBSCRIBERS`](super::DIRECT_WRITE_MAX_SUBSCRIBERS)).
-    pub fn push_or_write(&self, item: Outbound, direct: bool) -> Pushed {
+    pub(crate) fn push_or_write(&self, item: Outbound, direct: bool) -> Pushed {
         let size = item.queued_size();
         let mut state = self.state.lock();
         if state.close.is_some() {
@@ -209,30 +260,25 @@ impl Outbox {
                 return Pushed::Queued;
             }
         }
-        if state.direct && direct {
-            let written = match &state.writer {
-                Some(writer) => writer.try_write(&item),
-                None => Written::Nothing,
-            };
-            match written {
-                Written::All => return Pushed::Written,
-                Written::Part => {
-                    // The task writes the rest, and what follows.
-                    state.direct = false;
-                    let waker = state.wake();
-                    drop(state);
-                    if let Some(waker) = waker {
-                        waker.wake();
-                    }
-                    return Pushed::Written;
+        let written = match state.fan_out_writer() {
+            Some(writer) if direct => writer.try_write(&item),
+            _ => Written::Nothing,
+        };
+        match written {
+            Written::All => return Pushed::Written,
+            Written::Part => {
+                // The task writes the rest, and what follows.
+                state.hand_to_task();
+                let waker = state.wake();
+                drop(state);
+                if let Some(waker) = waker {
+                    waker.wake();
                 }
-                Written::Nothing => {}
+                return Pushed::Written;
             }
+            Written::Nothing => {}
         }
         state.bytes += size;
-        // A queued item is the task's to write, and nothing may overtake it: the socket is the
-        // task's until the queue is empty again.
-        state.direct = false;
         state.enqueue(item);
         let waker = state.wake();
         drop(state);
@@ -257,7 +303,7 @@ impl Outbox {
     /// and the queue's bound instead.)
     pub fn silent_beats(&self) -> u8 {
         let mut state = self.state.lock();
-        if state.direct {
+        if state.owner == Owner::FanOut {
             state.silent_beats = state.silent_beats.saturating_add(1);
         }
         state.silent_beats
@@ -265,7 +311,7 @@ impl Outbox {
 
     /// Starts holding `channel`'s live publications (call before subscribing the connection to
     /// it). Returns false if another channel is being recovered on this connection.
-    pub fn begin_recovery(&self, channel: &ChannelName) -> bool {
+    pub(crate) fn begin_recovery(&self, channel: &ChannelName) -> bool {
         let mut state = self.state.lock();
         if state.recovering.is_some() {
             return false;
@@ -281,7 +327,7 @@ impl Outbox {
     /// the held live publications that came after `position` (the stream's position when history
     /// was read), in order. Missed publications are shared with history and not counted against
     /// the queue's byte limit, so that replaying a long history cannot close a healthy client.
-    pub fn finish_recovery(&self, missed: Vec<Arc<Publication>>, position: &StreamPosition) {
+    pub(crate) fn finish_recovery(&self, missed: Vec<Arc<Publication>>, position: &StreamPosition) {
         let mut state = self.state.lock();
         let Some(recovering) = state.recovering.take() else {
             return;
@@ -305,7 +351,7 @@ impl Outbox {
     }
 
     /// Drops a recovery that failed, with what it held.
-    pub fn abort_recovery(&self) {
+    pub(crate) fn abort_recovery(&self) {
         let mut state = self.state.lock();
         if let Some(recovering) = state.recovering.take() {
             let held: usize = recovering.held.iter().map(|p| p.queued_size()).sum();
@@ -318,22 +364,21 @@ impl Outbox {
     /// [`Outbox::take_or_release`] that finds the queue empty.
     pub fn set_writer(&self, writer: Option<Arc<dyn DirectWrite>>) {
         let mut state = self.state.lock();
-        state.direct = false;
+        state.hand_to_task();
         state.writer = writer;
     }
 
     /// The connection's task takes the socket back to write something of its own (an answer, a
     /// ping): from now until its next [`Outbox::take_or_release`], pushes are queued.
     pub fn claim(&self) {
-        self.state.lock().direct = false;
+        self.state.lock().hand_to_task();
     }
 
     /// Like [`Outbox::take`], but when nothing is queued and no close was asked for, hands the
     /// socket to the fan-out for direct writes (if a writer was lent), under the same lock.
     pub fn take_or_release(&self, batch: &mut Vec<Outbound>) -> Option<Disconnect> {
         let mut state = self.state.lock();
-        if state.is_empty() && state.close.is_none() {
-            state.direct = state.writer.is_some();
+        if state.hand_to_fan_out() || (state.is_empty() && state.close.is_none()) {
             return None;
         }
         state.drain_into(batch);
@@ -346,7 +391,7 @@ impl Outbox {
         if state.close.is_none() {
             state.close = Some(Box::new(disconnect));
         }
-        state.direct = false;
+        state.hand_to_task();
         let waker = state.wake();
         drop(state);
         if let Some(waker) = waker {
@@ -374,9 +419,7 @@ impl Outbox {
     pub async fn wait(&self) {
         poll_fn(|cx| {
             self.poll_wait(cx, |state| {
-                !state.is_empty()
-                    || state.close.is_some()
-                    || (state.writer.is_some() && !state.direct)
+                !state.is_empty() || state.close.is_some() || state.task_holds_socket()
             })
         })
         .await
@@ -403,12 +446,12 @@ impl Outbox {
     /// Reads the queue's lock word, so that its cache line is on its way before the push that
     /// needs it. A fan-out warms a chunk of subscribers, then pushes to them: the loads overlap,
     /// where each push's locked instruction would otherwise wait for its own miss in turn.
-    pub fn warm(&self) {
+    pub(crate) fn warm(&self) {
         std::hint::black_box(self.state.is_locked());
     }
 
     /// Bytes currently queued.
-    pub fn queued_bytes(&self) -> usize {
+    pub(crate) fn queued_bytes(&self) -> usize {
         self.state.lock().bytes
     }
 }

@@ -43,6 +43,7 @@ pub enum Recovery {
 /// A subscription that took effect.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subscribed {
+    /// The channel.
     pub channel: ChannelName,
     /// The channel's position when the subscription began; publications after it follow.
     pub position: StreamPosition,
@@ -173,10 +174,12 @@ impl Session {
         &self.inner.client
     }
 
+    /// The connection's user.
     pub fn user(&self) -> &Arc<str> {
         &self.inner.user
     }
 
+    /// The connection's outbox, which its transport writes out.
     pub fn outbox(&self) -> &Outbox {
         &self.inner.outbox
     }
@@ -388,7 +391,7 @@ impl Session {
         let shared = &self.hub.shared;
         if !shared
             .typing
-            .admit(&self.inner.user, channel, std::time::Instant::now())
+            .admit(&self.inner.user, channel, tokio::time::Instant::now())
         {
             return Ok(false);
         }

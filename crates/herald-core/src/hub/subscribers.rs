@@ -14,11 +14,11 @@ pub(super) enum Subscribers<T> {
 }
 
 impl<T> Subscribers<T> {
-    pub fn one(id: u64, subscriber: Arc<T>) -> Self {
+    pub(super) fn one(id: u64, subscriber: Arc<T>) -> Self {
         Subscribers::One(id, subscriber)
     }
 
-    pub fn insert(&mut self, id: u64, subscriber: Arc<T>) {
+    pub(super) fn insert(&mut self, id: u64, subscriber: Arc<T>) {
         match self {
             Subscribers::One(only, _) if *only == id => *self = Subscribers::One(id, subscriber),
             Subscribers::One(only, first) => {
@@ -33,7 +33,7 @@ impl<T> Subscribers<T> {
 
     /// Removes `id`; returns whether the channel has no subscriber left (the caller then drops
     /// the entry).
-    pub fn remove(&mut self, id: u64) -> bool {
+    pub(super) fn remove(&mut self, id: u64) -> bool {
         match self {
             Subscribers::One(only, _) => *only == id,
             Subscribers::Many(map) => {
@@ -43,14 +43,14 @@ impl<T> Subscribers<T> {
         }
     }
 
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         match self {
             Subscribers::One(..) => 1,
             Subscribers::Many(map) => map.len(),
         }
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<T>> {
+    pub(super) fn iter(&self) -> impl Iterator<Item = &Arc<T>> {
         let (one, many) = match self {
             Subscribers::One(_, subscriber) => (Some(subscriber), None),
             Subscribers::Many(map) => (None, Some(map.values())),

@@ -3,11 +3,13 @@
 //!
 //! An entry is only useful for one interval, so the map is pruned of stale entries whenever it
 //! has doubled since the last pruning: memory stays proportional to the users typing right now,
-//! and each admission costs O(1) amortised.
+//! and each admission costs O(1) amortised. Time is tokio's clock, so a test can pause it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use parking_lot::Mutex;
 
