@@ -1,9 +1,9 @@
 //! Heartbeats and credential expiry for every WebSocket connection of the node, kept by one
 //! sweep instead of a timer in each connection's task.
 //!
-//! An idle connection's task is the largest thing it keeps, and a tokio timer inside it would
-//! cost 112 bytes of every task (and, with the task cell's rounding to 128 bytes, a whole 128).
-//! Here a connection is one small entry: when its next ping is due and when its credentials run
+//! An idle connection's task is the largest thing it keeps, and a tokio timer inside it would be
+//! a large share of it (`docs/benchmarks.md` lists where an idle connection's bytes go). Here a
+//! connection is one small entry: when its next ping is due and when its credentials run
 //! out. A sweep every [`Heartbeats::tick`] (an eighth of the heartbeat interval, at most 250 ms)
 //! takes the connections that are due, then, with the lock released:
 //!
