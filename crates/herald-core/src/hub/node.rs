@@ -16,14 +16,14 @@ use crate::publication::{Publisher, StreamPosition};
 use super::{Hub, MAX_EVENT_BYTES, MAX_IDEMPOTENCY_KEY_BYTES};
 
 /// One channel's entry in `GET /api/channels`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChannelInfo {
     pub channel: ChannelName,
     pub subscribers: usize,
 }
 
 /// Node-wide figures.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone)]
 pub struct HubSnapshot {
     pub connections: usize,
     pub users: usize,

@@ -4,8 +4,10 @@
 //! answered with a pong and a close with a close, and a text frame is parsed by the protocol
 //! module and passes the connection's command rate limit ([`CommandRate`]: `rate_limited`, then
 //! 4008 for a client that keeps sending) before `handle` answers it through the client's
-//! [`Session`]. A command's work and its answer happen in the connection's own task, so a slow
-//! hook or history read delays only that client; nothing here holds a lock across an `.await`.
+//! [`Session`]. Every answer, its `result` included, is built by `herald_core::protocol`: nothing
+//! here knows the wire format's field names. A command's work and its answer happen in the
+//! connection's own task, so a slow hook or history read delays only that client; nothing here
+//! holds a lock across an `.await`.
 
 use herald_core::protocol::{self, Command, RequestId};
 use herald_core::publication::now_millis;
@@ -141,7 +143,7 @@ impl Connection {
                     if id.is_none() {
                         return Ok(None);
                     }
-                    Ok(protocol::reply(id, &serde_json::json!({ "sent": sent })))
+                    Ok(protocol::reply(id, &protocol::typing_result(sent)))
                 }
                 Err(e) => Err(e),
             },
@@ -166,18 +168,12 @@ impl Connection {
                     // A token always has an expiry.
                     let expires_at = v.expires_at.unwrap_or_default();
                     session.set_identity(v.identity);
-                    self.send(protocol::reply(
-                        id,
-                        &serde_json::json!({ "expires_at": expires_at }),
-                    ))
-                    .await?;
+                    self.send(protocol::reply(id, &protocol::refresh_result(expires_at)))
+                        .await?;
                     return Ok(Some(expires_at));
                 }
             },
-            Command::Ping => Ok(protocol::reply(
-                id,
-                &serde_json::json!({ "pong": now_millis() }),
-            )),
+            Command::Ping => Ok(protocol::reply(id, &protocol::ping_result(now_millis()))),
         };
         match outcome {
             Ok(frame) => self.send(frame).await?,
