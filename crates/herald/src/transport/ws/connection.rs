@@ -31,8 +31,7 @@ use super::{
     CLOSE_INVALID_PAYLOAD, CLOSE_PROTOCOL_ERROR, CLOSE_TIMEOUT, READ_CHUNK, WRITE_TIMEOUT,
 };
 use crate::auth::Verified;
-use crate::server::App;
-use crate::transport::{deadline_of, verify_token};
+use crate::transport::{deadline_of, verify_token, ConnectionSlot};
 
 /// How a connection ended.
 pub(super) enum Ended {
@@ -73,11 +72,12 @@ enum WriteStopped {
 }
 
 /// One WebSocket connection, owned by its task: the socket (shared with the fan-out while the
-/// connection is idle), the node's state, and what the client has sent that is not yet a whole
-/// message.
+/// connection is idle), the node's state with the connection's place on the node (given back
+/// when the connection is dropped, at the task's end), and what the client has sent that is not
+/// yet a whole message.
 pub(super) struct Connection {
     socket: Arc<Socket>,
-    pub(super) app: App,
+    pub(super) app: ConnectionSlot,
     reader: FrameReader,
 }
 
@@ -85,8 +85,8 @@ pub(super) struct Connection {
 
 impl Connection {
     /// The connection of `stream`, whose first bytes (read by hyper past the upgrade request)
-    /// are `read_buf`.
-    pub(super) fn new(stream: TcpStream, read_buf: &[u8], app: App) -> Connection {
+    /// are `read_buf`, holding its place on the node.
+    pub(super) fn new(stream: TcpStream, read_buf: &[u8], app: ConnectionSlot) -> Connection {
         Connection {
             socket: Arc::new(Socket::new(stream, app.metrics.clone())),
             reader: FrameReader::with_bytes(read_buf),

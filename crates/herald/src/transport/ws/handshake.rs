@@ -1,11 +1,13 @@
 //! The WebSocket opening handshake: `GET /ws` up to the `101 Switching Protocols`.
 //!
 //! [`upgrade`] checks the request against RFC 6455 §4.2.1, admits the connection (shutting down,
-//! `Origin`, connection rate), reads the query string (the token and where the personal channel
-//! starts) and, for a client that brings no token, asks the backend's connect hook, all before it
-//! answers: every refusal is a plain HTTP error with the JSON error body, counted. It then takes
-//! the raw `TcpStream` back from hyper and starts the connection's task
-//! ([`Connection`](super::connection::Connection)) with what the request said ([`Handshake`]).
+//! `Origin`, connection rate, the node's `limits.max_connections`), reads the query string (the
+//! token and where the personal channel starts) and, for a client that brings no token, asks the
+//! backend's connect hook, all before it answers: every refusal is a plain HTTP error with the
+//! JSON error body, counted. It then takes the raw `TcpStream` back from hyper and starts the
+//! connection's task ([`Connection`](super::connection::Connection)) with what the request said
+//! ([`Handshake`]) and the connection's place on the node, which the task gives back when it
+//! ends (and the upgrade, when it fails before the task starts).
 //! Nothing here reads or writes a WebSocket frame, and nothing here waits for the client after
 //! the `101`: the auth frame, when the token comes that way, is the task's to wait for.
 
@@ -56,9 +58,12 @@ pub async fn upgrade(State(app): State<App>, Peer(peer): Peer, mut request: Requ
         ));
     };
     let headers = request.headers();
-    if let Err(e) = admit_connection(&app, peer, headers) {
-        return refuse(e);
-    }
+    // The connection's place on the node, given back when the connection ends, or on any
+    // refusal or failure before it starts.
+    let slot = match admit_connection(&app, peer, headers) {
+        Ok(slot) => slot,
+        Err(e) => return refuse(e),
+    };
     let query: ConnectQuery = match parse_query(request.uri()) {
         Ok(query) => query,
         Err(e) => return refuse(e),
@@ -99,7 +104,7 @@ pub async fn upgrade(State(app): State<App>, Peer(peer): Peer, mut request: Requ
         let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
             return tracing::error!("a WebSocket upgrade that is not a TCP stream; closing");
         };
-        let connection = Connection::new(parts.io.into_inner(), &parts.read_buf, app);
+        let connection = Connection::new(parts.io.into_inner(), &parts.read_buf, slot);
         // The connection gets a task of its own, sized by `Connection::run` alone.
         let task = connection.run(Box::new(Handshake {
             credentials,
