@@ -1,9 +1,15 @@
-//! Herald's native wire protocol: JSON text frames, client commands in, server frames out.
+//! Herald's wire formats: the native protocol's JSON frames (client commands in, server frames
+//! out, over WebSocket and as the `data:` of Server-Sent Events) and the JSON bodies of the HTTP
+//! API.
 //!
-//! This is the only module that knows the protocol's field names. Transports hand it the text of a
-//! frame and get a [`Command`] or a [`HeraldError`] back; they hand it what happened and get the
-//! bytes to write. Every HTTP error body comes from here too ([`http_error`]). `docs/protocol.md` is
-//! the reference for every frame here.
+//! This is the only module that knows their field names. Transports hand it the text of a frame
+//! and get a [`Command`] or a [`HeraldError`] back; they hand it what happened and get the bytes
+//! to write, or the value to serialise for a command's `result`. The HTTP API hands it what it
+//! found and gets the body to answer with (see "HTTP API bodies" below), and every HTTP error
+//! body, on every route, comes from here too ([`http_error`]). Nothing here does I/O or decides
+//! anything: what to answer is the caller's, how it is spelt is this module's.
+//! `docs/protocol.md` is the reference for every frame, `docs/configuration.md` for the API's
+//! bodies.
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -11,7 +17,7 @@ use serde_json::value::RawValue;
 use crate::channel::ChannelName;
 use crate::engine::{HistoryPage, HistoryQuery};
 use crate::error::{Disconnect, ErrorCode, HeraldError};
-use crate::hub::{Recovery, Subscribed};
+use crate::hub::{ChannelInfo, HubSnapshot, Recovery, Subscribed};
 use crate::presence::{ChannelEvent, EventKind, Presence, PresenceMember};
 use crate::publication::{Publication, Publisher, StreamPosition};
 
@@ -470,6 +476,34 @@ pub fn reply<T: Serialize>(id: Option<&RequestId>, result: &T) -> String {
     })
 }
 
+/// The result of a `typing` command that has an `id`: `{"sent":bool}`, false when the throttle
+/// dropped it.
+pub fn typing_result(sent: bool) -> impl Serialize {
+    #[derive(Serialize)]
+    struct TypingResult {
+        sent: bool,
+    }
+    TypingResult { sent }
+}
+
+/// The result of a successful `refresh`: `{"expires_at":<unix seconds>}`, the new token's expiry.
+pub fn refresh_result(expires_at: u64) -> impl Serialize {
+    #[derive(Serialize)]
+    struct RefreshResult {
+        expires_at: u64,
+    }
+    RefreshResult { expires_at }
+}
+
+/// The result of a `ping` command: `{"pong":<unix milliseconds>}`, the server's clock.
+pub fn ping_result(now_ms: u64) -> impl Serialize {
+    #[derive(Serialize)]
+    struct PingResult {
+        pong: u64,
+    }
+    PingResult { pong: now_ms }
+}
+
 /// `{"type":"error",...}`.
 pub fn error(id: Option<&RequestId>, code: ErrorCode, message: &str) -> String {
     #[derive(Serialize)]
@@ -566,6 +600,180 @@ impl<'a> MessageFrame<'a> {
             from: p.from.as_ref(),
         }
     }
+}
+
+// === HTTP API bodies ===
+//
+// The bodies of the HTTP API's successful answers. Their fields are written in the order the API
+// has always written them (alphabetical), so that the bytes do not change.
+
+/// One publication's outcome in a `POST /api/broadcast` or `POST /api/batch` answer:
+/// `{"channel","epoch","offset"}` where it landed, or `{"channel","error":{"code","message"}}`.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum PublishOutcome {
+    Published {
+        channel: String,
+        epoch: String,
+        offset: u64,
+    },
+    Refused {
+        channel: String,
+        error: ErrorDetail,
+    },
+}
+
+impl PublishOutcome {
+    /// The outcome of publishing to `channel` (the name as the request gave it).
+    pub fn new(channel: String, result: Result<StreamPosition, HeraldError>) -> PublishOutcome {
+        match result {
+            Ok(position) => PublishOutcome::Published {
+                channel,
+                epoch: position.epoch,
+                offset: position.offset,
+            },
+            Err(e) => PublishOutcome::Refused {
+                channel,
+                error: e.into(),
+            },
+        }
+    }
+}
+
+/// `{"results":[...]}`: the answer to `POST /api/broadcast` and `POST /api/batch`, one
+/// [`PublishOutcome`] per publication, in the request's order.
+pub fn publish_results(results: Vec<PublishOutcome>) -> impl Serialize {
+    #[derive(Serialize)]
+    struct PublishResults {
+        results: Vec<PublishOutcome>,
+    }
+    PublishResults { results }
+}
+
+/// `{}`: the answer to an API call that has nothing to report (`POST /api/disconnect`,
+/// `POST /api/unsubscribe`).
+pub fn empty_body() -> impl Serialize {
+    #[derive(Serialize)]
+    struct Empty {}
+    Empty {}
+}
+
+/// `{"channels":[{"channel","subscribers"}]}`: the answer to `GET /api/channels`.
+pub fn channel_list(channels: Vec<ChannelInfo>) -> impl Serialize {
+    #[derive(Serialize)]
+    struct Entry {
+        channel: ChannelName,
+        subscribers: usize,
+    }
+    #[derive(Serialize)]
+    struct ChannelList {
+        channels: Vec<Entry>,
+    }
+    ChannelList {
+        channels: channels
+            .into_iter()
+            .map(|c| Entry {
+                channel: c.channel,
+                subscribers: c.subscribers,
+            })
+            .collect(),
+    }
+}
+
+/// `{"connections","online","user"}`: the answer to `GET /api/users/{user}`.
+pub fn user_status(user: String, connections: usize) -> impl Serialize {
+    #[derive(Serialize)]
+    struct UserStatus {
+        connections: usize,
+        online: bool,
+        user: String,
+    }
+    UserStatus {
+        connections,
+        online: connections > 0,
+        user,
+    }
+}
+
+/// What `GET /api/stats` reports beside the hub's own figures: the server's counters and how
+/// long the process has run.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerFigures {
+    pub messages_in: u64,
+    pub messages_out: u64,
+    pub uptime_s: u64,
+}
+
+/// What `GET /api/stats` reports of the whole cluster: `{"connections","nodes","users"}`.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ClusterFigures {
+    pub connections: usize,
+    pub nodes: usize,
+    pub users: usize,
+}
+
+/// `{"cluster":{...},"engine":...,"node":{...}}`: the answer to `GET /api/stats`.
+pub fn node_stats(
+    engine: &'static str,
+    node: &HubSnapshot,
+    server: ServerFigures,
+    cluster: ClusterFigures,
+) -> impl Serialize {
+    #[derive(Serialize)]
+    struct Node {
+        channels: usize,
+        connections: usize,
+        deliveries_queued: u64,
+        events: u64,
+        messages_in: u64,
+        messages_out: u64,
+        queued_bytes: usize,
+        slow_consumers: u64,
+        subscriptions: usize,
+        uptime_s: u64,
+        users: usize,
+    }
+    #[derive(Serialize)]
+    struct Stats {
+        cluster: ClusterFigures,
+        engine: &'static str,
+        node: Node,
+    }
+    Stats {
+        cluster,
+        engine,
+        node: Node {
+            channels: node.channels,
+            connections: node.connections,
+            deliveries_queued: node.deliveries,
+            events: node.events,
+            messages_in: server.messages_in,
+            messages_out: server.messages_out,
+            queued_bytes: node.queued_bytes,
+            slow_consumers: node.slow_consumers,
+            subscriptions: node.subscriptions,
+            uptime_s: server.uptime_s,
+            users: node.users,
+        },
+    }
+}
+
+/// `{"status":"ok"}`: the answer to `GET /health`.
+pub fn health() -> impl Serialize {
+    status("ok")
+}
+
+/// `{"status":"ready"}`: the answer to `GET /ready` when the node can take traffic.
+pub fn ready() -> impl Serialize {
+    status("ready")
+}
+
+fn status(status: &'static str) -> impl Serialize {
+    #[derive(Serialize)]
+    struct Status {
+        status: &'static str,
+    }
+    Status { status }
 }
 
 #[cfg(test)]
@@ -674,6 +882,91 @@ mod tests {
             detail,
             serde_json::json!({"code": "bad_request", "message": "no"})
         );
+    }
+
+    /// The bytes each body has always had: what `serde_json::json!` wrote (its maps sort keys).
+    #[test]
+    fn bodies_and_results_keep_their_bytes() {
+        use serde_json::json;
+        let same = |built: String, before: Value| assert_eq!(built, before.to_string());
+        let id = RequestId::Number(4);
+        assert_eq!(
+            reply(Some(&id), &typing_result(false)),
+            r#"{"type":"reply","id":4,"result":{"sent":false}}"#
+        );
+        assert_eq!(
+            reply(Some(&id), &refresh_result(1_700_000_000)),
+            r#"{"type":"reply","id":4,"result":{"expires_at":1700000000}}"#
+        );
+        assert_eq!(
+            reply(None, &ping_result(1_700_000_000_123)),
+            r#"{"type":"reply","result":{"pong":1700000000123}}"#
+        );
+        let outcomes = vec![
+            PublishOutcome::new(
+                "chat:1".into(),
+                Ok(StreamPosition {
+                    offset: 7,
+                    epoch: "e1".into(),
+                }),
+            ),
+            PublishOutcome::new("bad name".into(), Err(HeraldError::bad_request("no"))),
+        ];
+        same(
+            encode(&publish_results(outcomes)),
+            json!({"results": [
+                {"channel": "chat:1", "offset": 7, "epoch": "e1"},
+                {"channel": "bad name", "error": {"code": "bad_request", "message": "no"}},
+            ]}),
+        );
+        same(encode(&empty_body()), json!({}));
+        let channels = vec![ChannelInfo {
+            channel: ChannelName::parse("chat:1").expect("channel"),
+            subscribers: 2,
+        }];
+        same(
+            encode(&channel_list(channels)),
+            json!({"channels": [{"channel": "chat:1", "subscribers": 2}]}),
+        );
+        same(
+            encode(&user_status("bob".into(), 0)),
+            json!({"user": "bob", "online": false, "connections": 0}),
+        );
+        let snapshot = HubSnapshot {
+            connections: 2,
+            users: 3,
+            channels: 4,
+            subscriptions: 5,
+            publications: 6,
+            deliveries: 7,
+            slow_consumers: 8,
+            events: 9,
+            queued_bytes: 10,
+        };
+        let server = ServerFigures {
+            messages_in: 11,
+            messages_out: 12,
+            uptime_s: 13,
+        };
+        let cluster = ClusterFigures {
+            connections: 2,
+            nodes: 1,
+            users: 3,
+        };
+        same(
+            encode(&node_stats("memory", &snapshot, server, cluster)),
+            json!({
+                "engine": "memory",
+                "node": {
+                    "connections": 2, "users": 3, "channels": 4, "subscriptions": 5,
+                    "messages_in": 11, "messages_out": 12, "deliveries_queued": 7,
+                    "slow_consumers": 8, "events": 9, "queued_bytes": 10, "uptime_s": 13,
+                },
+                "cluster": {"nodes": 1, "connections": 2, "users": 3},
+            }),
+        );
+        same(encode(&health()), json!({"status": "ok"}));
+        same(encode(&ready()), json!({"status": "ready"}));
     }
 
     #[test]

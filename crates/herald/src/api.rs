@@ -8,6 +8,9 @@
 //! router and the extractors refuse: a query string or a path segment that does not parse
 //! ([`ApiQuery`], [`ApiPath`]), a wrong method ([`method_not_allowed`]), an unknown path
 //! ([`not_found`]). Keys are never logged.
+//!
+//! Handlers decide what to answer; `herald_core::protocol` spells it: every body, successful or
+//! not, is built there, and nothing here names a field of one.
 
 use std::error::Error as _;
 
@@ -21,11 +24,10 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use herald_core::engine::HistoryQuery;
-use herald_core::protocol::ErrorDetail;
+use herald_core::protocol::{ClusterFigures, PublishOutcome, ServerFigures};
 use herald_core::{protocol, ChannelName, ErrorCode, HeraldError, StreamPosition};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use serde_json::value::RawValue;
 use subtle::ConstantTimeEq;
 
@@ -229,21 +231,6 @@ pub struct PublishBody {
     idempotency_key: Option<String>,
 }
 
-/// The result of one publication in a broadcast or batch.
-#[derive(Serialize)]
-#[serde(untagged)]
-enum ItemResult {
-    Ok {
-        channel: String,
-        offset: u64,
-        epoch: String,
-    },
-    Err {
-        channel: String,
-        error: ErrorDetail,
-    },
-}
-
 async fn publish_one(
     app: &App,
     channel_name: &str,
@@ -270,25 +257,16 @@ async fn publish_one(
     Ok(position)
 }
 
-fn item_result(
+/// One publication's outcome in a broadcast or batch; a refused one is counted.
+fn outcome(
     app: &App,
     channel: String,
     result: Result<StreamPosition, HeraldError>,
-) -> ItemResult {
-    match result {
-        Ok(p) => ItemResult::Ok {
-            channel,
-            offset: p.offset,
-            epoch: p.epoch,
-        },
-        Err(e) => {
-            app.metrics.error(e.code);
-            ItemResult::Err {
-                channel,
-                error: e.into(),
-            }
-        }
+) -> PublishOutcome {
+    if let Err(e) = &result {
+        app.metrics.error(e.code);
     }
+    PublishOutcome::new(channel, result)
 }
 
 /// `POST /api/publish` → `{offset, epoch}`.
@@ -320,16 +298,16 @@ pub struct BroadcastBody {
 pub async fn broadcast(
     State(app): State<App>,
     JsonBody(body): JsonBody<BroadcastBody>,
-) -> ApiResult<serde_json::Value> {
+) -> ApiResult<impl Serialize> {
     if body.channels.is_empty() {
         return Err(counted(&app, HeraldError::bad_request("channels is empty")));
     }
     let mut results = Vec::with_capacity(body.channels.len());
     for name in body.channels {
         let result = publish_one(&app, &name, body.event.clone(), body.data.clone(), None).await;
-        results.push(item_result(&app, name, result));
+        results.push(outcome(&app, name, result));
     }
-    Ok(Json(json!({ "results": results })))
+    Ok(Json(protocol::publish_results(results)))
 }
 
 #[derive(Deserialize)]
@@ -342,13 +320,13 @@ pub struct BatchBody {
 pub async fn batch(
     State(app): State<App>,
     JsonBody(body): JsonBody<BatchBody>,
-) -> ApiResult<serde_json::Value> {
+) -> ApiResult<impl Serialize> {
     let mut results = Vec::with_capacity(body.publications.len());
     for p in body.publications {
         let result = publish_one(&app, &p.channel, p.event, p.data, p.idempotency_key).await;
-        results.push(item_result(&app, p.channel, result));
+        results.push(outcome(&app, p.channel, result));
     }
-    Ok(Json(json!({ "results": results })))
+    Ok(Json(protocol::publish_results(results)))
 }
 
 #[derive(Deserialize)]
@@ -367,12 +345,12 @@ fn yes() -> bool {
 pub async fn disconnect(
     State(app): State<App>,
     JsonBody(body): JsonBody<DisconnectBody>,
-) -> ApiResult<serde_json::Value> {
+) -> ApiResult<impl Serialize> {
     app.hub
         .disconnect_user(&body.user, body.reconnect)
         .await
         .map_err(|e| counted(&app, e))?;
-    Ok(Json(json!({})))
+    Ok(Json(protocol::empty_body()))
 }
 
 #[derive(Deserialize)]
@@ -386,13 +364,13 @@ pub struct UnsubscribeBody {
 pub async fn unsubscribe(
     State(app): State<App>,
     JsonBody(body): JsonBody<UnsubscribeBody>,
-) -> ApiResult<serde_json::Value> {
+) -> ApiResult<impl Serialize> {
     let channel = channel(&app, &body.channel)?;
     app.hub
         .unsubscribe_user(&body.user, channel)
         .await
         .map_err(|e| counted(&app, e))?;
-    Ok(Json(json!({})))
+    Ok(Json(protocol::empty_body()))
 }
 
 #[derive(Deserialize)]
@@ -405,8 +383,10 @@ pub struct ChannelsQuery {
 pub async fn channels(
     State(app): State<App>,
     ApiQuery(query): ApiQuery<ChannelsQuery>,
-) -> ApiResult<serde_json::Value> {
-    Ok(Json(json!({ "channels": app.hub.channels(&query.prefix) })))
+) -> ApiResult<impl Serialize> {
+    Ok(Json(protocol::channel_list(
+        app.hub.channels(&query.prefix),
+    )))
 }
 
 #[derive(Deserialize)]
@@ -481,40 +461,32 @@ pub async fn presence(
 pub async fn user(
     State(app): State<App>,
     ApiPath(user): ApiPath<String>,
-) -> ApiResult<serde_json::Value> {
+) -> ApiResult<impl Serialize> {
     let connections = app.hub.user_connections(&user);
-    Ok(Json(
-        json!({ "user": user, "online": connections > 0, "connections": connections }),
-    ))
+    Ok(Json(protocol::user_status(user, connections)))
 }
 
 /// `GET /api/stats`: this node's figures.
-pub async fn stats(State(app): State<App>) -> ApiResult<serde_json::Value> {
-    let snapshot = app.hub.snapshot();
-    let node = json!({
-        "connections": snapshot.connections,
-        "users": snapshot.users,
-        "channels": snapshot.channels,
-        "subscriptions": snapshot.subscriptions,
-        "messages_in": app.metrics.messages_in.get(),
-        "messages_out": app.metrics.messages_out.get(),
-        "deliveries_queued": snapshot.deliveries,
-        "slow_consumers": snapshot.slow_consumers,
-        "events": snapshot.events,
-        "queued_bytes": snapshot.queued_bytes,
-        "uptime_s": app.started.elapsed().as_secs(),
-    });
-    Ok(Json(json!({
-        "engine": app.hub.engine().name(),
-        "node": node,
-        // With one node, the cluster is this node; the Redis engine sums across nodes.
-        "cluster": { "nodes": 1, "connections": snapshot.connections, "users": snapshot.users },
-    })))
+pub async fn stats(State(app): State<App>) -> ApiResult<impl Serialize> {
+    let server = ServerFigures {
+        messages_in: app.metrics.messages_in.get(),
+        messages_out: app.metrics.messages_out.get(),
+        uptime_s: app.started.elapsed().as_secs(),
+    };
+    let node = app.hub.snapshot();
+    // With one node, the cluster is this node; the Redis engine sums across nodes.
+    let cluster = ClusterFigures {
+        connections: node.connections,
+        nodes: 1,
+        users: node.users,
+    };
+    let engine = app.hub.engine().name();
+    Ok(Json(protocol::node_stats(engine, &node, server, cluster)))
 }
 
 /// `GET /health`: the process is up.
-pub async fn health() -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok" }))
+pub async fn health() -> Json<impl Serialize> {
+    Json(protocol::health())
 }
 
 /// `GET /ready`: the engine answers and the server is not shutting down.
@@ -523,7 +495,7 @@ pub async fn ready(State(app): State<App>) -> Response {
         return counted(&app, HeraldError::unavailable("shutting down")).into_response();
     }
     match app.hub.engine().ready().await {
-        Ok(()) => Json(json!({ "status": "ready" })).into_response(),
+        Ok(()) => Json(protocol::ready()).into_response(),
         Err(e) => counted(&app, e).into_response(),
     }
 }

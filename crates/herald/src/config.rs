@@ -172,7 +172,13 @@ pub struct Limits {
     pub subscriptions_per_connection: usize,
     pub connections_per_user: usize,
     pub connections_per_ip_per_second: u32,
+    /// Client connections (WebSocket and SSE) this node holds at once, from admission until they
+    /// end; the next one is refused with `503`. Defaults to what the file-descriptor limit allows
+    /// ([`default_max_connections`]).
+    pub max_connections: usize,
     pub trusted_proxies: Vec<IpNet>,
+    /// The longest a client may take to send its HTTP request headers (any request, on a new
+    /// connection or a kept-alive one), and, on `/ws`, from the upgrade to the `auth` frame.
     #[serde(deserialize_with = "duration")]
     pub handshake_timeout: Duration,
     #[serde(deserialize_with = "duration")]
@@ -261,6 +267,7 @@ impl Default for Limits {
             subscriptions_per_connection: 128,
             connections_per_user: 16,
             connections_per_ip_per_second: 100,
+            max_connections: default_max_connections(),
             trusted_proxies: Vec::new(),
             handshake_timeout: Duration::from_secs(10),
             heartbeat_interval: Duration::from_secs(25),
@@ -269,6 +276,30 @@ impl Default for Limits {
             max_api_body_bytes: 8 * 1024 * 1024,
         }
     }
+}
+
+/// `limits.max_connections` where the file-descriptor limit cannot be read.
+const FALLBACK_MAX_CONNECTIONS: usize = 10_000;
+
+/// The default `limits.max_connections`: as many connections as the process's file-descriptor
+/// limit (soft `RLIMIT_NOFILE`) allows, less a reserve for what else the node opens (see
+/// [`connections_for_descriptors`]). 10,000 where the limit cannot be read.
+pub fn default_max_connections() -> usize {
+    match rlimit::Resource::NOFILE.get_soft() {
+        Ok(descriptors) => connections_for_descriptors(descriptors),
+        Err(_) => FALLBACK_MAX_CONNECTIONS,
+    }
+}
+
+/// How many client connections `descriptors` file descriptors hold: each takes one, and a
+/// twentieth of them, at least 64, stay for the rest of the node: the listener, the history
+/// store's file, the runtime's own descriptors, the HTTP API's and `/metrics`' connections,
+/// requests still sending their headers, and the hooks' connections to the backend. At least 1.
+fn connections_for_descriptors(descriptors: u64) -> usize {
+    let reserve = (descriptors / 20).max(64);
+    usize::try_from(descriptors.saturating_sub(reserve))
+        .unwrap_or(usize::MAX)
+        .max(1)
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -410,6 +441,12 @@ const ENV_KEYS: &[(&str, Option<&str>, &str, Kind)] = &[
         "HERALD_LIMITS_CONNECTIONS_PER_IP_PER_SECOND",
         Some("limits"),
         "connections_per_ip_per_second",
+        Kind::Integer,
+    ),
+    (
+        "HERALD_LIMITS_MAX_CONNECTIONS",
+        Some("limits"),
+        "max_connections",
         Kind::Integer,
     ),
     (
@@ -595,7 +632,7 @@ impl Config {
             ));
         }
         let l = &self.limits;
-        let positive: [(&str, u64); 11] = [
+        let positive: [(&str, u64); 12] = [
             ("limits.commands_burst", l.commands_burst.into()),
             ("limits.max_frame_bytes", l.max_frame_bytes as u64),
             ("limits.commands_per_minute", l.commands_per_minute.into()),
@@ -608,6 +645,7 @@ impl Config {
                 "limits.connections_per_ip_per_second",
                 l.connections_per_ip_per_second.into(),
             ),
+            ("limits.max_connections", l.max_connections as u64),
             ("limits.outbound_queue_bytes", l.outbound_queue_bytes as u64),
             ("limits.max_api_body_bytes", l.max_api_body_bytes as u64),
             (
@@ -872,8 +910,11 @@ commands_burst = 20                  # ... plus this burst; over it: error rate_
 subscriptions_per_connection = 128   # beyond: error limit_exceeded
 connections_per_user = 16            # per node; the next one is closed with 4011
 connections_per_ip_per_second = 100  # new connections; over it: HTTP 429
+# max_connections = 10000            # open WebSocket and SSE connections on this node; over it:
+                                     # HTTP 503. Default: the file-descriptor limit less 5%
+                                     # (at least 64 kept for the rest of the node)
 trusted_proxies = []                 # CIDRs whose X-Forwarded-For is believed
-handshake_timeout = "10s"            # upgrade plus auth frame
+handshake_timeout = "10s"            # HTTP request headers; on /ws, upgrade to auth frame
 heartbeat_interval = "25s"           # server ping; silent for over two intervals: dropped (4012)
 outbound_queue_bytes = 1048576       # per connection; a client that falls further behind: 4010
 shutdown_drain = "10s"               # SIGTERM: 1012 disconnects spread over this window
@@ -986,6 +1027,14 @@ mod tests {
                 "limits.connections_per_user",
             ),
             (
+                base.replace("# max_connections = 10000", "max_connections = 0"),
+                "limits.max_connections",
+            ),
+            (
+                base.replace("# max_connections = 10000", "max_connections = -1"),
+                "max_connections",
+            ),
+            (
                 base.replace("name = \"site\"", "name = \"chat\""),
                 "namespace[1].name",
             ),
@@ -1037,6 +1086,33 @@ mod tests {
         let err = Config::load(None, env(&[("HERALD_LIMITS_MAX_FRAME_BYTES", "lots")]))
             .expect_err("not a number");
         assert!(err.to_string().contains("HERALD_LIMITS_MAX_FRAME_BYTES"));
+    }
+
+    #[test]
+    fn max_connections_leaves_descriptors_for_the_rest_of_the_node() {
+        assert_eq!(connections_for_descriptors(1024), 960);
+        assert_eq!(connections_for_descriptors(65_536), 62_260);
+        assert_eq!(connections_for_descriptors(1_048_576), 996_148);
+        assert_eq!(connections_for_descriptors(10), 1);
+        assert!(default_max_connections() >= 1);
+        assert_eq!(
+            Config::default().limits.max_connections,
+            default_max_connections()
+        );
+        let config = Config::load_development(env(&[("HERALD_LIMITS_MAX_CONNECTIONS", "3")]));
+        assert_eq!(config.expect("valid").limits.max_connections, 3);
+        let err = Config::load_development(env(&[("HERALD_LIMITS_MAX_CONNECTIONS", "0")]))
+            .expect_err("zero")
+            .to_string();
+        assert!(err.contains("limits.max_connections"), "{err}");
+        let text = init_template().replace("# max_connections = 10000", "max_connections = 3");
+        assert_eq!(
+            Config::from_toml(&text)
+                .expect("valid")
+                .limits
+                .max_connections,
+            3
+        );
     }
 
     #[test]

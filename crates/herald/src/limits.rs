@@ -1,11 +1,13 @@
-//! The limits that protect the server from one client: the per-connection command rate, the
-//! per-IP connection rate, the client address behind trusted proxies, and allowed origins.
+//! The limits that protect the server from one client, and the node from too many: the
+//! per-connection command rate, the per-IP connection rate, the node's cap on open connections,
+//! the client address behind trusted proxies, and allowed origins.
 //!
 //! Each limit here answers yes or no; the transport turns a no into the documented error or close
 //! code and counts it.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use axum::http::HeaderMap;
@@ -80,6 +82,45 @@ impl ConnectionRate {
     }
 }
 
+/// The node's open client connections, at most `limits.max_connections`: each holds one file
+/// descriptor (and its memory) until it ends, so past the cap a new one is refused rather than
+/// left to fail, or to starve the others, when the process runs out of descriptors.
+///
+/// Only `transport::ConnectionSlot` takes and gives back, so that every place taken is given back
+/// exactly once.
+pub struct ConnectionCap {
+    max: usize,
+    open: AtomicUsize,
+}
+
+impl ConnectionCap {
+    pub fn new(max: usize) -> Self {
+        ConnectionCap {
+            max,
+            open: AtomicUsize::new(0),
+        }
+    }
+
+    /// Counts one more open connection; false, counting nothing, when the cap is reached.
+    pub fn try_take(&self) -> bool {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < self.max).then_some(open + 1)
+            })
+            .is_ok()
+    }
+
+    /// Counts one open connection less.
+    pub fn give_back(&self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// The connections open now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+}
+
 /// The client's address: the peer, or, when the peer is a trusted proxy, the right-most address
 /// in `X-Forwarded-For` that is not itself a trusted proxy.
 pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
@@ -125,6 +166,18 @@ pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn the_connection_cap_admits_up_to_its_max_and_again_after_a_give_back() {
+        let cap = ConnectionCap::new(2);
+        assert!(cap.try_take());
+        assert!(cap.try_take());
+        assert!(!cap.try_take());
+        assert_eq!(cap.open(), 2);
+        cap.give_back();
+        assert!(cap.try_take());
+        assert!(!cap.try_take());
+    }
 
     #[test]
     fn bucket_allows_burst_then_the_sustained_rate() {

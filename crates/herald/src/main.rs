@@ -128,7 +128,12 @@ fn serve(config_path: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(),
             print_development_banner(&config, address);
         }
         let app = server::build(config).map_err(|e| format!("configuration error: {e}"))?;
-        tracing::info!(%address, engine = app.hub.engine().name(), "herald listening");
+        tracing::info!(
+            %address,
+            engine = app.hub.engine().name(),
+            max_connections = app.config.limits.max_connections,
+            "herald listening"
+        );
         server::run(listener, app, shutdown_signal())
             .await
             .map_err(|e| format!("server error: {e}"))?;

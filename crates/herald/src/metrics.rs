@@ -15,6 +15,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+/// The `reason` of `herald_connections_refused_total` when the node is at
+/// `limits.max_connections`.
+const REFUSED_MAX_CONNECTIONS: &str = "max_connections";
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CodeLabel {
     pub code: &'static str,
@@ -56,6 +60,9 @@ pub struct Metrics {
     pub errors: Family<CodeLabel, Counter>,
     /// Connections closed by the server, by reason; `client_closed` when the client left.
     pub disconnects: Family<ReasonLabel, Counter>,
+    /// Client connections refused because the node is at one of its limits, by reason
+    /// (`max_connections`); each is counted in `errors` too.
+    pub connections_refused: Family<ReasonLabel, Counter>,
     /// Requests to the backend's hooks, by hook and result (`allowed`, `denied`, `unavailable`).
     pub hook_requests: Family<HookLabel, Counter>,
     /// How long the backend's hooks took to answer, by hook.
@@ -86,6 +93,7 @@ impl Metrics {
         let publish_to_write = Histogram::new(buckets);
         let errors = Family::<CodeLabel, Counter>::default();
         let disconnects = Family::<ReasonLabel, Counter>::default();
+        let connections_refused = Family::<ReasonLabel, Counter>::default();
         let hook_requests = Family::<HookLabel, Counter>::default();
         let hook_duration = Family::<HookNameLabel, Histogram>::new_with_constructor(|| {
             Histogram::new([
@@ -105,6 +113,9 @@ impl Metrics {
         }
         let _ = disconnects.get_or_create(&ReasonLabel {
             reason: "client_closed",
+        });
+        let _ = connections_refused.get_or_create(&ReasonLabel {
+            reason: REFUSED_MAX_CONNECTIONS,
         });
 
         registry.register(
@@ -150,6 +161,11 @@ impl Metrics {
             disconnects.clone(),
         );
         registry.register(
+            "connections_refused",
+            "Client connections refused because the node is at its limits, by reason",
+            connections_refused.clone(),
+        );
+        registry.register(
             "hook_requests",
             "Requests to the backend's hooks, by hook and result",
             hook_requests.clone(),
@@ -177,6 +193,7 @@ impl Metrics {
             publish_to_write,
             errors,
             disconnects,
+            connections_refused,
             hook_requests,
             hook_duration,
             typing_throttled,
@@ -203,6 +220,15 @@ impl Metrics {
     pub fn disconnect(&self, reason: &'static str) {
         self.disconnects
             .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// Counts a connection refused because the node is at `limits.max_connections`.
+    pub fn refused_max_connections(&self) {
+        self.connections_refused
+            .get_or_create(&ReasonLabel {
+                reason: REFUSED_MAX_CONNECTIONS,
+            })
             .inc();
     }
 

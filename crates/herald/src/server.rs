@@ -28,7 +28,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::api;
 use crate::auth::Authenticator;
 use crate::config::{Config, ConfigError, HistoryStore};
-use crate::limits::ConnectionRate;
+use crate::limits::{ConnectionCap, ConnectionRate};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::store;
@@ -45,6 +45,9 @@ pub struct AppState {
     pub proxy: Option<Arc<Proxy>>,
     /// New connections per IP per second.
     pub connection_rate: ConnectionRate,
+    /// Open client connections, at most `limits.max_connections`; taken and given back only
+    /// through `transport::ConnectionSlot`.
+    pub connection_cap: ConnectionCap,
     /// Pings and credential expiry of every WebSocket connection, kept by one sweep.
     pub heartbeats: Arc<Heartbeats>,
     pub started: Instant,
@@ -101,6 +104,7 @@ pub fn build(config: Config) -> Result<App, ConfigError> {
     );
     Ok(Arc::new(AppState {
         connection_rate: ConnectionRate::new(config.limits.connections_per_ip_per_second),
+        connection_cap: ConnectionCap::new(config.limits.max_connections),
         heartbeats: Heartbeats::start(config.limits.heartbeat_interval, hub.clone()),
         config,
         hub,
@@ -188,7 +192,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(accept_loop(listener, router(app.clone()), stopped));
+    let server = tokio::spawn(accept_loop(
+        listener,
+        router(app.clone()),
+        app.config.limits.handshake_timeout,
+        stopped,
+    ));
     shutdown.await;
     tracing::info!("shutdown: no longer accepting; disconnecting clients");
     app.shutting_down.store(true, Ordering::Relaxed);
@@ -220,9 +229,15 @@ pub async fn run(
 /// Herald serves plain HTTP/1.1 over TCP itself rather than through `axum::serve`: the WebSocket
 /// transport takes the raw `TcpStream` back out of an upgraded connection
 /// (`transport::ws`), which needs to know the exact type hyper was given.
+///
+/// A connection that has not sent a whole request head within `header_read_timeout`
+/// (`limits.handshake_timeout`), counted from when the server starts waiting for one (on
+/// accepting it, or after answering the previous request of a kept-alive one), is closed, so that
+/// a client that connects and stalls holds its file descriptor no longer than that.
 async fn accept_loop(
     listener: TcpListener,
     router: Router,
+    header_read_timeout: Duration,
     mut stopped: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
@@ -254,6 +269,7 @@ async fn accept_loop(
         tokio::spawn(async move {
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
+                .header_read_timeout(header_read_timeout)
                 // Answers to pipelined requests go out in one write, not one each.
                 .pipeline_flush(true)
                 .serve_connection(TokioIo::new(stream), service)

@@ -7,9 +7,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{assert_closed_with, closed, Client, TestServer, API_KEY};
+use common::{assert_closed_with, closed, Client, TestServer, API_KEY, PATIENCE};
 use futures_util::SinkExt;
-use serde_json::json;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
@@ -395,4 +398,201 @@ async fn bad_api_requests_get_json_errors() {
     }
     // The server is fine afterwards.
     server.publish("chat:1", json!(1)).await;
+}
+
+/// A WebSocket upgrade of `user` sent as a plain HTTP request, so that a refusal's body can be read.
+async fn upgrade_answer(server: &TestServer, user: &str) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .get(server.ws_url().replace("ws://", "http://"))
+        .bearer_auth(server.token(user))
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// `GET /sse` for `user` on `channel`; the response is the stream when it is accepted.
+async fn open_sse(server: &TestServer, user: &str, channel: &str) -> reqwest::Response {
+    let query = format!("/sse?channel={channel}&token={}", server.token(user));
+    reqwest::Client::new()
+        .get(server.url(&query))
+        .send()
+        .await
+        .unwrap()
+}
+
+fn assert_at_connection_limit(status: u16, body: &Value) {
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("connection limit"), "{message}");
+}
+
+#[tokio::test]
+async fn connections_past_max_connections_are_refused_with_503_until_one_ends() {
+    let mut config = TestServer::config();
+    config.limits.max_connections = 3;
+    let server = TestServer::start(config).await;
+    let mut alice = server.connect("alice").await;
+    let mut bob = server.connect("bob").await;
+    let stream = open_sse(&server, "carol", "feed:1").await;
+    assert_eq!(stream.status(), 200);
+
+    // The fourth connection, either way, is refused before it opens.
+    let (status, body) = upgrade_answer(&server, "dave").await;
+    assert_at_connection_limit(status, &body);
+    let refused = open_sse(&server, "dave", "feed:1").await;
+    let status = refused.status().as_u16();
+    assert_at_connection_limit(status, &refused.json().await.unwrap());
+    let header = format!("Bearer {}", server.token("dave"));
+    let attempt = server
+        .open_with_headers(&server.ws_url(), &[("authorization", &header)])
+        .await;
+    assert_eq!(attempt.err(), Some(503));
+    server
+        .assert_metric_at_least(
+            "herald_connections_refused_total{reason=\"max_connections\"}",
+            3.0,
+        )
+        .await;
+    server
+        .assert_metric_at_least("herald_errors_total{code=\"unavailable\"}", 3.0)
+        .await;
+
+    // Those admitted are unharmed.
+    server.publish("feed:1", json!({"n": 1})).await;
+    alice.subscribed("chat:limit").await;
+    server.publish("chat:limit", json!({"n": 2})).await;
+    assert_eq!(alice.next_message().await["data"]["n"], 2);
+
+    // Once a connection has ended, its place is free again.
+    bob.socket.close(None).await.unwrap();
+    drop(bob);
+    let mut dave = connect_when_a_place_is_free(&server, "dave").await;
+    dave.subscribed("chat:limit").await;
+    drop(stream);
+}
+
+/// Connects `user` by WebSocket, retrying while the node is at its connection limit: a place is
+/// given back when the connection's task has ended, a moment after the client sees it close.
+async fn connect_when_a_place_is_free(server: &TestServer, user: &str) -> Client {
+    let header = format!("Bearer {}", server.token(user));
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match server
+            .open_with_headers(&server.ws_url(), &[("authorization", &header)])
+            .await
+        {
+            Ok(socket) => return Client::established(socket).await,
+            Err(503) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(status) => panic!("no place free in time: {status}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn connections_refused_after_admission_give_their_place_back() {
+    let mut config = TestServer::config();
+    config.limits.max_connections = 1;
+    let server = TestServer::start(config).await;
+    // Admitted, then refused: a bad query string, a bad token over SSE, a bad auth frame.
+    for _ in 0..3 {
+        let url = format!("{}?since=garbage", server.ws_url());
+        let header = format!("Bearer {}", server.token("alice"));
+        let refused = server
+            .open_with_headers(&url, &[("authorization", &header)])
+            .await;
+        assert_eq!(refused.err(), Some(400));
+        let refused = reqwest::Client::new()
+            .get(server.url("/sse?channel=feed:1&token=not-a-token"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 401);
+    }
+    let mut bare = server.open_bare().await;
+    bare.send(Message::Text(
+        json!({"type": "auth", "token": "not-a-token"})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    assert_closed_with(&closed(&mut bare).await, 4001);
+    // The one place is free: a connection that ends gives it back again.
+    let mut alice = connect_when_a_place_is_free(&server, "alice").await;
+    alice.socket.close(None).await.unwrap();
+    drop(alice);
+    connect_when_a_place_is_free(&server, "bob").await;
+}
+
+/// Reads `socket` until the server closes it; how long that took, or `None` if it stayed open
+/// for `PATIENCE`.
+async fn closed_after(socket: &mut TcpStream, started: Instant) -> Option<Duration> {
+    let mut buffer = [0u8; 1024];
+    loop {
+        let read = tokio::time::timeout_at(started + PATIENCE, socket.read(&mut buffer)).await;
+        match read {
+            Err(_) => return None,
+            Ok(Ok(0) | Err(_)) => return Some(started.elapsed()),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_stalls_in_its_request_headers_is_closed_after_the_handshake_timeout() {
+    let timeout = Duration::from_millis(300);
+    let mut config = TestServer::config();
+    config.limits.handshake_timeout = timeout;
+    let server = TestServer::start(config).await;
+    let in_time = |took: Option<Duration>| {
+        let took = took.expect("the server closes the socket");
+        assert!(took >= timeout - Duration::from_millis(50), "{took:?}");
+        assert!(took < timeout + Duration::from_secs(2), "{took:?}");
+    };
+
+    // Connects and never finishes its request headers.
+    let started = Instant::now();
+    let mut stalled = TcpStream::connect(server.addr).await.unwrap();
+    stalled
+        .write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    in_time(closed_after(&mut stalled, started).await);
+
+    // A kept-alive connection that sends no next request is closed the same way.
+    let mut idle = TcpStream::connect(server.addr).await.unwrap();
+    idle.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = [0u8; 1024];
+    let read = idle.read(&mut answer).await.unwrap();
+    assert!(answer[..read].starts_with(b"HTTP/1.1 200"));
+    in_time(closed_after(&mut idle, Instant::now()).await);
+
+    // What has opened stays open well past the timeout: a WebSocket, an SSE stream.
+    let mut client = server.connect("alice").await;
+    client.subscribed("chat:slow").await;
+    let mut stream = open_sse(&server, "bob", "chat:slow").await;
+    assert_eq!(stream.status(), 200);
+    tokio::time::sleep(timeout * 3).await;
+    server.publish("chat:slow", json!({"n": 1})).await;
+    assert_eq!(client.next_message().await["data"]["n"], 1);
+    let mut received = String::new();
+    while !received.contains(r#""type":"message""#) {
+        let chunk = tokio::time::timeout(PATIENCE, stream.chunk())
+            .await
+            .expect("an event in time")
+            .unwrap()
+            .expect("the stream is open");
+        received.push_str(&String::from_utf8_lossy(&chunk));
+    }
 }

@@ -16,7 +16,7 @@ use crate::publication::{Publisher, StreamPosition};
 use super::{Hub, MAX_EVENT_BYTES, MAX_IDEMPOTENCY_KEY_BYTES};
 
 /// One channel's entry in `GET /api/channels`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChannelInfo {
     /// The channel.
     pub channel: ChannelName,
@@ -25,7 +25,7 @@ pub struct ChannelInfo {
 }
 
 /// Node-wide figures.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone)]
 pub struct HubSnapshot {
     /// Connections registered.
     pub connections: usize,

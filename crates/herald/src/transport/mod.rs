@@ -5,13 +5,15 @@
 //! - [`sse`]: Server-Sent Events at `/sse`, receive-only, resumable with `Last-Event-ID`.
 //!
 //! What every transport does the same way lives here: the admission checks before anything else,
-//! authentication (a token, or the backend's connect hook for a client that brings none), and when
-//! a connection's credentials run out.
+//! which give an admitted connection its place among the node's `limits.max_connections`
+//! ([`ConnectionSlot`], held until the connection ends), authentication (a token, or the backend's
+//! connect hook for a client that brings none), and when a connection's credentials run out.
 
 pub mod sse;
 pub mod ws;
 
 use std::net::SocketAddr;
+use std::ops::Deref;
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, FromRequestParts};
@@ -47,13 +49,14 @@ impl FromRequestParts<App> for Peer {
 }
 
 /// The checks every new client connection passes before anything else, on every transport:
-/// the server is not shutting down, the `Origin` is allowed, and the client's address is within
-/// its connection rate.
+/// the server is not shutting down, the `Origin` is allowed, the client's address is within its
+/// connection rate, and the node is below `limits.max_connections`. An admitted connection gets
+/// its place on the node, which it holds until it ends.
 pub(crate) fn admit_connection(
     app: &App,
     peer: SocketAddr,
     headers: &HeaderMap,
-) -> Result<(), HeraldError> {
+) -> Result<ConnectionSlot, HeraldError> {
     if app.is_shutting_down() {
         return Err(HeraldError::unavailable("server is shutting down"));
     }
@@ -67,7 +70,45 @@ pub(crate) fn admit_connection(
             "too many new connections from this address",
         ));
     }
-    Ok(())
+    ConnectionSlot::take(app).ok_or_else(|| {
+        app.metrics.refused_max_connections();
+        HeraldError::unavailable("this node is at its connection limit; try again later")
+    })
+}
+
+/// One of the node's `limits.max_connections` places, taken when a connection is admitted and
+/// given back when this is dropped: by the WebSocket connection's task when it ends (or by the
+/// upgrade when it fails before the task starts), by the SSE body stream when the response ends,
+/// or by the handler when it refuses the connection after admitting it.
+///
+/// It holds the node's state and stands for it (it dereferences to [`App`]), so that a connection
+/// keeps its place in the 8 bytes it would spend on the state anyway: the WebSocket
+/// `Connection`, which every idle connection's task holds, does not grow.
+pub(crate) struct ConnectionSlot {
+    app: App,
+}
+
+impl ConnectionSlot {
+    /// A place for one more connection; `None` when the node holds `limits.max_connections`.
+    fn take(app: &App) -> Option<ConnectionSlot> {
+        app.connection_cap
+            .try_take()
+            .then(|| ConnectionSlot { app: app.clone() })
+    }
+}
+
+impl Deref for ConnectionSlot {
+    type Target = App;
+
+    fn deref(&self) -> &App {
+        &self.app
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.app.connection_cap.give_back();
+    }
 }
 
 /// The request's headers that the backend's hooks get (`proxy.forward_headers`), when any hook

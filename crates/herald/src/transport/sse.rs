@@ -2,10 +2,10 @@
 //! only receive (notification bells, unread counters, dashboards) and for `curl -N`.
 //!
 //! The request is checked and authenticated like a WebSocket upgrade (origin, connection rate,
-//! token by `Authorization: Bearer` or `?token=`), then registers a [`Session`] with the hub and
-//! subscribes it to every requested channel, plus the personal channel, before the response
-//! starts: a refused channel is an HTTP error, not a broken stream. The response is then a
-//! stream of events:
+//! the node's `limits.max_connections`, token by `Authorization: Bearer` or `?token=`), then
+//! registers a [`Session`] with the hub and subscribes it to every requested channel, plus the
+//! personal channel, before the response starts: a refused channel is an HTTP error, not a
+//! broken stream. The response is then a stream of events:
 //!
 //! - `retry:` first, the reconnect delay the client should use;
 //! - `event: connected` and one `event: subscribed` per channel (the native frames as `data:`);
@@ -40,7 +40,7 @@ use crate::api::counted;
 use crate::auth::bearer_token;
 use crate::server::App;
 
-use super::Peer;
+use super::{ConnectionSlot, Peer};
 
 /// The comment that keeps a quiet stream open through proxies.
 const HEARTBEAT_COMMENT: &str = ": ping\n\n";
@@ -114,7 +114,9 @@ async fn open(
     headers: &HeaderMap,
     query: Option<&str>,
 ) -> Result<Response, HeraldError> {
-    super::admit_connection(app, peer, headers)?;
+    // The stream's place on the node: given back when the body stream ends, or on any refusal
+    // before it starts.
+    let slot = super::admit_connection(app, peer, headers)?;
     let request = SseRequest::parse(query)?;
     let header_id = headers
         .get("last-event-id")
@@ -214,7 +216,7 @@ async fn open(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let leeway = app.config.auth.jwt_leeway;
     let state = EventStream {
-        app: app.clone(),
+        app: slot,
         session,
         positions,
         heartbeat: ticker,
@@ -244,7 +246,9 @@ async fn open(
 
 /// The state of one open stream.
 struct EventStream {
-    app: App,
+    /// The node's state, with the stream's place on the node: given back when the body stream is
+    /// dropped (it ended, or the client went away).
+    app: ConnectionSlot,
     session: Session,
     positions: Vec<(ChannelName, StreamPosition)>,
     heartbeat: Interval,
