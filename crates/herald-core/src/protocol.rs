@@ -612,13 +612,20 @@ impl<'a> MessageFrame<'a> {
 #[derive(Debug, Serialize)]
 #[serde(untagged)]
 pub enum PublishOutcome {
+    /// Published at `offset` in `epoch`.
     Published {
+        /// The channel as the request named it.
         channel: String,
+        /// The stream's epoch.
         epoch: String,
+        /// The publication's offset.
         offset: u64,
     },
+    /// Refused; the error says why.
     Refused {
+        /// The channel as the request named it.
         channel: String,
+        /// Why.
         error: ErrorDetail,
     },
 }
@@ -699,16 +706,22 @@ pub fn user_status(user: String, connections: usize) -> impl Serialize {
 /// long the process has run.
 #[derive(Debug, Clone, Copy)]
 pub struct ServerFigures {
+    /// Publications received by this node (API and clients).
     pub messages_in: u64,
+    /// Publications written to clients by this node.
     pub messages_out: u64,
+    /// Seconds since the process started.
     pub uptime_s: u64,
 }
 
 /// What `GET /api/stats` reports of the whole cluster: `{"connections","nodes","users"}`.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct ClusterFigures {
+    /// Connections on every node.
     pub connections: usize,
+    /// Nodes in the cluster.
     pub nodes: usize,
+    /// Distinct users connected.
     pub users: usize,
 }
 
