@@ -12,7 +12,8 @@
 //! - [`api`]: the HTTP API for backends, health, readiness and metrics.
 //! - [`limits`]: command rate, connection rate, client address, allowed origins.
 //! - [`metrics`]: Prometheus series.
-//! - [`proxy`]: the backend's hooks (connect, subscribe, publish) over HTTP.
+//! - [`hooks`]: the backend's hooks (connect, subscribe, publish) over HTTP, configured under
+//!   `[proxy]`.
 //! - [`store`]: the durable history store (`history_store = "disk"`) on redb.
 //! - [`server`]: shared state, the router, and [`server::run`], the one entry point.
 //! - `main.rs`: the CLI (`serve`, `token`, `init`, `check-config`).
@@ -22,9 +23,9 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod hooks;
 pub mod limits;
 pub mod metrics;
-pub mod proxy;
 pub mod server;
 pub mod store;
 pub mod transport;

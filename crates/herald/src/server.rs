@@ -28,9 +28,9 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::api;
 use crate::auth::Authenticator;
 use crate::config::{Config, ConfigError, HistoryStore};
+use crate::hooks::HttpHooks;
 use crate::limits::{ConnectionCap, ConnectionRate};
 use crate::metrics::Metrics;
-use crate::proxy::Proxy;
 use crate::store;
 use crate::transport::ws::heartbeat::Heartbeats;
 use crate::transport::{sse, ws};
@@ -42,7 +42,7 @@ pub struct AppState {
     pub auth: Authenticator,
     pub metrics: Arc<Metrics>,
     /// The backend's hooks, when any is configured.
-    pub proxy: Option<Arc<Proxy>>,
+    pub hooks: Option<Arc<HttpHooks>>,
     /// New connections per IP per second.
     pub connection_rate: ConnectionRate,
     /// Open client connections, at most `limits.max_connections`; taken and given back only
@@ -83,14 +83,14 @@ pub fn build(config: Config) -> Result<App, ConfigError> {
     engine.spawn_sweeper(Duration::from_secs(30));
     engine.spawn_writer();
     let metrics = Arc::new(Metrics::new());
-    let proxy = Proxy::from_config(&config.proxy, metrics.clone());
-    if config.proxy.any() && proxy.is_none() {
+    let hooks = HttpHooks::from_config(&config.proxy, metrics.clone());
+    if config.proxy.any() && hooks.is_none() {
         return Err(ConfigError::new(
             "proxy",
             "the HTTP client for hooks could not be built",
         ));
     }
-    let hooks = proxy.clone().map(|p| p as Arc<dyn Hooks>);
+    let core_hooks = hooks.clone().map(|h| h as Arc<dyn Hooks>);
     let hub = Hub::with_hooks(
         HubConfig {
             namespaces,
@@ -100,7 +100,7 @@ pub fn build(config: Config) -> Result<App, ConfigError> {
             idempotency_window: config.api.idempotency_window,
         },
         engine,
-        hooks,
+        core_hooks,
     );
     Ok(Arc::new(AppState {
         connection_rate: ConnectionRate::new(config.limits.connections_per_ip_per_second),
@@ -110,7 +110,7 @@ pub fn build(config: Config) -> Result<App, ConfigError> {
         hub,
         auth,
         metrics,
-        proxy,
+        hooks,
         started: Instant::now(),
         shutting_down: AtomicBool::new(false),
     }))

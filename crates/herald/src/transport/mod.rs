@@ -114,7 +114,7 @@ impl Drop for ConnectionSlot {
 /// The request's headers that the backend's hooks get (`proxy.forward_headers`), when any hook
 /// is configured.
 pub(crate) fn forwarded_headers(app: &App, headers: &HeaderMap) -> Option<ForwardedHeaders> {
-    app.proxy.as_ref().and_then(|p| p.forwarded(headers))
+    app.hooks.as_ref().and_then(|h| h.forwarded(headers))
 }
 
 /// Verifies a client token; a bad one is `unauthorized`. `forwarded` is kept with the identity
@@ -141,9 +141,9 @@ pub(crate) async fn connect_hook(
     peer: SocketAddr,
     headers: &HeaderMap,
 ) -> Option<Result<Verified, HeraldError>> {
-    let proxy = app.proxy.as_ref().filter(|p| p.has_connect())?;
+    let hooks = app.hooks.as_ref().filter(|h| h.has_connect())?;
     let ip = client_ip(peer, headers, &app.config.limits.trusted_proxies);
-    let answer = proxy
+    let answer = hooks
         .connect(transport, ip, forwarded_headers(app, headers))
         .await
         .map_err(|e| match e.code {

@@ -1,5 +1,7 @@
 //! The backend's hooks over HTTP: `POST` a small JSON request to the configured URL and read a
 //! JSON answer, within `proxy.timeout`. `docs/hooks.md` is the reference for the bodies.
+//! [`HttpHooks`] implements the hub's [`Hooks`] trait (subscribe, publish) and the transports'
+//! connect hook; the configuration section keeps the specification's name, `[proxy]`.
 //!
 //! The rule everywhere is that a hook that cannot be asked never allows: a timeout, a refused
 //! connection, a status other than 2xx, or a body that is not the documented JSON is
@@ -50,7 +52,7 @@ impl Hook {
 }
 
 /// The HTTP client for the configured hooks.
-pub struct Proxy {
+pub struct HttpHooks {
     http: reqwest::Client,
     config: ProxyConfig,
     metrics: Arc<Metrics>,
@@ -97,9 +99,9 @@ struct Answer {
     data: Option<Box<RawValue>>,
 }
 
-impl Proxy {
+impl HttpHooks {
     /// The hooks client, or `None` when no hook is configured.
-    pub fn from_config(config: &ProxyConfig, metrics: Arc<Metrics>) -> Option<Arc<Proxy>> {
+    pub fn from_config(config: &ProxyConfig, metrics: Arc<Metrics>) -> Option<Arc<HttpHooks>> {
         if !config.any() {
             return None;
         }
@@ -111,7 +113,7 @@ impl Proxy {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .ok()?;
-        Some(Arc::new(Proxy {
+        Some(Arc::new(HttpHooks {
             http,
             config: config.clone(),
             metrics,
@@ -279,7 +281,7 @@ async fn read_limited(mut response: reqwest::Response, limit: usize) -> Result<V
 }
 
 #[async_trait]
-impl Hooks for Proxy {
+impl Hooks for HttpHooks {
     async fn subscribe(&self, check: SubscribeCheck) -> Result<(), HeraldError> {
         let Some(url) = &self.config.subscribe_url else {
             return Err(HeraldError::unavailable("no subscribe hook is configured"));
