@@ -16,13 +16,14 @@ use parking_lot::Mutex;
 
 /// A token bucket: `rate` commands per minute sustained, `burst` more at once.
 ///
-/// Owned by one connection's task, so it needs no lock.
+/// Owned by one connection's task, so it needs no lock. Time is tokio's clock, so a test can
+/// pause it.
 #[derive(Debug)]
 pub struct CommandBucket {
     tokens: f64,
     capacity: f64,
     per_second: f64,
-    last: Instant,
+    last: tokio::time::Instant,
 }
 
 impl CommandBucket {
@@ -32,12 +33,13 @@ impl CommandBucket {
             tokens: capacity,
             capacity,
             per_second: f64::from(per_minute) / 60.0,
-            last: Instant::now(),
+            last: tokio::time::Instant::now(),
         }
     }
 
     /// Takes one token if there is one.
-    pub fn try_take(&mut self, now: Instant) -> bool {
+    pub fn try_take(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.per_second).min(self.capacity);
@@ -179,14 +181,16 @@ mod tests {
         assert!(!cap.try_take());
     }
 
-    #[test]
-    fn bucket_allows_burst_then_the_sustained_rate() {
-        let start = Instant::now();
+    #[tokio::test(start_paused = true)]
+    async fn bucket_allows_burst_then_the_sustained_rate() {
         let mut bucket = CommandBucket::new(60, 3);
-        let taken = (0..5).filter(|_| bucket.try_take(start)).count();
+        let taken = (0..5).filter(|_| bucket.try_take()).count();
         assert_eq!(taken, 3);
-        assert!(!bucket.try_take(start + Duration::from_millis(500)));
-        assert!(bucket.try_take(start + Duration::from_millis(1600)));
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert!(!bucket.try_take(), "half a token so far");
+        tokio::time::advance(Duration::from_millis(600)).await;
+        assert!(bucket.try_take(), "one token a second");
+        assert!(!bucket.try_take());
     }
 
     #[test]

@@ -63,7 +63,7 @@ impl Connection {
             Inbound::Close(code) => return Err(self.answer_close(code).await),
         };
         let burst = self.app.config.limits.commands_burst;
-        if !commands.bucket.try_take(std::time::Instant::now()) {
+        if !commands.bucket.try_take() {
             commands.refused_in_a_row += 1;
             if commands.refused_in_a_row > burst {
                 return Err(Disconnect::new(
