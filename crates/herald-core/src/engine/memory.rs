@@ -589,8 +589,19 @@ impl Engine for MemoryEngine {
         let sink = self.sink()?;
         let channel = request.channel.clone();
         let published = self.with_stream(&channel, request.history, |handle, stream| {
+            // A store that failed answers nothing, repeats included: their first publish may be
+            // among the lost.
+            if let Some(durable) = &self.durable {
+                durable.admit()?;
+            }
             if let Some(key) = &request.idempotency {
                 if let Some(offset) = stream.published_with(key, Instant::now()) {
+                    if offset > stream.last_offset {
+                        // Assigned, not yet written: the first publish has not been answered.
+                        return Err(HeraldError::unavailable(
+                            "a publish with this idempotency key is still being written; retry",
+                        ));
+                    }
                     return Ok(Published::Done(StreamPosition {
                         offset,
                         epoch: stream.epoch.to_string(),
@@ -604,7 +615,6 @@ impl Engine for MemoryEngine {
                 sink.deliver(publication);
                 return Ok(Published::Done(stream.position()));
             };
-            durable.admit()?;
             let idempotency = request
                 .idempotency
                 .as_ref()
@@ -667,7 +677,10 @@ impl Engine for MemoryEngine {
     }
 
     async fn node_unsubscribe(&self, channel: &ChannelName) -> Result<(), HeraldError> {
-        if let Some(stream) = self.streams.lock().get(channel).cloned() {
+        // The map's lock is released before the stream's is taken: the map never waits on a
+        // stream.
+        let stream = self.streams.lock().get(channel).cloned();
+        if let Some(stream) = stream {
             let mut s = stream.lock();
             s.subscribed = false;
             // The stream's TTL counts from now, so that a client that just left can recover.

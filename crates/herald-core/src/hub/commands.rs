@@ -3,8 +3,6 @@
 //! engine, which brings it to every node's hub, this one included; here it is carried out on the
 //! connections this node holds.
 
-use std::sync::atomic::Ordering;
-
 use crate::engine::ClusterCommand;
 use crate::error::{CloseCode, Disconnect};
 
@@ -30,10 +28,9 @@ impl Hub {
             ClusterCommand::UnsubscribeUser { user, channel } => {
                 for session in self.shared.index.sessions_of(&user) {
                     if self.remove_subscription(&session, &channel) {
+                        // A notice, not a publication: not counted as a delivery.
                         let stats = &self.shared.stats;
-                        if session.deliver(Outbound::Unsubscribed(channel.clone()), true, stats) {
-                            stats.deliveries.fetch_add(1, Ordering::Relaxed);
-                        }
+                        session.deliver(Outbound::Unsubscribed(channel.clone()), true, stats);
                         self.spawn_sync_after_leave(&channel, &session);
                     }
                 }
