@@ -1,14 +1,11 @@
 //! History, recovery after reconnect, offline delivery and idempotent publishing, over real
 //! sockets to a real server.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::time::Duration;
 
-use common::{publication_offsets, Client, TestServer};
 use serde_json::{json, Value};
+
+use crate::common::{publication_offsets, Client, TestServer};
 
 const QUIET: Duration = Duration::from_millis(300);
 

@@ -1,14 +1,11 @@
 //! SIGTERM drains: every client gets `disconnect` with 1012 and `reconnect: true`, queued
 //! messages are flushed first, and the process exits 0.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::time::Duration;
 
-use common::{assert_closed_with, ServerProcess};
 use serde_json::json;
+
+use crate::common::{assert_closed_with, closed, ServerProcess, TestServer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_disconnects_everyone_with_1012_and_exits_0() {
@@ -41,7 +38,7 @@ async fn sigterm_disconnects_everyone_with_1012_and_exits_0() {
 
 #[tokio::test]
 async fn the_in_process_server_stops_cleanly() {
-    let server = common::TestServer::start_default().await;
+    let server = TestServer::start_default().await;
     let mut client = server.connect("alice").await;
     let stopping = tokio::spawn(async move { server.stop().await });
     assert_closed_with(&client.closed().await, 1012);
@@ -50,9 +47,9 @@ async fn the_in_process_server_stops_cleanly() {
 
 #[tokio::test]
 async fn a_connection_that_authenticates_during_the_drain_is_refused_with_1012() {
-    let mut config = common::TestServer::config();
+    let mut config = TestServer::config();
     config.limits.shutdown_drain = std::time::Duration::from_millis(500);
-    let server = common::TestServer::start(config).await;
+    let server = TestServer::start(config).await;
     let mut early = server.connect("early").await;
     // Upgraded but not yet authenticated when the shutdown begins.
     let mut late = server.open_bare().await;
@@ -66,7 +63,7 @@ async fn a_connection_that_authenticates_during_the_drain_is_refused_with_1012()
     )
     .await
     .unwrap();
-    assert_closed_with(&common::closed(&mut late).await, 1012);
+    assert_closed_with(&closed(&mut late).await, 1012);
     assert_closed_with(&early.closed().await, 1012);
     stopping.await.unwrap().unwrap();
 }

@@ -1,10 +1,6 @@
 //! The backend's hooks against a real HTTP backend started in the test: each way a backend can
 //! answer (allow, deny, rewrite, slow, 500, not JSON) and what the client gets for it.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,11 +10,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use common::{assert_closed_with, publication_offsets, Client, TestServer};
 use herald::config::{Config, NamespaceConfig};
 use herald_core::SubscribePolicy;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
+
+use crate::common::{assert_closed_with, publication_offsets, Client, TestServer};
 
 /// How long Herald waits for the backend in these tests.
 const HOOK_TIMEOUT: Duration = Duration::from_millis(300);

@@ -1,18 +1,15 @@
 //! Every limit and every kind of bad input gets its documented answer, is counted, and leaves the
 //! server and the other clients unharmed.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::time::Duration;
 
-use common::{assert_closed_with, closed, Client, TestServer, API_KEY};
 use futures_util::SinkExt;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
+
+use crate::common::{assert_closed_with, closed, Client, TestServer, API_KEY};
 
 /// A bystander subscribed to `chat:bystander` that must keep receiving whatever others do.
 async fn bystander(server: &TestServer) -> Client {

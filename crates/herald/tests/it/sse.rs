@@ -1,14 +1,11 @@
 //! Server-Sent Events over a real HTTP connection: events, resuming with `Last-Event-ID`,
 //! heartbeats, and the errors a stream is refused with.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::time::Duration;
 
-use common::TestServer;
 use serde_json::{json, Value};
+
+use crate::common::TestServer;
 
 /// One event as a client parses it.
 #[derive(Debug, Default)]

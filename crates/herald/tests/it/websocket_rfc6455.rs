@@ -4,15 +4,12 @@
 //! server answers: a close with the RFC's code, an echo of the client's close, or answers on a
 //! connection that stays open.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
-use common::{TestServer, PATIENCE};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
+
+use crate::common::{TestServer, PATIENCE};
 
 /// The key of RFC 6455's handshake example, and the answer the RFC gives for it.
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";

@@ -1,13 +1,10 @@
 //! Publications reach exactly the connections subscribed to them, over real sockets.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::time::Duration;
 
-use common::{assert_closed_with, TestServer};
 use serde_json::json;
+
+use crate::common::{assert_closed_with, TestServer};
 
 const QUIET: Duration = Duration::from_millis(300);
 

@@ -1,21 +1,18 @@
 //! The authentication matrix and channel permissions: every bad token is closed with 4001 and gets
 //! no subscription; valid tokens work through each of the three ways to present them.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::path::PathBuf;
 use std::time::Duration;
 
 use base64::Engine as _;
-use common::{assert_closed_with, closed, Client, TestServer, SECRET};
 use futures_util::SinkExt;
 use herald::auth::Claims;
 use herald::config::{Config, JwtAlgorithm};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
+
+use crate::common::{assert_closed_with, closed, Client, TestServer, SECRET};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -120,8 +117,7 @@ async fn no_token_and_no_auth_frame_is_closed_after_the_handshake_timeout() {
     config.limits.handshake_timeout = Duration::from_millis(300);
     let server = TestServer::start(config).await;
     let mut socket = server.open_bare().await;
-    let closed = closed(&mut socket).await;
-    assert_eq!(closed.code, Some(4001));
+    assert_eq!(closed(&mut socket).await.code, Some(4001));
 
     // A first frame that is not `auth` is refused at once.
     let mut socket = server.open_bare().await;
@@ -133,7 +129,7 @@ async fn no_token_and_no_auth_frame_is_closed_after_the_handshake_timeout() {
         ))
         .await
         .unwrap();
-    assert_eq!(common::closed(&mut socket).await.code, Some(4001));
+    assert_eq!(closed(&mut socket).await.code, Some(4001));
     assert_nobody_subscribed(&server).await;
 }
 
@@ -158,7 +154,7 @@ async fn a_token_is_accepted_from_the_header_the_query_and_the_auth_frame() {
     let bad = json!({"type": "auth", "token": "nope"}).to_string();
     let mut socket = server.open_bare().await;
     socket.send(Message::Text(bad.into())).await.unwrap();
-    assert_eq!(common::closed(&mut socket).await.code, Some(4001));
+    assert_eq!(closed(&mut socket).await.code, Some(4001));
 }
 
 #[tokio::test]

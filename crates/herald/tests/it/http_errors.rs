@@ -3,13 +3,10 @@
 //! counts it in `herald_errors_total{code}`: bad query strings, bad path segments, wrong methods
 //! and unknown paths included. A route that takes no query parameters ignores unknown ones.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
-use common::{TestServer, API_KEY};
 use reqwest::Method;
 use serde_json::Value;
+
+use crate::common::{TestServer, API_KEY};
 
 /// What a request sends besides its method and path.
 #[derive(Clone, Copy, PartialEq)]

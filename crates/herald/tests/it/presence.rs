@@ -1,21 +1,18 @@
 //! Presence, join/leave, typing and client publishing, over real sockets.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::time::Duration;
 
-use common::{publication_offsets, TestServer};
 use herald::config::NamespaceConfig;
 use serde_json::{json, Value};
+
+use crate::common::{publication_offsets, TestServer};
 
 const QUIET: Duration = Duration::from_millis(300);
 
 /// Polls the API's presence of `channel` until `check` holds (leaves are recorded in the
 /// background, a moment after the socket closes).
 async fn presence_until(server: &TestServer, channel: &str, check: impl Fn(&Value) -> bool) {
-    let deadline = tokio::time::Instant::now() + common::PATIENCE;
+    let deadline = tokio::time::Instant::now() + crate::common::PATIENCE;
     loop {
         let (status, body) = server
             .get(&format!("/api/channels/{channel}/presence"))

@@ -1,14 +1,11 @@
 //! A client that stops reading is dropped with 4010 while 1,000 others receive every publication,
 //! and the server's memory stays bounded. Runs against the real binary in its own process.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::time::Duration;
 
-use common::{Client, ServerProcess};
 use futures_util::StreamExt;
+
+use crate::common::{Client, ServerProcess};
 
 use serde_json::json;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;

@@ -2,15 +2,12 @@
 //! and epochs survive `kill -9`, and a data directory that cannot be read stops the server with a
 //! clear error instead of starting empty.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{publication_offsets, ServerProcess, API_KEY, SECRET};
 use serde_json::json;
+
+use crate::common::{publication_offsets, ServerProcess, API_KEY, SECRET};
 
 const ROOM: &str = "[[namespace]]\nname = \"room\"\nhistory_size = 5000\nhistory_ttl = \"1h\"\n";
 

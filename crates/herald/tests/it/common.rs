@@ -9,8 +9,6 @@
 //! assert_eq!(alice.next_message().await["data"]["text"], "hi");
 //! ```
 
-#![allow(dead_code, clippy::unwrap_used)]
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
