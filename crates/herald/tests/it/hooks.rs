@@ -15,7 +15,7 @@ use herald_core::SubscribePolicy;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
-use crate::common::{assert_closed_with, publication_offsets, Client, TestServer};
+use crate::common::{assert_closed_with, publication_offsets, Client, TestServer, QUIET};
 
 /// How long Herald waits for the backend in these tests.
 const HOOK_TIMEOUT: Duration = Duration::from_millis(300);
@@ -233,7 +233,7 @@ async fn the_subscribe_hook_decides_and_a_failing_backend_never_allows() {
         server.publish(&format!("site:{case}"), json!("out")).await;
     }
     assert_eq!(alice.next_message().await["data"], "in");
-    alice.assert_silent(Duration::from_millis(300)).await;
+    alice.assert_silent(QUIET).await;
     // A repeated subscribe to a channel already held does not ask again.
     let asked = backend.seen("subscribe").len();
     alice.subscribed("site:member").await;

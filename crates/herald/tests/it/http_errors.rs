@@ -110,18 +110,10 @@ const CASES: &[(&str, With, Option<&str>, &[&str])] = &[
 ];
 
 /// `herald_errors_total{code}` as `/metrics` reports it now; `None` when there is no such series.
-async fn errors_counted(http: &reqwest::Client, server: &TestServer, code: &str) -> Option<f64> {
-    let series = format!("herald_errors_total{{code=\"{code}\"}} ");
-    let text = http
-        .get(server.url("/metrics"))
-        .send()
+async fn errors_counted(server: &TestServer, code: &str) -> Option<f64> {
+    server
+        .try_metric(&format!("herald_errors_total{{code=\"{code}\"}}"))
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(&series)?.trim().parse().ok())
 }
 
 #[tokio::test]
@@ -134,7 +126,7 @@ async fn every_route_answers_every_error_as_counted_json() {
         let method = Method::from_bytes(method.as_bytes()).unwrap();
         let label = line;
         let before = match code {
-            Some(code) => errors_counted(&http, &server, code).await,
+            Some(code) => errors_counted(&server, code).await,
             None => None,
         };
         let mut request = http.request(method, server.url(path));
@@ -224,7 +216,7 @@ async fn every_route_answers_every_error_as_counted_json() {
         if code == "method_not_allowed" && allow.is_none() {
             failures.push(format!("{label}: 405 without an Allow header"));
         }
-        let after = errors_counted(&http, &server, code).await;
+        let after = errors_counted(&server, code).await;
         if after.is_none() || after != before.map(|n| n + 1.0) {
             failures.push(format!(
                 "{label}: herald_errors_total{{code=\"{code}\"}} went from {before:?} to {after:?}"
