@@ -1,21 +1,18 @@
 //! Every limit and every kind of bad input gets its documented answer, is counted, and leaves the
 //! server and the other clients unharmed.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::time::Duration;
 
-use common::{assert_closed_with, closed, Client, TestServer, API_KEY, PATIENCE};
 use futures_util::SinkExt;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
+
+use crate::common::{
+    assert_closed_with, closed, eventually, patience, Client, TestServer, API_KEY,
+};
 
 /// A bystander subscribed to `chat:bystander` that must keep receiving whatever others do.
 async fn bystander(server: &TestServer) -> Client {
@@ -32,6 +29,14 @@ async fn assert_still_receives(server: &TestServer, client: &mut Client) {
 
 fn rand_marker() -> u64 {
     herald_core::publication::now_millis()
+}
+
+/// The HTTP status of a WebSocket upgrade to `server` with `headers`: 101 when it is accepted.
+async fn upgrade_status(server: &TestServer, headers: &[(&'static str, &str)]) -> u16 {
+    match server.open_with_headers(&server.ws_url(), headers).await {
+        Ok(_) => 101,
+        Err(status) => status,
+    }
 }
 
 #[tokio::test]
@@ -203,7 +208,15 @@ async fn connections_per_user_are_limited_with_4011() {
     server.connect("bob").await;
     second.socket.close(None).await.unwrap();
     drop(second);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    eventually("alice's closed connection frees its slot", async || {
+        let (_, alice) = server.get("/api/users/alice").await;
+        if alice["connections"] == 1 {
+            Ok(())
+        } else {
+            Err(alice)
+        }
+    })
+    .await;
     server.connect("alice").await;
 }
 
@@ -212,20 +225,10 @@ async fn new_connections_per_ip_per_second_are_limited_with_429() {
     let mut config = TestServer::config();
     config.limits.connections_per_ip_per_second = 3;
     let server = TestServer::start(config).await;
+    let authorization = format!("Bearer {}", server.token("alice"));
     let mut statuses = Vec::new();
     for _ in 0..6 {
-        let mut request = server.ws_url().into_client_request().unwrap();
-        request.headers_mut().insert(
-            "authorization",
-            HeaderValue::from_str(&format!("Bearer {}", server.token("alice"))).unwrap(),
-        );
-        match tokio_tungstenite::connect_async(request).await {
-            Ok(_) => statuses.push(101),
-            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-                statuses.push(response.status().as_u16())
-            }
-            Err(e) => panic!("{e}"),
-        }
+        statuses.push(upgrade_status(&server, &[("authorization", &authorization)]).await);
     }
     // Windows are whole seconds; a boundary may fall inside the loop, so allow one reset.
     assert!(
@@ -247,24 +250,13 @@ async fn origins_not_allowed_are_refused_with_403() {
     let mut config = TestServer::config();
     config.allowed_origins = vec!["https://app.example.com".into()];
     let server = TestServer::start(config).await;
-    let attempt = |origin: &'static str| {
-        let url = server.ws_url();
-        let token = server.token("alice");
-        async move {
-            let mut request = url.into_client_request().unwrap();
-            request
-                .headers_mut()
-                .insert("origin", HeaderValue::from_static(origin));
-            request.headers_mut().insert(
-                "authorization",
-                HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
-            );
-            match tokio_tungstenite::connect_async(request).await {
-                Ok(_) => 101,
-                Err(tokio_tungstenite::tungstenite::Error::Http(r)) => r.status().as_u16(),
-                Err(e) => panic!("{e}"),
-            }
-        }
+    let authorization = format!("Bearer {}", server.token("alice"));
+    let attempt = async |origin: &str| {
+        upgrade_status(
+            &server,
+            &[("origin", origin), ("authorization", &authorization)],
+        )
+        .await
     };
     assert_eq!(attempt("https://evil.example").await, 403);
     assert_eq!(attempt("https://app.example.com").await, 101);
@@ -482,7 +474,7 @@ async fn connections_past_max_connections_are_refused_with_503_until_one_ends() 
 /// given back when the connection's task has ended, a moment after the client sees it close.
 async fn connect_when_a_place_is_free(server: &TestServer, user: &str) -> Client {
     let header = format!("Bearer {}", server.token(user));
-    let deadline = Instant::now() + PATIENCE;
+    let deadline = Instant::now() + patience();
     loop {
         match server
             .open_with_headers(&server.ws_url(), &[("authorization", &header)])
@@ -534,11 +526,11 @@ async fn connections_refused_after_admission_give_their_place_back() {
 }
 
 /// Reads `socket` until the server closes it; how long that took, or `None` if it stayed open
-/// for `PATIENCE`.
+/// for `patience()`.
 async fn closed_after(socket: &mut TcpStream, started: Instant) -> Option<Duration> {
     let mut buffer = [0u8; 1024];
     loop {
-        let read = tokio::time::timeout_at(started + PATIENCE, socket.read(&mut buffer)).await;
+        let read = tokio::time::timeout_at(started + patience(), socket.read(&mut buffer)).await;
         match read {
             Err(_) => return None,
             Ok(Ok(0) | Err(_)) => return Some(started.elapsed()),
@@ -588,7 +580,7 @@ async fn a_client_that_stalls_in_its_request_headers_is_closed_after_the_handsha
     assert_eq!(client.next_message().await["data"]["n"], 1);
     let mut received = String::new();
     while !received.contains(r#""type":"message""#) {
-        let chunk = tokio::time::timeout(PATIENCE, stream.chunk())
+        let chunk = tokio::time::timeout(patience(), stream.chunk())
             .await
             .expect("an event in time")
             .unwrap()

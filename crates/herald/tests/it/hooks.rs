@@ -1,10 +1,6 @@
 //! The backend's hooks against a real HTTP backend started in the test: each way a backend can
 //! answer (allow, deny, rewrite, slow, 500, not JSON) and what the client gets for it.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,11 +10,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use common::{assert_closed_with, publication_offsets, Client, TestServer};
 use herald::config::{Config, NamespaceConfig};
 use herald_core::SubscribePolicy;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
+
+use crate::common::{assert_closed_with, publication_offsets, Client, TestServer, QUIET};
 
 /// How long Herald waits for the backend in these tests.
 const HOOK_TIMEOUT: Duration = Duration::from_millis(300);
@@ -236,7 +233,7 @@ async fn the_subscribe_hook_decides_and_a_failing_backend_never_allows() {
         server.publish(&format!("site:{case}"), json!("out")).await;
     }
     assert_eq!(alice.next_message().await["data"], "in");
-    alice.assert_silent(Duration::from_millis(300)).await;
+    alice.assert_silent(QUIET).await;
     // A repeated subscribe to a channel already held does not ask again.
     let asked = backend.seen("subscribe").len();
     alice.subscribed("site:member").await;

@@ -4,15 +4,12 @@
 //! server answers: a close with the RFC's code, an echo of the client's close, or answers on a
 //! connection that stays open.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
-use common::{TestServer, PATIENCE};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
+
+use crate::common::{patience, TestServer};
 
 /// The key of RFC 6455's handshake example, and the answer the RFC gives for it.
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
@@ -436,7 +433,7 @@ impl RawClient {
                 let head: Vec<u8> = client.read.drain(..end + 4).collect();
                 break String::from_utf8(head).unwrap();
             }
-            let more = timeout(PATIENCE, client.fill()).await;
+            let more = timeout(patience(), client.fill()).await;
             assert!(
                 more.expect("the handshake's answer in time"),
                 "the server closed during the handshake"
@@ -459,10 +456,10 @@ impl RawClient {
     }
 
     async fn send(&mut self, bytes: &[u8]) -> Result<(), String> {
-        match timeout(PATIENCE, self.stream.write_all(bytes)).await {
+        match timeout(patience(), self.stream.write_all(bytes)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(format!("sending failed: {e}")),
-            Err(_) => Err(format!("the server read nothing within {PATIENCE:?}")),
+            Err(_) => Err(format!("the server read nothing within {:?}", patience())),
         }
     }
 
@@ -473,13 +470,13 @@ impl RawClient {
             if let Some(frame) = self.parse()? {
                 return Ok(Some(frame));
             }
-            match timeout(PATIENCE, self.fill()).await {
+            match timeout(patience(), self.fill()).await {
                 Ok(true) => {}
                 Ok(false) if self.read.is_empty() => return Ok(None),
                 Ok(false) => {
                     return Err(format!("the stream ended inside a frame: {:?}", self.read))
                 }
-                Err(_) => return Err(format!("nothing from the server within {PATIENCE:?}")),
+                Err(_) => return Err(format!("nothing from the server within {:?}", patience())),
             }
         }
     }

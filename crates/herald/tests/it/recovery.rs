@@ -1,16 +1,11 @@
 //! History, recovery after reconnect, offline delivery and idempotent publishing, over real
 //! sockets to a real server.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::time::Duration;
 
-use common::{publication_offsets, Client, TestServer};
 use serde_json::{json, Value};
 
-const QUIET: Duration = Duration::from_millis(300);
+use crate::common::{publication_offsets, send_json, Client, TestServer, QUIET};
 
 /// The `offset` of each of the next `n` messages.
 async fn offsets(client: &mut Client, n: usize) -> Vec<u64> {
@@ -148,15 +143,8 @@ async fn a_user_who_was_offline_gets_personal_messages_on_reconnect() {
     // Position in the auth frame (browsers).
     server.publish("user:frank", json!({"n": 4})).await;
     let mut socket = server.open_bare().await;
-    use futures_util::SinkExt;
-    socket
-        .send(tokio_tungstenite::tungstenite::Message::Text(
-            json!({"type": "auth", "token": server.token("frank"), "since": at})
-                .to_string()
-                .into(),
-        ))
-        .await
-        .unwrap();
+    let auth = json!({"type": "auth", "token": server.token("frank"), "since": at});
+    send_json(&mut socket, auth).await;
     let mut browser = Client::established(socket).await;
     assert_eq!(browser.personal["recovered"], true);
     assert_eq!(offsets(&mut browser, 1).await, [4]);

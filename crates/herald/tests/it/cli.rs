@@ -1,16 +1,13 @@
 //! The `herald` command line: init, check-config, token, and the development server banner.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::Client;
 use herald::auth::Authenticator;
 use herald::config::Config;
+
+use crate::common::Client;
 
 fn herald(args: &[&str]) -> (i32, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_herald"))

@@ -1,14 +1,11 @@
 //! Server-Sent Events over a real HTTP connection: events, resuming with `Last-Event-ID`,
 //! heartbeats, and the errors a stream is refused with.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::time::Duration;
 
-use common::TestServer;
 use serde_json::{json, Value};
+
+use crate::common::{patience, TestServer, QUIET};
 
 /// One event as a client parses it.
 #[derive(Debug, Default)]
@@ -59,7 +56,7 @@ impl SseClient {
         request.send().await.unwrap()
     }
 
-    /// The next event (or comment), within five seconds.
+    /// The next event (or comment), within [`patience`].
     async fn next(&mut self) -> Option<Event> {
         loop {
             if let Some(end) = self.buffer.find("\n\n") {
@@ -81,9 +78,9 @@ impl SseClient {
                 }
                 return Some(event);
             }
-            let chunk = tokio::time::timeout(Duration::from_secs(5), self.response.chunk())
+            let chunk = tokio::time::timeout(patience(), self.response.chunk())
                 .await
-                .expect("an event within five seconds")
+                .expect("an event within the patience window")
                 .unwrap()?;
             self.buffer.push_str(std::str::from_utf8(&chunk).unwrap());
         }
@@ -96,6 +93,13 @@ impl SseClient {
             if !event.comment {
                 return event;
             }
+        }
+    }
+
+    /// Asserts that no event (comments aside) arrives for `wait`.
+    async fn assert_silent(&mut self, wait: Duration) {
+        if let Ok(event) = tokio::time::timeout(wait, self.next_event()).await {
+            panic!("expected silence, got {event:?}");
         }
     }
 
@@ -212,8 +216,7 @@ async fn a_stream_delivers_every_channel_and_resumes_exactly_after_last_event_id
         pairs(&[("room:10", 3), ("room:10", 4), ("user:sam", 2)])
     );
     assert_eq!(got[3], ("room:11".to_string(), 2));
-    let quiet = tokio::time::timeout(Duration::from_millis(300), back.next_event()).await;
-    assert!(quiet.is_err(), "nothing more: {quiet:?}");
+    back.assert_silent(QUIET).await;
 }
 
 #[tokio::test]

@@ -2,15 +2,12 @@
 //! and epochs survive `kill -9`, and a data directory that cannot be read stops the server with a
 //! clear error instead of starting empty.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{publication_offsets, ServerProcess, API_KEY, SECRET};
 use serde_json::json;
+
+use crate::common::{publication_offsets, wait_exit, ServerProcess, API_KEY, SECRET};
 
 const ROOM: &str = "[[namespace]]\nname = \"room\"\nhistory_size = 5000\nhistory_ttl = \"1h\"\n";
 
@@ -101,17 +98,7 @@ fn serve_and_wait(config_text: &str, name: &str) -> (Option<i32>, String) {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let code = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status.code();
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("herald kept running on an unreadable data directory");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let code = wait_exit(&mut child, Duration::from_secs(10));
     let mut stderr = String::new();
     use std::io::Read;
     child

@@ -1,35 +1,27 @@
 //! Presence, join/leave, typing and client publishing, over real sockets.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::time::Duration;
 
-use common::{publication_offsets, TestServer};
 use herald::config::NamespaceConfig;
 use serde_json::{json, Value};
 
-const QUIET: Duration = Duration::from_millis(300);
+use crate::common::{eventually, publication_offsets, TestServer, QUIET};
 
-/// Polls the API's presence of `channel` until `check` holds (leaves are recorded in the
-/// background, a moment after the socket closes).
-async fn presence_until(server: &TestServer, channel: &str, check: impl Fn(&Value) -> bool) {
-    let deadline = tokio::time::Instant::now() + common::PATIENCE;
-    loop {
-        let (status, body) = server
-            .get(&format!("/api/channels/{channel}/presence"))
-            .await;
+/// Waits until the API's presence of `channel` counts `(users, connections)` (leaves are
+/// recorded in the background, a moment after the socket closes).
+async fn presence_counts_become(server: &TestServer, channel: &str, expected: (u64, u64)) {
+    let path = format!("/api/channels/{channel}/presence");
+    let what = format!("the presence of {channel} counts {expected:?}");
+    eventually(&what, async || {
+        let (status, body) = server.get(&path).await;
         assert_eq!(status, 200, "{body}");
-        if check(&body) {
-            return;
+        if counts(&body) == expected {
+            Ok(())
+        } else {
+            Err(body)
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "presence never matched: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
 }
 
 fn counts(body: &Value) -> (u64, u64) {
@@ -93,10 +85,10 @@ async fn presence_counts_users_and_connections_and_follows_leaves() {
     // One tab unsubscribes: alice is still there through the other.
     tab1.request(json!({"type": "unsubscribe", "channel": "lobby:1"}))
         .await;
-    presence_until(&server, "lobby:1", |b| counts(b) == (2, 2)).await;
+    presence_counts_become(&server, "lobby:1", (2, 2)).await;
     // The other tab closes: alice has left the channel, bob remains.
     drop(tab2);
-    presence_until(&server, "lobby:1", |b| counts(b) == (1, 1)).await;
+    presence_counts_become(&server, "lobby:1", (1, 1)).await;
     let (_, body) = server.get("/api/channels/lobby:1/presence").await;
     assert_eq!(body["clients"][0]["user"], "bob");
     let (_, user) = server.get("/api/users/alice").await;
@@ -110,7 +102,7 @@ async fn presence_counts_users_and_connections_and_follows_leaves() {
             json!({"user": "bob", "channel": "lobby:1"}),
         )
         .await;
-    presence_until(&server, "lobby:1", |b| counts(b) == (0, 0)).await;
+    presence_counts_become(&server, "lobby:1", (0, 0)).await;
 }
 
 #[tokio::test]
@@ -191,7 +183,7 @@ async fn join_and_leave_are_suppressed_past_the_member_limit() {
     // Leaving from 4 members is suppressed as well; from 3 it is sent again.
     let m4 = members.pop().unwrap();
     drop(m4);
-    presence_until(&server, "crowd:1", |b| counts(b) == (3, 3)).await;
+    presence_counts_become(&server, "crowd:1", (3, 3)).await;
     watcher.assert_silent(QUIET).await;
     let m3 = members.pop().unwrap();
     drop(m3);

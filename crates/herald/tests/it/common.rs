@@ -8,21 +8,29 @@
 //! server.publish("chat:1", json!({"text": "hi"})).await;
 //! assert_eq!(alice.next_message().await["data"]["text"], "hi");
 //! ```
+//!
+//! Whatever should happen is waited for with [`patience`] (`HERALD_TEST_PATIENCE_MS`, 5 s by
+//! default), a condition with [`eventually`]; silence is shown by listening for [`QUIET`]. The
+//! servers' logs go to the test's captured output, which cargo prints for a failing test.
 
-#![allow(dead_code, clippy::unwrap_used)]
-
+use std::fmt::Display;
+use std::io::BufRead;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Child;
+use std::sync::{Once, OnceLock};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use herald::auth::{sign_hs256, Claims};
 use herald::config::{Config, NamespaceConfig};
-use herald::server;
+use herald::server::{self, App};
 use herald_core::SubscribePolicy;
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
@@ -30,8 +38,107 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub const SECRET: &str = "test-secret-0123456789-abcdefghij";
 pub const API_KEY: &str = "test-api-key-0123456789";
-/// How long a test waits for a frame that should come.
-pub const PATIENCE: Duration = Duration::from_secs(5);
+/// How long a test listens to show that nothing arrives.
+pub const QUIET: Duration = Duration::from_millis(300);
+/// How often [`eventually`] asks again.
+const POLL: Duration = Duration::from_millis(20);
+/// The filter of the servers' logs when `HERALD_LOG` does not set one.
+const DEFAULT_LOG: &str = "herald=debug,herald_core=debug";
+
+/// How long a test waits for what should happen: a frame, a close, a condition. 5 s unless
+/// `HERALD_TEST_PATIENCE_MS` says otherwise (raise it on a slow machine); read once.
+pub fn patience() -> Duration {
+    static PATIENCE: OnceLock<Duration> = OnceLock::new();
+    *PATIENCE.get_or_init(|| match std::env::var("HERALD_TEST_PATIENCE_MS") {
+        Ok(ms) => Duration::from_millis(
+            ms.trim()
+                .parse()
+                .expect("HERALD_TEST_PATIENCE_MS is a number of milliseconds"),
+        ),
+        Err(_) => Duration::from_secs(5),
+    })
+}
+
+/// Asks `condition` again every 20 ms until it holds and returns what it gave; panics, saying
+/// `what` never became true and what was seen last, when it still does not hold after
+/// [`patience`].
+///
+/// ```ignore
+/// eventually("alice's slot is free", async || {
+///     server.get("/api/users/alice").await.1["connections"] == 1
+/// })
+/// .await;
+/// ```
+pub async fn eventually<C: Condition>(
+    what: &str,
+    mut condition: impl AsyncFnMut() -> C,
+) -> C::Value {
+    let deadline = Instant::now() + patience();
+    loop {
+        let Ok(answer) = tokio::time::timeout(patience(), condition()).await else {
+            panic!("{what}: one check took longer than {:?}", patience());
+        };
+        let seen = match answer.check() {
+            Ok(value) => return value,
+            Err(seen) => seen,
+        };
+        if Instant::now() >= deadline {
+            panic!(
+                "{what}: never became true within {:?} (last seen: {seen})",
+                patience()
+            );
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// What an [`eventually`] condition answers: `true`, `Some(value)` or `Ok(value)` when it holds;
+/// otherwise `false`, `None`, or `Err` with what was seen instead.
+pub trait Condition {
+    type Value;
+    fn check(self) -> Result<Self::Value, String>;
+}
+
+impl Condition for bool {
+    type Value = ();
+    fn check(self) -> Result<(), String> {
+        if self {
+            Ok(())
+        } else {
+            Err("false".into())
+        }
+    }
+}
+
+impl<T> Condition for Option<T> {
+    type Value = T;
+    fn check(self) -> Result<T, String> {
+        self.ok_or_else(|| "None".into())
+    }
+}
+
+impl<T, E: Display> Condition for Result<T, E> {
+    type Value = T;
+    fn check(self) -> Result<T, String> {
+        self.map_err(|seen| seen.to_string())
+    }
+}
+
+/// Sends the `tracing` log of in-process servers to the captured output of the test that runs
+/// them, so that cargo shows a failing test's server log and nothing for the others. The filter
+/// is `HERALD_LOG`'s, by default Herald's debug log.
+fn log_to_test_output() {
+    static INSTALLED: Once = Once::new();
+    INSTALLED.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .with_ansi(false)
+            .try_init();
+    });
+}
 
 pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -39,6 +146,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub config: Config,
     http: reqwest::Client,
+    /// The server's state; `None` for a handle to a [`ServerProcess`].
+    app: Option<App>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -86,17 +195,19 @@ impl TestServer {
     }
 
     pub async fn start(config: Config) -> TestServer {
+        log_to_test_output();
         let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let app = server::build(config.clone()).expect("test config is valid");
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(server::run(listener, app, async {
+        let task = tokio::spawn(server::run(listener, app.clone(), async {
             let _ = stopped.await;
         }));
         TestServer {
             addr,
             config,
             http: reqwest::Client::new(),
+            app: Some(app),
             stop: Some(stop),
             task: Some(task),
         }
@@ -117,6 +228,12 @@ impl TestServer {
             .await
             .expect("server stops in time")
             .unwrap()
+    }
+
+    /// The in-process server's state, to watch what no socket shows (such as the start of a
+    /// shutdown).
+    pub fn app(&self) -> App {
+        self.app.clone().expect("an in-process server")
     }
 
     pub fn ws_url(&self) -> String {
@@ -271,6 +388,13 @@ impl TestServer {
 
     /// The value of one Prometheus series, e.g. `herald_errors_total{code="bad_request"}`.
     pub async fn metric(&self, series: &str) -> f64 {
+        self.try_metric(series)
+            .await
+            .unwrap_or_else(|| panic!("no series {series} in /metrics"))
+    }
+
+    /// The value of one Prometheus series; `None` while `/metrics` has no such series.
+    pub async fn try_metric(&self, series: &str) -> Option<f64> {
         let text = self
             .http
             .get(self.url("/metrics"))
@@ -280,15 +404,13 @@ impl TestServer {
             .text()
             .await
             .unwrap();
-        text.lines()
-            .find_map(|line| {
-                line.strip_prefix(series)?
-                    .strip_prefix(' ')?
-                    .trim()
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or_else(|| panic!("no series {series} in /metrics"))
+        text.lines().find_map(|line| {
+            line.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
     }
 }
 
@@ -355,23 +477,23 @@ impl Client {
     }
 
     pub async fn send(&mut self, frame: Value) {
-        self.send_text(&frame.to_string()).await;
+        send_json(&mut self.socket, frame).await;
     }
 
     pub async fn send_text(&mut self, text: &str) {
         self.socket.send(Message::Text(text.into())).await.unwrap();
     }
 
-    /// The next JSON frame, skipping pings and pongs. Panics after `PATIENCE`.
+    /// The next JSON frame, skipping pings and pongs. Panics after [`patience`].
     pub async fn next(&mut self) -> Value {
-        self.try_next(PATIENCE)
+        self.try_next(patience())
             .await
             .expect("a frame within the patience window")
     }
 
     /// The next JSON frame within `wait`, or `None`.
     pub async fn try_next(&mut self, wait: Duration) -> Option<Value> {
-        let deadline = tokio::time::Instant::now() + wait;
+        let deadline = Instant::now() + wait;
         loop {
             let frame = tokio::time::timeout_at(deadline, self.socket.next())
                 .await
@@ -464,13 +586,21 @@ pub fn publication_offsets(page: &Value) -> Vec<u64> {
         .collect()
 }
 
+/// Sends `frame` as a text frame on a socket that is not a [`Client`] yet (an `auth` frame, say).
+pub async fn send_json(socket: &mut Socket, frame: Value) {
+    socket
+        .send(Message::Text(frame.to_string().into()))
+        .await
+        .unwrap();
+}
+
 /// Reads `socket` until it closes; returns the last `disconnect` frame and the close code.
 pub async fn closed(socket: &mut Socket) -> Closed {
     let mut result = Closed {
         disconnect: None,
         code: None,
     };
-    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let deadline = Instant::now() + patience();
     loop {
         let Ok(frame) = tokio::time::timeout_at(deadline, socket.next()).await else {
             panic!("connection did not close in time; so far {result:?}");
@@ -510,13 +640,10 @@ pub struct ServerProcess {
     dir: PathBuf,
 }
 
-use std::io::BufRead;
-use std::path::PathBuf;
-
 impl ServerProcess {
     /// Writes `toml_extra` after the test secrets and namespaces, starts `herald serve`, and waits
-    /// for its "listening" line. Set `TEST_HERALD_LOG` (e.g. `herald=debug`) to see the server's
-    /// log in the test output.
+    /// for its "listening" line. The server's log goes to the test's captured output, filtered by
+    /// `HERALD_LOG` (which must keep Herald's info lines) like an in-process server's.
     pub fn start(toml_extra: &str) -> ServerProcess {
         ServerProcess::start_with("", toml_extra)
     }
@@ -547,7 +674,7 @@ impl ServerProcess {
             .arg(&path)
             .env(
                 "HERALD_LOG",
-                std::env::var("TEST_HERALD_LOG").unwrap_or("info".into()),
+                std::env::var("HERALD_LOG").unwrap_or(DEFAULT_LOG.into()),
             )
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
@@ -561,9 +688,7 @@ impl ServerProcess {
                 .lines()
                 .map_while(Result::ok)
             {
-                if std::env::var("TEST_HERALD_LOG").is_ok() {
-                    eprintln!("server: {line}");
-                }
+                eprintln!("server: {line}");
                 if let Some(rest) = line.split("address=").nth(1) {
                     if let Some(sender) = found.take() {
                         let addr = rest
@@ -595,6 +720,7 @@ impl ServerProcess {
             addr: self.addr,
             config: self.config.clone(),
             http: reqwest::Client::new(),
+            app: None,
             stop: None,
             task: None,
         }
@@ -621,14 +747,7 @@ impl ServerProcess {
 
     /// Waits for the process to exit; returns its exit code.
     pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
-        let deadline = std::time::Instant::now() + within;
-        while std::time::Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("herald did not exit within {within:?}");
+        wait_exit(&mut self.child, within)
     }
 }
 
@@ -637,6 +756,22 @@ impl Drop for ServerProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Waits for `child` to exit and returns its exit code; kills it and panics if it is still running
+/// after `within`.
+pub fn wait_exit(child: &mut Child, within: Duration) -> Option<i32> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("herald did not exit within {within:?}");
+        }
+        std::thread::sleep(POLL);
     }
 }
 

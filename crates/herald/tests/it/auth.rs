@@ -1,21 +1,16 @@
 //! The authentication matrix and channel permissions: every bad token is closed with 4001 and gets
 //! no subscription; valid tokens work through each of the three ways to present them.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::path::PathBuf;
 use std::time::Duration;
 
 use base64::Engine as _;
-use common::{assert_closed_with, closed, Client, TestServer, SECRET};
-use futures_util::SinkExt;
 use herald::auth::Claims;
 use herald::config::{Config, JwtAlgorithm};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
-use tokio_tungstenite::tungstenite::Message;
+
+use crate::common::{assert_closed_with, closed, send_json, Client, TestServer, QUIET, SECRET};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -120,20 +115,13 @@ async fn no_token_and_no_auth_frame_is_closed_after_the_handshake_timeout() {
     config.limits.handshake_timeout = Duration::from_millis(300);
     let server = TestServer::start(config).await;
     let mut socket = server.open_bare().await;
-    let closed = closed(&mut socket).await;
-    assert_eq!(closed.code, Some(4001));
+    assert_eq!(closed(&mut socket).await.code, Some(4001));
 
     // A first frame that is not `auth` is refused at once.
     let mut socket = server.open_bare().await;
-    socket
-        .send(Message::Text(
-            json!({"type": "subscribe", "channel": "chat:1"})
-                .to_string()
-                .into(),
-        ))
-        .await
-        .unwrap();
-    assert_eq!(common::closed(&mut socket).await.code, Some(4001));
+    let subscribe = json!({"type": "subscribe", "channel": "chat:1"});
+    send_json(&mut socket, subscribe).await;
+    assert_eq!(closed(&mut socket).await.code, Some(4001));
     assert_nobody_subscribed(&server).await;
 }
 
@@ -148,17 +136,16 @@ async fn a_token_is_accepted_from_the_header_the_query_and_the_auth_frame() {
     assert_eq!(Client::established(socket).await.user, "bob");
 
     let mut socket = server.open_bare().await;
-    let auth = json!({"type": "auth", "token": server.token("carol")}).to_string();
-    socket.send(Message::Text(auth.into())).await.unwrap();
+    let auth = json!({"type": "auth", "token": server.token("carol")});
+    send_json(&mut socket, auth).await;
     let mut carol = Client::established(socket).await;
     assert_eq!(carol.user, "carol");
     server.publish("user:carol", json!("personal")).await;
     assert_eq!(carol.next_message().await["data"], "personal");
 
-    let bad = json!({"type": "auth", "token": "nope"}).to_string();
     let mut socket = server.open_bare().await;
-    socket.send(Message::Text(bad.into())).await.unwrap();
-    assert_eq!(common::closed(&mut socket).await.code, Some(4001));
+    send_json(&mut socket, json!({"type": "auth", "token": "nope"})).await;
+    assert_eq!(closed(&mut socket).await.code, Some(4001));
 }
 
 #[tokio::test]
@@ -305,7 +292,7 @@ async fn permissions_follow_the_namespace_policies() {
     // Nothing published to a refused channel reaches the refused client.
     server.publish("user:bob", json!("for bob")).await;
     server.publish("site:8", json!("site 8")).await;
-    alice.assert_silent(Duration::from_millis(300)).await;
+    alice.assert_silent(QUIET).await;
     assert_eq!(bob.next_message().await["data"], "for bob");
 }
 

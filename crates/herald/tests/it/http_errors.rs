@@ -3,13 +3,10 @@
 //! counts it in `herald_errors_total{code}`: bad query strings, bad path segments, wrong methods
 //! and unknown paths included. A route that takes no query parameters ignores unknown ones.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
-use common::{TestServer, API_KEY};
 use reqwest::Method;
 use serde_json::Value;
+
+use crate::common::{TestServer, API_KEY};
 
 /// What a request sends besides its method and path.
 #[derive(Clone, Copy, PartialEq)]
@@ -113,18 +110,10 @@ const CASES: &[(&str, With, Option<&str>, &[&str])] = &[
 ];
 
 /// `herald_errors_total{code}` as `/metrics` reports it now; `None` when there is no such series.
-async fn errors_counted(http: &reqwest::Client, server: &TestServer, code: &str) -> Option<f64> {
-    let series = format!("herald_errors_total{{code=\"{code}\"}} ");
-    let text = http
-        .get(server.url("/metrics"))
-        .send()
+async fn errors_counted(server: &TestServer, code: &str) -> Option<f64> {
+    server
+        .try_metric(&format!("herald_errors_total{{code=\"{code}\"}}"))
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(&series)?.trim().parse().ok())
 }
 
 #[tokio::test]
@@ -137,7 +126,7 @@ async fn every_route_answers_every_error_as_counted_json() {
         let method = Method::from_bytes(method.as_bytes()).unwrap();
         let label = line;
         let before = match code {
-            Some(code) => errors_counted(&http, &server, code).await,
+            Some(code) => errors_counted(&server, code).await,
             None => None,
         };
         let mut request = http.request(method, server.url(path));
@@ -227,7 +216,7 @@ async fn every_route_answers_every_error_as_counted_json() {
         if code == "method_not_allowed" && allow.is_none() {
             failures.push(format!("{label}: 405 without an Allow header"));
         }
-        let after = errors_counted(&http, &server, code).await;
+        let after = errors_counted(&server, code).await;
         if after.is_none() || after != before.map(|n| n + 1.0) {
             failures.push(format!(
                 "{label}: herald_errors_total{{code=\"{code}\"}} went from {before:?} to {after:?}"

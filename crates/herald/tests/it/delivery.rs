@@ -1,15 +1,8 @@
 //! Publications reach exactly the connections subscribed to them, over real sockets.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
-use std::time::Duration;
-
-use common::{assert_closed_with, TestServer};
 use serde_json::json;
 
-const QUIET: Duration = Duration::from_millis(300);
+use crate::common::{assert_closed_with, patience, TestServer, QUIET};
 
 #[tokio::test]
 async fn a_publication_reaches_one_subscriber_with_offset_and_timestamp() {
@@ -319,9 +312,7 @@ async fn a_close_from_the_client_is_answered_cleanly() {
     alice.socket.close(None).await.unwrap();
     // The server's close reply arrives and the stream ends without a protocol error.
     let mut clean = false;
-    while let Ok(Some(frame)) =
-        tokio::time::timeout(Duration::from_secs(5), alice.socket.next()).await
-    {
+    while let Ok(Some(frame)) = tokio::time::timeout(patience(), alice.socket.next()).await {
         match frame {
             Ok(tokio_tungstenite::tungstenite::Message::Close(_)) => clean = true,
             Ok(_) => {}

@@ -1,14 +1,11 @@
 //! SIGTERM drains: every client gets `disconnect` with 1012 and `reconnect: true`, queued
 //! messages are flushed first, and the process exits 0.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::time::Duration;
 
-use common::{assert_closed_with, ServerProcess};
 use serde_json::json;
+
+use crate::common::{assert_closed_with, closed, eventually, send_json, ServerProcess, TestServer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_disconnects_everyone_with_1012_and_exits_0() {
@@ -41,7 +38,7 @@ async fn sigterm_disconnects_everyone_with_1012_and_exits_0() {
 
 #[tokio::test]
 async fn the_in_process_server_stops_cleanly() {
-    let server = common::TestServer::start_default().await;
+    let server = TestServer::start_default().await;
     let mut client = server.connect("alice").await;
     let stopping = tokio::spawn(async move { server.stop().await });
     assert_closed_with(&client.closed().await, 1012);
@@ -50,23 +47,18 @@ async fn the_in_process_server_stops_cleanly() {
 
 #[tokio::test]
 async fn a_connection_that_authenticates_during_the_drain_is_refused_with_1012() {
-    let mut config = common::TestServer::config();
-    config.limits.shutdown_drain = std::time::Duration::from_millis(500);
-    let server = common::TestServer::start(config).await;
+    let mut config = TestServer::config();
+    config.limits.shutdown_drain = Duration::from_millis(500);
+    let server = TestServer::start(config).await;
     let mut early = server.connect("early").await;
     // Upgraded but not yet authenticated when the shutdown begins.
     let mut late = server.open_bare().await;
     let token = server.token("late");
+    let app = server.app();
     let stopping = tokio::spawn(async move { server.stop().await });
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    let auth = json!({"type": "auth", "token": token}).to_string();
-    futures_util::SinkExt::send(
-        &mut late,
-        tokio_tungstenite::tungstenite::Message::Text(auth.into()),
-    )
-    .await
-    .unwrap();
-    assert_closed_with(&common::closed(&mut late).await, 1012);
+    eventually("the shutdown begins", async || app.is_shutting_down()).await;
+    send_json(&mut late, json!({"type": "auth", "token": token})).await;
+    assert_closed_with(&closed(&mut late).await, 1012);
     assert_closed_with(&early.closed().await, 1012);
     stopping.await.unwrap().unwrap();
 }
