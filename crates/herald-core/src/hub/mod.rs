@@ -202,15 +202,26 @@ mod tests {
     use crate::error::{CloseCode, ErrorCode};
     use serde_json::value::RawValue;
 
-    fn hub(per_user: usize) -> Hub {
+    /// A hub on `engine` with `policy` as its one namespace.
+    fn hub_with(
+        policy: NamespacePolicy,
+        per_user: usize,
+        subscriptions: usize,
+        engine: Arc<MemoryEngine>,
+    ) -> Hub {
         let config = HubConfig {
-            namespaces: Namespaces::new([NamespacePolicy::new("chat", SubscribePolicy::Public)]),
+            namespaces: Namespaces::new([policy]),
             connections_per_user: per_user,
-            subscriptions_per_connection: 2,
+            subscriptions_per_connection: subscriptions,
             outbound_queue_bytes: 1 << 20,
             idempotency_window: std::time::Duration::from_secs(60),
         };
-        Hub::new(config, Arc::new(MemoryEngine::new()))
+        Hub::new(config, engine)
+    }
+
+    fn hub(per_user: usize) -> Hub {
+        let policy = NamespacePolicy::new("chat", SubscribePolicy::Public);
+        hub_with(policy, per_user, 2, Arc::new(MemoryEngine::new()))
     }
 
     fn ch(s: &str) -> ChannelName {
@@ -301,15 +312,8 @@ mod tests {
     async fn a_resubscribe_right_after_an_unsubscribe_keeps_the_node_subscribed() {
         let mut policy = NamespacePolicy::new("chat", SubscribePolicy::Public);
         policy.history_ttl = std::time::Duration::from_secs(1);
-        let config = HubConfig {
-            namespaces: Namespaces::new([policy]),
-            connections_per_user: 4,
-            subscriptions_per_connection: 4,
-            outbound_queue_bytes: 1 << 20,
-            idempotency_window: std::time::Duration::from_secs(60),
-        };
         let engine = Arc::new(MemoryEngine::new());
-        let hub = Hub::new(config, engine.clone());
+        let hub = hub_with(policy, 4, 4, engine.clone());
         let a = connect(&hub, Identity::new("a")).await;
         let channel = ch("chat:1");
         a.subscribe(&channel, Recovery::Live)
@@ -341,14 +345,7 @@ mod tests {
     async fn typing_is_throttled_per_user_and_channel() {
         let mut policy = NamespacePolicy::new("chat", SubscribePolicy::Public);
         policy.typing = true;
-        let config = HubConfig {
-            namespaces: Namespaces::new([policy]),
-            connections_per_user: 4,
-            subscriptions_per_connection: 4,
-            outbound_queue_bytes: 1 << 20,
-            idempotency_window: std::time::Duration::from_secs(60),
-        };
-        let hub = Hub::new(config, Arc::new(MemoryEngine::new()));
+        let hub = hub_with(policy, 4, 4, Arc::new(MemoryEngine::new()));
         let a = connect(&hub, Identity::new("a")).await;
         let a2 = connect(&hub, Identity::new("a")).await;
         let b = connect(&hub, Identity::new("b")).await;

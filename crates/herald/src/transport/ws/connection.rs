@@ -129,7 +129,7 @@ impl Connection {
                 tokio::select! {
                     () = session.outbox().wait() => {}
                     // `poll_read_ready` keeps its waker in the socket's registration, where the
-                    // `readable()` future would add 150 bytes to every idle task.
+                    // `readable()` future would make every idle task larger.
                     readable = std::future::poll_fn(|cx| self.socket.stream().poll_read_ready(cx)) => {
                         if readable.is_err() || !self.read_available() {
                             break 'serve Ended::Gone;
