@@ -15,7 +15,7 @@ use crate::channel::ChannelName;
 use crate::publication::{Encodings, WireFormat};
 
 /// One connection in a channel's presence.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PresenceMember {
     /// The connection's user.
     pub user: Arc<str>,
@@ -27,7 +27,7 @@ pub struct PresenceMember {
 
 /// How many are in a channel: distinct users, and connections (a user with two tabs is one user
 /// and two connections).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PresenceCounts {
     /// Distinct users.
     pub users: usize,

@@ -18,7 +18,7 @@ use crate::channel::ChannelName;
 use crate::engine::{HistoryPage, HistoryQuery};
 use crate::error::{Disconnect, ErrorCode, HeraldError};
 use crate::hub::{ChannelInfo, HubSnapshot, Recovery, Subscribed};
-use crate::presence::{ChannelEvent, EventKind, Presence, PresenceMember};
+use crate::presence::{ChannelEvent, EventKind, Presence, PresenceCounts, PresenceMember};
 use crate::publication::{Publication, Publisher, StreamPosition};
 
 /// Most publications a `history` command or request returns at once, and most a `last` asks for.
@@ -599,6 +599,86 @@ impl<'a> MessageFrame<'a> {
             ts: p.ts,
             from: p.from.as_ref(),
         }
+    }
+}
+
+// === The core's values on the wire ===
+//
+// Positions, publishers and presence members appear in several frames and bodies; their field
+// names are written here, not on the types, so that this module stays the one that knows them.
+// Fields keep the order in which they have always been written.
+
+impl Serialize for StreamPosition {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Wire<'a> {
+            offset: u64,
+            epoch: &'a str,
+        }
+        Wire {
+            offset: self.offset,
+            epoch: &self.epoch,
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for StreamPosition {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Wire {
+            offset: u64,
+            epoch: String,
+        }
+        let Wire { offset, epoch } = Wire::deserialize(d)?;
+        Ok(StreamPosition { offset, epoch })
+    }
+}
+
+impl Serialize for Publisher {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Wire<'a> {
+            user: &'a str,
+            client: &'a str,
+        }
+        Wire {
+            user: &self.user,
+            client: &self.client,
+        }
+        .serialize(s)
+    }
+}
+
+impl Serialize for PresenceMember {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Wire<'a> {
+            user: &'a str,
+            client: &'a str,
+            joined_at: u64,
+        }
+        Wire {
+            user: &self.user,
+            client: &self.client,
+            joined_at: self.joined_at,
+        }
+        .serialize(s)
+    }
+}
+
+impl Serialize for PresenceCounts {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Wire {
+            users: usize,
+            connections: usize,
+        }
+        Wire {
+            users: self.users,
+            connections: self.connections,
+        }
+        .serialize(s)
     }
 }
 

@@ -14,8 +14,9 @@ use serde_json::value::RawValue;
 use crate::channel::ChannelName;
 
 /// A position in a channel's stream: the offset of the last publication seen, and the stream's
-/// epoch (which changes whenever the stream's history is lost).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// epoch (which changes whenever the stream's history is lost). Its wire form is the protocol
+/// module's.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamPosition {
     /// The offset in the stream (1 for its first publication).
     pub offset: u64,
@@ -24,7 +25,7 @@ pub struct StreamPosition {
 }
 
 /// Who published, when a client did (set by the server, never taken from input).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Publisher {
     /// The publishing client's user.
     pub user: Arc<str>,
