@@ -164,8 +164,9 @@ pub trait Engine: Send + Sync + 'static {
     /// precedes the node's subscription) and orders it against `node_unsubscribe` per channel.
     async fn node_subscribe(&self, channel: &ChannelName) -> Result<(), HeraldError>;
 
-    /// This node has no local subscriber left for `channel`. Idempotent; never called while the
-    /// channel has local subscribers.
+    /// This node had no local subscriber left for `channel` when the hub looked. Idempotent. A
+    /// subscriber may arrive while it runs: its own `node_subscribe` follows, in order, before
+    /// that subscriber reads history, so the engine always ends as the index is.
     async fn node_unsubscribe(&self, channel: &ChannelName) -> Result<(), HeraldError>;
 
     /// Puts a connection in the channel's presence (or refreshes its entry); says whether it was

@@ -126,6 +126,9 @@ enum Owner {
 struct Recovering {
     channel: ChannelName,
     held: Vec<Arc<Publication>>,
+    /// The server API unsubscribed the connection from the channel meanwhile: its notice is
+    /// queued, and nothing of the channel may follow it.
+    cancelled: bool,
 }
 
 impl State {
@@ -171,8 +174,11 @@ impl State {
     fn hand_to_fan_out(&mut self) -> bool {
         if self.writer.is_some() && self.is_empty() && self.close.is_none() {
             self.owner = Owner::FanOut;
+            true
+        } else {
+            self.hand_to_task();
+            false
         }
-        self.owner == Owner::FanOut
     }
 
     /// The socket, if the fan-out may write to it now.
@@ -246,6 +252,8 @@ impl Outbox {
                 CloseCode::SlowConsumer,
                 "outgoing queue full: the client is not reading fast enough",
             )));
+            // The close is the task's to send.
+            state.hand_to_task();
             let waker = state.wake();
             drop(state);
             if let Some(waker) = waker {
@@ -253,11 +261,17 @@ impl Outbox {
             }
             return Pushed::Overflowed;
         }
-        if let (Some(recovering), Outbound::Publication(p)) = (&mut state.recovering, &item) {
-            if p.channel == recovering.channel {
-                recovering.held.push(p.clone());
-                state.bytes += size;
-                return Pushed::Queued;
+        if let Some(recovering) = &mut state.recovering {
+            match &item {
+                Outbound::Publication(p) if p.channel == recovering.channel => {
+                    recovering.held.push(p.clone());
+                    state.bytes += size;
+                    return Pushed::Queued;
+                }
+                Outbound::Unsubscribed(channel) if *channel == recovering.channel => {
+                    recovering.cancelled = true;
+                }
+                _ => {}
             }
         }
         let written = match state.fan_out_writer() {
@@ -319,6 +333,7 @@ impl Outbox {
         state.recovering = Some(Box::new(Recovering {
             channel: channel.clone(),
             held: Vec::new(),
+            cancelled: false,
         }));
         true
     }
@@ -337,10 +352,19 @@ impl Outbox {
         }
         let already_read =
             |p: &Publication| *p.epoch == *position.epoch && p.offset <= position.offset;
-        let items = missed
+        let (read, after): (Vec<_>, Vec<_>) = recovering
+            .held
             .into_iter()
-            .chain(recovering.held.into_iter().filter(|p| !already_read(p)));
-        for p in items {
+            .partition(|p| recovering.cancelled || already_read(p));
+        // Held publications that history returned too are dropped, and so are their bytes.
+        let dropped: usize = read.iter().map(|p| p.queued_size()).sum();
+        state.bytes = state.bytes.saturating_sub(dropped);
+        let missed = if recovering.cancelled {
+            Vec::new()
+        } else {
+            missed
+        };
+        for p in missed.into_iter().chain(after) {
             state.enqueue(Outbound::Publication(p));
         }
         let waker = if state.is_empty() { None } else { state.wake() };
@@ -664,5 +688,85 @@ mod tests {
             .collect();
         let expected = [("b:1", 9), ("a:1", 2), ("a:1", 3), ("a:1", 4)];
         assert_eq!(got, expected.map(|(c, o)| (c.to_string(), o)));
+    }
+
+    /// Held publications that history returned too are dropped with their bytes: the queue is
+    /// empty again, and an item of any size still fits into it.
+    #[test]
+    fn a_recovery_leaves_no_bytes_behind() {
+        let one = publication("a:1", 1).queued_size();
+        let outbox = Outbox::new(one);
+        let channel = ChannelName::parse("a:1").expect("channel");
+        assert!(outbox.begin_recovery(&channel));
+        assert_eq!(
+            outbox.push(Outbound::Publication(publication("a:1", 1))),
+            Pushed::Queued
+        );
+        let position = StreamPosition {
+            offset: 1,
+            epoch: "e".into(),
+        };
+        outbox.finish_recovery(vec![publication("a:1", 1)], &position);
+        let mut batch = Vec::new();
+        outbox.take(&mut batch);
+        assert_eq!(batch.len(), 1, "history's copy only");
+        assert_eq!(outbox.queued_bytes(), 0);
+        for offset in 2..4 {
+            assert_eq!(
+                outbox.push(Outbound::Publication(publication("a:1", offset))),
+                Pushed::Queued
+            );
+            outbox.take(&mut batch);
+        }
+    }
+
+    /// An overflow while the fan-out holds the socket hands it back with the close, so that
+    /// the task sends the close instead of finding nothing to do.
+    #[test]
+    fn an_overflow_hands_the_socket_back_with_the_close() {
+        let one = publication("a:1", 1).queued_size();
+        let outbox = Outbox::new(one);
+        let socket = Arc::new(Socket {
+            room: Mutex::new(0),
+            written: Mutex::default(),
+        });
+        outbox.set_writer(Some(socket));
+        let mut batch = Vec::new();
+        assert!(outbox.take_or_release(&mut batch).is_none(), "idle: lent");
+        // Held while a channel is recovered, so the queue itself stays empty.
+        let channel = ChannelName::parse("a:1").expect("channel");
+        assert!(outbox.begin_recovery(&channel));
+        assert_eq!(
+            outbox.push(Outbound::Publication(publication("a:1", 1))),
+            Pushed::Queued
+        );
+        assert_eq!(
+            outbox.push(Outbound::Publication(publication("a:1", 2))),
+            Pushed::Overflowed
+        );
+        let close = outbox.take_or_release(&mut batch);
+        assert_eq!(close.map(|d| d.code), Some(CloseCode::SlowConsumer));
+    }
+
+    /// The server API unsubscribing the connection from the channel being recovered: its notice
+    /// is the last thing of the channel the client gets.
+    #[test]
+    fn an_unsubscribe_during_recovery_ends_the_channel_there() {
+        let outbox = Outbox::new(1 << 20);
+        let channel = ChannelName::parse("a:1").expect("channel");
+        assert!(outbox.begin_recovery(&channel));
+        outbox.push(Outbound::Publication(publication("a:1", 2)));
+        outbox.push(notice("a:1"));
+        let position = StreamPosition {
+            offset: 1,
+            epoch: "e".into(),
+        };
+        outbox.finish_recovery(vec![publication("a:1", 1)], &position);
+        let mut batch = Vec::new();
+        outbox.take(&mut batch);
+        assert!(
+            matches!(&batch[..], [Outbound::Unsubscribed(c)] if *c == channel),
+            "{batch:?}"
+        );
     }
 }
