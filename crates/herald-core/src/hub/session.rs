@@ -326,7 +326,10 @@ impl Session {
             Err(e) => {
                 outbox.abort_recovery();
                 if self.hub.remove_subscription(&self.inner, channel) {
-                    self.hub.sync_after_leave(channel, &self.inner).await;
+                    // In the background, so that it still runs if this subscribe is cancelled
+                    // (an SSE request whose client went away); the engine ends as the index is
+                    // whatever runs first.
+                    self.hub.spawn_sync_after_leave(channel, &self.inner);
                 }
                 return Err(e);
             }
