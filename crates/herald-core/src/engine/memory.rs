@@ -840,48 +840,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn presence_counts_users_and_connections_as_members_come_and_go() {
-        let (engine, _) = attached();
-        let channel = ChannelName::parse("chat:1").expect("channel");
-        let member = |user: &str, client: &str| PresenceMember {
-            user: user.into(),
-            client: client.into(),
-            joined_at: 1,
-        };
-        let change = |changed, users, connections| PresenceChange {
-            changed,
-            counts: PresenceCounts { users, connections },
-        };
-        let join = |m| engine.presence_join(&channel, m);
-        assert_eq!(join(member("a", "a1")).await.ok(), Some(change(true, 1, 1)));
-        assert_eq!(join(member("a", "a2")).await.ok(), Some(change(true, 1, 2)));
-        assert_eq!(join(member("b", "b1")).await.ok(), Some(change(true, 2, 3)));
-        // Joining twice with one connection counts once, and says nothing changed.
-        assert_eq!(
-            join(member("b", "b1")).await.ok(),
-            Some(change(false, 2, 3))
-        );
-        let listed = engine.presence(&channel).await.expect("presence");
-        let clients: Vec<&str> = listed.members.iter().map(|m| &*m.client).collect();
-        assert_eq!(clients, ["a1", "a2", "b1"]);
-        assert_eq!(listed.counts, change(false, 2, 3).counts);
-
-        let leave = |c: &'static str| engine.presence_leave(&channel, c);
-        assert_eq!(leave("a1").await.ok(), Some(change(true, 2, 2)));
-        assert_eq!(
-            leave("a1").await.ok(),
-            Some(change(false, 2, 2)),
-            "leaving twice"
-        );
-        assert_eq!(leave("b1").await.ok(), Some(change(true, 1, 1)));
-        assert_eq!(leave("a2").await.ok(), Some(change(true, 0, 0)));
-        assert!(
-            engine.presence.lock().is_empty(),
-            "an empty channel is dropped"
-        );
-    }
-
-    #[tokio::test]
     async fn a_subscribed_stream_outlives_its_ttl() {
         let (engine, _) = attached();
         let ch = ChannelName::parse("a:1").expect("channel");
@@ -900,48 +858,6 @@ mod tests {
             .await
             .expect("publish");
         assert_ne!(again.epoch, p.epoch);
-    }
-
-    #[tokio::test]
-    async fn history_is_bounded_by_size_and_reads_after_a_position() {
-        let (engine, _) = attached();
-        let ch = ChannelName::parse("a:1").expect("channel");
-        let ttl = Duration::from_secs(60);
-        let mut last = None;
-        for _ in 0..25 {
-            last = Some(engine.publish(request("a:1", ttl)).await.expect("publish"));
-        }
-        let epoch = last.expect("published").epoch;
-        let read = |since: Option<u64>, epoch: &str, limit: Option<usize>| {
-            let query = HistoryQuery {
-                since: since.map(|offset| StreamPosition {
-                    offset,
-                    epoch: epoch.into(),
-                }),
-                limit,
-            };
-            engine.history(&ch, policy(10, ttl), query)
-        };
-        // Kept: 16..=25.
-        let all = read(None, "", None).await.expect("read");
-        assert_eq!(offsets(&all), (16..=25).collect::<Vec<_>>());
-        assert_eq!(all.position.offset, 25);
-        let newest = read(None, "", Some(3)).await.expect("read");
-        assert_eq!(offsets(&newest), [23, 24, 25]);
-        let after = read(Some(20), &epoch, None).await.expect("read");
-        assert!(after.complete);
-        assert_eq!(offsets(&after), [21, 22, 23, 24, 25]);
-        let page = read(Some(15), &epoch, Some(2)).await.expect("read");
-        assert!(page.complete);
-        assert_eq!(offsets(&page), [16, 17]);
-        let current = read(Some(25), &epoch, None).await.expect("read");
-        assert!(current.complete && current.publications.is_empty());
-        // Trimmed, wrong epoch, ahead of the stream: incomplete, nothing returned.
-        for (since, epoch) in [(14, epoch.as_str()), (20, "other"), (26, epoch.as_str())] {
-            let page = read(Some(since), epoch, None).await.expect("read");
-            assert!(!page.complete, "since {since} {epoch}");
-            assert!(page.publications.is_empty());
-        }
     }
 
     #[tokio::test]
@@ -964,25 +880,6 @@ mod tests {
             .await
             .expect("read");
         assert!(page.publications.is_empty());
-    }
-
-    #[tokio::test]
-    async fn a_repeated_idempotency_key_returns_the_first_position_and_delivers_once() {
-        let (engine, sink) = attached();
-        let keyed = |key: &str| {
-            let mut r = request("a:1", Duration::from_secs(60));
-            r.idempotency = Some(IdempotencyKey {
-                key: key.into(),
-                window: Duration::from_secs(60),
-            });
-            r
-        };
-        let first = engine.publish(keyed("k1")).await.expect("publish");
-        let again = engine.publish(keyed("k1")).await.expect("publish");
-        let other = engine.publish(keyed("k2")).await.expect("publish");
-        assert_eq!(first, again);
-        assert_eq!(other.offset, 2);
-        assert_eq!(sink.0.lock().len(), 2);
     }
 }
 
@@ -1124,4 +1021,9 @@ mod durable_tests {
         assert_eq!(page.position.offset, 1);
         assert_eq!(page.publications.len(), 1);
     }
+}
+
+#[cfg(test)]
+mod conformance {
+    crate::engine_conformance_tests!(std::sync::Arc::new(crate::engine::MemoryEngine::new()));
 }

@@ -20,6 +20,8 @@
 //! becomes an offset increment plus a `PUBLISH`, `node_subscribe` a `SUBSCRIBE`, and the sink is fed
 //! from the pub/sub connection. The hub does not change.
 
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
 pub mod memory;
 pub mod store;
 
