@@ -18,7 +18,7 @@ use crate::channel::ChannelName;
 use crate::engine::{HistoryPage, HistoryQuery};
 use crate::error::{Disconnect, ErrorCode, HeraldError};
 use crate::hub::{ChannelInfo, HubSnapshot, Recovery, Subscribed};
-use crate::presence::{ChannelEvent, EventKind, Presence, PresenceCounts, PresenceMember};
+use crate::presence::{ChannelEvent, EventKind, Presence, PresenceMember};
 use crate::publication::{Publication, Publisher, StreamPosition};
 
 /// Most publications a `history` command or request returns at once, and most a `last` asks for.
@@ -662,21 +662,6 @@ impl Serialize for PresenceMember {
             user: &self.user,
             client: &self.client,
             joined_at: self.joined_at,
-        }
-        .serialize(s)
-    }
-}
-
-impl Serialize for PresenceCounts {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        #[derive(Serialize)]
-        struct Wire {
-            users: usize,
-            connections: usize,
-        }
-        Wire {
-            users: self.users,
-            connections: self.connections,
         }
         .serialize(s)
     }

@@ -31,7 +31,7 @@ use std::future::poll_fn;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 
 use crate::channel::ChannelName;
 use crate::error::{CloseCode, Disconnect};
@@ -196,6 +196,17 @@ impl State {
     }
 }
 
+/// Takes the task's waker under the lock and wakes it after releasing the lock, so that the task
+/// never wakes into a lock still held; later pushes before the task runs find no waker and cost
+/// nothing more.
+fn wake_after(mut state: MutexGuard<'_, State>) {
+    let waker = state.wake();
+    drop(state);
+    if let Some(waker) = waker {
+        waker.wake();
+    }
+}
+
 /// The bounded queue plus the wake-up for the connection's task.
 pub struct Outbox {
     state: Mutex<State>,
@@ -254,11 +265,7 @@ impl Outbox {
             )));
             // The close is the task's to send.
             state.hand_to_task();
-            let waker = state.wake();
-            drop(state);
-            if let Some(waker) = waker {
-                waker.wake();
-            }
+            wake_after(state);
             return Pushed::Overflowed;
         }
         if let Some(recovering) = &mut state.recovering {
@@ -283,24 +290,14 @@ impl Outbox {
             Written::Part => {
                 // The task writes the rest, and what follows.
                 state.hand_to_task();
-                let waker = state.wake();
-                drop(state);
-                if let Some(waker) = waker {
-                    waker.wake();
-                }
+                wake_after(state);
                 return Pushed::Written;
             }
             Written::Nothing => {}
         }
         state.bytes += size;
         state.enqueue(item);
-        let waker = state.wake();
-        drop(state);
-        // The waker is taken under the lock and woken outside it; later pushes before the task
-        // runs find no waker and cost nothing more.
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        wake_after(state);
         Pushed::Queued
     }
 
@@ -367,10 +364,8 @@ impl Outbox {
         for p in missed.into_iter().chain(after) {
             state.enqueue(Outbound::Publication(p));
         }
-        let waker = if state.is_empty() { None } else { state.wake() };
-        drop(state);
-        if let Some(waker) = waker {
-            waker.wake();
+        if !state.is_empty() {
+            wake_after(state);
         }
     }
 
@@ -416,11 +411,7 @@ impl Outbox {
             state.close = Some(Box::new(disconnect));
         }
         state.hand_to_task();
-        let waker = state.wake();
-        drop(state);
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        wake_after(state);
     }
 
     /// The close code, if a close was asked for.
