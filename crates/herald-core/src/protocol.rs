@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::channel::ChannelName;
-use crate::engine::{HistoryPage, HistoryQuery};
+use crate::engine::{HistoryPage, HistoryQuery, NodeFigures};
 use crate::error::{Disconnect, ErrorCode, HeraldError};
 use crate::hub::{ChannelInfo, HubSnapshot, Recovery, Subscribed};
 use crate::presence::{ChannelEvent, EventKind, Presence, PresenceMember};
@@ -790,21 +790,45 @@ pub struct ClusterFigures {
     pub users: usize,
 }
 
-/// `{"cluster":{...},"engine":...,"node":{...}}`: the answer to `GET /api/stats`.
-pub fn node_stats(
+impl ClusterFigures {
+    /// The totals of the registry's nodes: connections and users summed (a user connected to
+    /// two nodes counts on each).
+    pub fn of(nodes: &[NodeFigures]) -> ClusterFigures {
+        ClusterFigures {
+            connections: nodes.iter().map(|n| n.connections as usize).sum(),
+            nodes: nodes.len(),
+            users: nodes.iter().map(|n| n.users as usize).sum(),
+        }
+    }
+}
+
+/// `{"cluster":{...},"engine":...,"node":{...},"nodes":[...]}`: the answer to `GET /api/stats`.
+pub fn node_stats<'a>(
     engine: &'static str,
+    name: &'a str,
     node: &HubSnapshot,
     server: ServerFigures,
-    cluster: ClusterFigures,
-) -> impl Serialize {
+    nodes: &'a [NodeFigures],
+) -> impl Serialize + 'a {
     #[derive(Serialize)]
-    struct Node {
+    struct Listed<'a> {
+        connections: u64,
+        messages_in: u64,
+        messages_out: u64,
+        name: &'a str,
+        subscriptions: u64,
+        uptime_s: u64,
+        users: u64,
+    }
+    #[derive(Serialize)]
+    struct Node<'a> {
         channels: usize,
         connections: usize,
         deliveries_queued: u64,
         events: u64,
         messages_in: u64,
         messages_out: u64,
+        name: &'a str,
         queued_bytes: usize,
         slow_consumers: u64,
         subscriptions: usize,
@@ -812,15 +836,29 @@ pub fn node_stats(
         users: usize,
     }
     #[derive(Serialize)]
-    struct Stats {
+    struct Stats<'a> {
         cluster: ClusterFigures,
         engine: &'static str,
-        node: Node,
+        node: Node<'a>,
+        nodes: Vec<Listed<'a>>,
     }
     Stats {
-        cluster,
+        cluster: ClusterFigures::of(nodes),
         engine,
+        nodes: nodes
+            .iter()
+            .map(|n| Listed {
+                connections: n.connections,
+                messages_in: n.messages_in,
+                messages_out: n.messages_out,
+                name: &n.name,
+                subscriptions: n.subscriptions,
+                uptime_s: n.uptime_s,
+                users: n.users,
+            })
+            .collect(),
         node: Node {
+            name,
             channels: node.channels,
             connections: node.connections,
             deliveries_queued: node.deliveries,
@@ -1026,21 +1064,40 @@ mod tests {
             messages_out: 12,
             uptime_s: 13,
         };
-        let cluster = ClusterFigures {
-            connections: 2,
-            nodes: 1,
-            users: 3,
-        };
+        let nodes = [
+            NodeFigures {
+                name: "a".into(),
+                connections: 2,
+                users: 3,
+                subscriptions: 5,
+                messages_in: 11,
+                messages_out: 12,
+                uptime_s: 13,
+            },
+            NodeFigures {
+                name: "b".into(),
+                connections: 10,
+                users: 1,
+                ..NodeFigures::default()
+            },
+        ];
         same(
-            encode(&node_stats("memory", &snapshot, server, cluster)),
+            encode(&node_stats("redis", "a", &snapshot, server, &nodes)),
             json!({
-                "engine": "memory",
+                "engine": "redis",
                 "node": {
+                    "name": "a",
                     "connections": 2, "users": 3, "channels": 4, "subscriptions": 5,
                     "messages_in": 11, "messages_out": 12, "deliveries_queued": 7,
                     "slow_consumers": 8, "events": 9, "queued_bytes": 10, "uptime_s": 13,
                 },
-                "cluster": {"nodes": 1, "connections": 2, "users": 3},
+                "cluster": {"nodes": 2, "connections": 12, "users": 4},
+                "nodes": [
+                    {"name": "a", "connections": 2, "users": 3, "subscriptions": 5,
+                     "messages_in": 11, "messages_out": 12, "uptime_s": 13},
+                    {"name": "b", "connections": 10, "users": 1, "subscriptions": 0,
+                     "messages_in": 0, "messages_out": 0, "uptime_s": 0},
+                ],
             }),
         );
         same(encode(&health()), json!({"status": "ok"}));

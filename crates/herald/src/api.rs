@@ -24,7 +24,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use herald_core::engine::HistoryQuery;
-use herald_core::protocol::{ClusterFigures, PublishOutcome, ServerFigures};
+use herald_core::protocol::{PublishOutcome, ServerFigures};
 use herald_core::{protocol, ChannelName, ErrorCode, HeraldError, StreamPosition};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -462,26 +462,30 @@ pub async fn user(
     State(app): State<App>,
     ApiPath(user): ApiPath<String>,
 ) -> ApiResult<impl Serialize> {
-    let connections = app.hub.user_connections(&user);
+    let connections = app
+        .hub
+        .user_connections_everywhere(&user)
+        .await
+        .map_err(|e| counted(&app, e))?;
     Ok(Json(protocol::user_status(user, connections)))
 }
 
-/// `GET /api/stats`: this node's figures.
-pub async fn stats(State(app): State<App>) -> ApiResult<impl Serialize> {
+/// `GET /api/stats`: this node's figures, every live node's, and the cluster's totals.
+pub async fn stats(State(app): State<App>) -> Result<Response, ApiError> {
     let server = ServerFigures {
         messages_in: app.metrics.messages_in.get(),
         messages_out: app.metrics.messages_out.get(),
         uptime_s: app.started.elapsed().as_secs(),
     };
     let node = app.hub.snapshot();
-    // With one node, the cluster is this node; the Redis engine sums across nodes.
-    let cluster = ClusterFigures {
-        connections: node.connections,
-        nodes: 1,
-        users: node.users,
-    };
-    let engine = app.hub.engine().name();
-    Ok(Json(protocol::node_stats(engine, &node, server, cluster)))
+    let engine = app.hub.engine();
+    let mut nodes = engine.nodes().await.map_err(|e| counted(&app, e))?;
+    // This node's entry is the one it would announce now, not its last beat's.
+    nodes.retain(|n| n.name != app.node_name);
+    nodes.push(app.figures());
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    let stats = protocol::node_stats(engine.name(), &app.node_name, &node, server, &nodes);
+    Ok(Json(stats).into_response())
 }
 
 /// `GET /health`: the process is up.

@@ -56,7 +56,21 @@ pub enum JwtAlgorithm {
 pub struct Config {
     pub listen: SocketAddr,
     pub engine: EngineKind,
+    /// One Redis, for `engine = "redis"`.
     pub redis_url: String,
+    /// Redis Cluster seed nodes; when set, they win over `redis_url`.
+    pub redis_cluster_nodes: Vec<String>,
+    /// What every Redis key and pub/sub subject starts with.
+    pub redis_prefix: String,
+    /// How long a presence entry outlives the last refresh by its node: how soon a killed node's
+    /// connections leave presence.
+    #[serde(deserialize_with = "duration")]
+    pub redis_presence_ttl: Duration,
+    /// The longest any Redis call may take before it fails with `unavailable`.
+    #[serde(deserialize_with = "duration")]
+    pub redis_timeout: Duration,
+    /// This node's name in `/api/stats`; empty: the host name and the listening port.
+    pub node_name: String,
     /// Origins allowed to open a WebSocket and to call the API from a browser. Empty: same-origin
     /// and non-browser clients only. `"*"` allows any origin.
     pub allowed_origins: Vec<String>,
@@ -232,6 +246,11 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
             engine: EngineKind::Memory,
             redis_url: "redis://127.0.0.1:6379".into(),
+            redis_cluster_nodes: Vec::new(),
+            redis_prefix: "herald".into(),
+            redis_presence_ttl: Duration::from_secs(30),
+            redis_timeout: Duration::from_secs(2),
+            node_name: String::new(),
             allowed_origins: Vec::new(),
             history_store: HistoryStore::Memory,
             data_dir: PathBuf::from("./herald-data"),
@@ -324,6 +343,21 @@ const ENV_KEYS: &[(&str, Option<&str>, &str, Kind)] = &[
     ("HERALD_LISTEN", None, "listen", Kind::Text),
     ("HERALD_ENGINE", None, "engine", Kind::Text),
     ("HERALD_REDIS_URL", None, "redis_url", Kind::Text),
+    (
+        "HERALD_REDIS_CLUSTER_NODES",
+        None,
+        "redis_cluster_nodes",
+        Kind::List,
+    ),
+    ("HERALD_REDIS_PREFIX", None, "redis_prefix", Kind::Text),
+    (
+        "HERALD_REDIS_PRESENCE_TTL",
+        None,
+        "redis_presence_ttl",
+        Kind::Text,
+    ),
+    ("HERALD_REDIS_TIMEOUT", None, "redis_timeout", Kind::Text),
+    ("HERALD_NODE_NAME", None, "node_name", Kind::Text),
     (
         "HERALD_ALLOWED_ORIGINS",
         None,
@@ -582,10 +616,24 @@ impl Config {
     /// Checks what serde cannot: required secrets, sane numbers, features not in this release.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.engine == EngineKind::Redis {
-            return Err(ConfigError::new(
-                "engine",
-                "\"redis\" is not available in this release; use \"memory\"",
-            ));
+            if self.history_store == HistoryStore::Disk {
+                return Err(ConfigError::new(
+                    "history_store",
+                    "\"disk\" is for the memory engine; with engine = \"redis\", Redis keeps history (see docs/scaling.md on persistence)",
+                ));
+            }
+            if self.redis_prefix.is_empty() || self.redis_prefix.contains(['{', '}']) {
+                return Err(ConfigError::new(
+                    "redis_prefix",
+                    "must not be empty nor contain { or }",
+                ));
+            }
+            if self.redis_presence_ttl < Duration::from_secs(1) {
+                return Err(ConfigError::new("redis_presence_ttl", "at least 1s"));
+            }
+            if self.redis_timeout.is_zero() {
+                return Err(ConfigError::new("redis_timeout", "must be more than 0"));
+            }
         }
         if self.history_store == HistoryStore::Disk && self.data_dir.as_os_str().is_empty() {
             return Err(ConfigError::new(
@@ -878,7 +926,14 @@ const INIT_TEMPLATE: &str = r#"# Herald configuration. Every key can be overridd
 # The reference for every key is docs/configuration.md.
 
 listen = "127.0.0.1:8000"            # address for WebSocket, API and metrics
-engine = "memory"                    # single node, everything in memory
+engine = "memory"                    # single node, everything in memory; "redis": many nodes
+                                     # as one (docs/scaling.md)
+# redis_url = "redis://127.0.0.1:6379"   # rediss:// for TLS, user:password@ for ACLs
+# redis_cluster_nodes = ["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"]  # wins over redis_url
+# redis_prefix = "herald"            # every key and pub/sub subject starts with it
+# redis_presence_ttl = "30s"         # a killed node's connections leave presence within this
+# redis_timeout = "2s"               # the longest any Redis call may take
+# node_name = "herald-1"             # in /api/stats; default: host name and port
 history_store = "memory"             # "disk": history, offsets and epochs survive restarts
 data_dir = "./herald-data"           # where "disk" keeps history.redb
 # Origins allowed to open a WebSocket or call the API from a browser.
@@ -1015,8 +1070,18 @@ mod tests {
                 "bogus",
             ),
             (
-                base.replace("engine = \"memory\"", "engine = \"redis\""),
+                base.replace("engine = \"memory\"", "engine = \"disk\""),
                 "engine",
+            ),
+            (
+                base.replace("engine = \"memory\"", "engine = \"redis\"")
+                    .replace("history_store = \"memory\"", "history_store = \"disk\""),
+                "history_store",
+            ),
+            (
+                base.replace("# redis_prefix = \"herald\"", "redis_prefix = \"{x}\"")
+                    .replace("engine = \"memory\"", "engine = \"redis\""),
+                "redis_prefix",
             ),
             (
                 base.replace("subscribe = \"claims\"", "subscribe = \"sometimes\""),

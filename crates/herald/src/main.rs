@@ -127,7 +127,9 @@ fn serve(config_path: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(),
         if development {
             print_development_banner(&config, address);
         }
-        let app = server::build(config).map_err(|e| format!("configuration error: {e}"))?;
+        let app = server::build(config)
+            .await
+            .map_err(|e| format!("configuration error: {e}"))?;
         tracing::info!(
             %address,
             engine = app.hub.engine().name(),

@@ -17,8 +17,12 @@ use axum::http::Request;
 use axum::http::{HeaderValue, Method};
 use axum::routing::{get, post};
 use axum::Router;
+use herald_core::engine::NodeFigures;
 use herald_core::hooks::Hooks;
-use herald_core::{ChannelName, CloseCode, Disconnect, Hub, HubConfig, MemoryEngine, Namespaces};
+use herald_core::{
+    ChannelName, CloseCode, Disconnect, Engine, Hub, HubConfig, MemoryEngine, Namespaces,
+};
+use herald_redis::{RedisConfig, RedisEngine};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -27,7 +31,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::api;
 use crate::auth::Authenticator;
-use crate::config::{Config, ConfigError, HistoryStore};
+use crate::config::{Config, ConfigError, EngineKind, HistoryStore};
 use crate::hooks::HttpHooks;
 use crate::limits::{ConnectionCap, ConnectionRate};
 use crate::metrics::Metrics;
@@ -51,6 +55,8 @@ pub struct AppState {
     /// Pings and credential expiry of every WebSocket connection, kept by one sweep.
     pub heartbeats: Arc<Heartbeats>,
     pub started: Instant,
+    /// This node's name in the node registry and `/api/stats`.
+    pub node_name: String,
     /// Set when shutdown begins: new WebSocket upgrades are refused and `/ready` fails.
     shutting_down: AtomicBool,
 }
@@ -61,13 +67,69 @@ impl AppState {
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Relaxed)
     }
+
+    /// This node's figures, as announced to the node registry.
+    pub fn figures(&self) -> NodeFigures {
+        let node = self.hub.snapshot();
+        NodeFigures {
+            name: self.node_name.clone(),
+            connections: node.connections as u64,
+            users: node.users as u64,
+            subscriptions: node.subscriptions as u64,
+            messages_in: self.metrics.messages_in.get(),
+            messages_out: self.metrics.messages_out.get(),
+            uptime_s: self.started.elapsed().as_secs(),
+        }
+    }
 }
 
-/// Builds the state for `config`: the engine, the hub, the authenticator.
-pub fn build(config: Config) -> Result<App, ConfigError> {
-    config.validate()?;
-    let auth = Authenticator::from_config(&config.auth)?;
-    let namespaces = Namespaces::new(config.namespace_policies());
+/// Announces this node to the engine's node registry now and every [`herald_redis::NODE_BEAT`].
+async fn announce(app: App) {
+    let mut beat = tokio::time::interval(herald_redis::NODE_BEAT);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        beat.tick().await;
+        if let Err(e) = app.hub.engine().announce(app.figures()).await {
+            tracing::warn!(error = %e, "node registry: announce failed");
+        }
+    }
+}
+
+/// This node's name: `node_name`, or the host name and the listening port.
+pub fn node_name(config: &Config) -> String {
+    if !config.node_name.is_empty() {
+        return config.node_name.clone();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "herald".into());
+    format!("{host}:{}", config.listen.port())
+}
+
+/// The engine `config` asks for: the memory engine (with its history store), or the Redis engine,
+/// connected.
+async fn engine(config: &Config, namespaces: &Namespaces) -> Result<Arc<dyn Engine>, ConfigError> {
+    if config.engine == EngineKind::Redis {
+        let redis = RedisConfig {
+            url: config.redis_url.clone(),
+            cluster_nodes: config.redis_cluster_nodes.clone(),
+            prefix: config.redis_prefix.clone(),
+            node_name: node_name(config),
+            presence_ttl: config.redis_presence_ttl,
+            timeout: config.redis_timeout,
+        };
+        let key = if redis.cluster_nodes.is_empty() {
+            "redis_url"
+        } else {
+            "redis_cluster_nodes"
+        };
+        let engine = RedisEngine::connect(redis)
+            .await
+            .map_err(|e| ConfigError::new(key, e.message))?;
+        return Ok(Arc::new(engine));
+    }
     let engine = match config.history_store {
         HistoryStore::Memory => MemoryEngine::new(),
         HistoryStore::Disk => {
@@ -82,6 +144,15 @@ pub fn build(config: Config) -> Result<App, ConfigError> {
     let engine = Arc::new(engine);
     engine.spawn_sweeper(Duration::from_secs(30));
     engine.spawn_writer();
+    Ok(engine)
+}
+
+/// Builds the state for `config`: the engine, the hub, the authenticator.
+pub async fn build(config: Config) -> Result<App, ConfigError> {
+    config.validate()?;
+    let auth = Authenticator::from_config(&config.auth)?;
+    let namespaces = Namespaces::new(config.namespace_policies());
+    let engine = engine(&config, &namespaces).await?;
     let metrics = Arc::new(Metrics::new());
     let hooks = HttpHooks::from_config(&config.proxy, metrics.clone());
     if config.proxy.any() && hooks.is_none() {
@@ -102,6 +173,7 @@ pub fn build(config: Config) -> Result<App, ConfigError> {
         engine,
         core_hooks,
     );
+    let config_name_source = config.clone();
     Ok(Arc::new(AppState {
         connection_rate: ConnectionRate::new(config.limits.connections_per_ip_per_second),
         connection_cap: ConnectionCap::new(config.limits.max_connections),
@@ -112,6 +184,7 @@ pub fn build(config: Config) -> Result<App, ConfigError> {
         metrics,
         hooks,
         started: Instant::now(),
+        node_name: node_name(&config_name_source),
         shutting_down: AtomicBool::new(false),
     }))
 }
@@ -192,6 +265,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let beat = tokio::spawn(announce(app.clone()));
     let server = tokio::spawn(accept_loop(
         listener,
         router(app.clone()),
@@ -199,6 +273,7 @@ pub async fn run(
         stopped,
     ));
     shutdown.await;
+    beat.abort();
     tracing::info!("shutdown: no longer accepting; disconnecting clients");
     app.shutting_down.store(true, Ordering::Relaxed);
     let _ = stop.send(true);

@@ -28,9 +28,21 @@ pub struct Recorder {
     publications: Mutex<Vec<(String, u64)>>,
     events: Mutex<Vec<(EventKind, String, String)>>,
     commands: Mutex<Vec<ClusterCommand>>,
+    resets: Mutex<Vec<(String, StreamPosition)>>,
 }
 
 impl Recorder {
+    /// The resets of `channel`, in order: the positions the engine reported after losing part of
+    /// its stream.
+    pub fn resets(&self, channel: &str) -> Vec<StreamPosition> {
+        self.resets
+            .lock()
+            .iter()
+            .filter(|(c, _)| c == channel)
+            .map(|(_, position)| position.clone())
+            .collect()
+    }
+
     /// The offsets delivered for `channel`, in delivery order.
     pub fn offsets(&self, channel: &str) -> Vec<u64> {
         self.publications
@@ -60,6 +72,10 @@ impl NodeSink for Recorder {
     fn command(&self, command: ClusterCommand) {
         self.commands.lock().push(command);
     }
+
+    fn reset(&self, channel: &ChannelName, position: StreamPosition) {
+        self.resets.lock().push((channel.to_string(), position));
+    }
 }
 
 /// An engine under test and the sink it delivers to.
@@ -79,8 +95,9 @@ impl Node {
     }
 }
 
-/// Runs one test per check against engines made by `$make` (an expression giving an
-/// `Arc<dyn Engine>`, evaluated once per test).
+/// Runs one test per check against engines made by `$make` (a future giving an
+/// `Arc<dyn Engine>`, evaluated once per test; each test needs an engine of its own, with
+/// nothing in it).
 #[macro_export]
 macro_rules! engine_conformance_tests {
     ($make:expr) => {
@@ -99,7 +116,7 @@ macro_rules! engine_conformance_tests {
         $(
             #[tokio::test]
             async fn $check() {
-                let node = $crate::engine::conformance::Node::attach($make);
+                let node = $crate::engine::conformance::Node::attach($make.await);
                 $crate::engine::conformance::$check(&node).await;
             }
         )+
@@ -142,6 +159,8 @@ const KEEP_10: HistoryPolicy = HistoryPolicy {
 /// Publishers racing on one channel never share or skip an offset, and the node receives the
 /// channel's publications in offset order; another channel counts on its own.
 pub async fn publications_are_gapless_and_delivered_in_offset_order(node: &Node) {
+    let race = channel("conf:race");
+    node.engine.node_subscribe(&race).await.expect("subscribe");
     let publishers: Vec<_> = (0..4)
         .map(|_| {
             let engine = node.engine.clone();
@@ -268,6 +287,8 @@ pub async fn history_expires_with_its_ttl(node: &Node) {
 /// Within its window, a key publishes once: a retry gets the first position and delivers
 /// nothing.
 pub async fn a_repeated_idempotency_key_publishes_once(node: &Node) {
+    let ch = channel("conf:idem");
+    node.engine.node_subscribe(&ch).await.expect("subscribe");
     let keyed = || {
         let mut request = request("conf:idem", KEEP_10);
         request.idempotency = Some(IdempotencyKey {

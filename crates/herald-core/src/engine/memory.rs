@@ -31,8 +31,8 @@ use tokio::sync::{oneshot, Notify};
 
 use super::store::{StoreWrite, StreamStore};
 use super::{
-    ClusterCommand, Engine, HistoryPage, HistoryPolicy, HistoryQuery, IdempotencyKey, NodeSink,
-    PublishRequest,
+    ClusterCommand, Engine, HistoryPage, HistoryPolicy, HistoryQuery, IdempotencyKey, NodeFigures,
+    NodeSink, PublishRequest,
 };
 use crate::channel::ChannelName;
 use crate::error::HeraldError;
@@ -263,6 +263,8 @@ pub struct MemoryEngine {
     durable: Option<Durable>,
     /// Presence of the channels that have any, each with its counts kept up to date.
     presence: Mutex<HashMap<ChannelName, ChannelPresence>>,
+    /// This node's figures, as last announced: the whole node registry of a single node.
+    announced: Mutex<Option<NodeFigures>>,
 }
 
 /// One channel's presence: its connections, and how many each user has.
@@ -349,6 +351,7 @@ impl MemoryEngine {
             streams: Mutex::new(HashMap::new()),
             durable: None,
             presence: Mutex::default(),
+            announced: Mutex::default(),
         }
     }
 
@@ -407,6 +410,7 @@ impl MemoryEngine {
                 failed: OnceLock::new(),
             }),
             presence: Mutex::default(),
+            announced: Mutex::default(),
         })
     }
 
@@ -770,6 +774,15 @@ impl Engine for MemoryEngine {
         Ok(())
     }
 
+    async fn announce(&self, figures: NodeFigures) -> Result<(), HeraldError> {
+        *self.announced.lock() = Some(figures);
+        Ok(())
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeFigures>, HeraldError> {
+        Ok(self.announced.lock().iter().cloned().collect())
+    }
+
     async fn ready(&self) -> Result<(), HeraldError> {
         if let Some(reason) = self.durable.as_ref().and_then(|d| d.failed.get()) {
             return Err(HeraldError::unavailable(format!(
@@ -793,6 +806,7 @@ mod tests {
         }
         fn deliver_event(&self, _: Arc<ChannelEvent>) {}
         fn command(&self, _: ClusterCommand) {}
+        fn reset(&self, _: &ChannelName, _: StreamPosition) {}
     }
 
     fn policy(size: usize, ttl: Duration) -> HistoryPolicy {
@@ -937,6 +951,7 @@ mod durable_tests {
         }
         fn deliver_event(&self, _: Arc<ChannelEvent>) {}
         fn command(&self, _: ClusterCommand) {}
+        fn reset(&self, _: &ChannelName, _: StreamPosition) {}
     }
 
     fn request() -> PublishRequest {
@@ -1025,5 +1040,9 @@ mod durable_tests {
 
 #[cfg(test)]
 mod conformance {
-    crate::engine_conformance_tests!(std::sync::Arc::new(crate::engine::MemoryEngine::new()));
+    use std::sync::Arc;
+
+    use crate::engine::{Engine, MemoryEngine};
+
+    crate::engine_conformance_tests!(async { Arc::new(MemoryEngine::new()) as Arc<dyn Engine> });
 }

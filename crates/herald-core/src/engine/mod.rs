@@ -136,6 +136,30 @@ pub trait NodeSink: Send + Sync + 'static {
     fn deliver_event(&self, event: Arc<ChannelEvent>);
     /// A command for the connections on this node.
     fn command(&self, command: ClusterCommand);
+    /// The engine lost part of the channel's stream for this node (its link to the other nodes
+    /// was down for longer than history covers, or the stream started a new epoch): the channel's
+    /// subscribers here are told that they missed publications and where the stream is now, and
+    /// deliveries continue after `position`.
+    fn reset(&self, channel: &ChannelName, position: StreamPosition);
+}
+
+/// A node's figures, as the node registry lists them for `GET /api/stats`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeFigures {
+    /// The node's name (`node_name`).
+    pub name: String,
+    /// Connections open.
+    pub connections: u64,
+    /// Distinct users among them.
+    pub users: u64,
+    /// Subscriptions held.
+    pub subscriptions: u64,
+    /// Messages received from clients and publishers.
+    pub messages_in: u64,
+    /// Messages sent to clients.
+    pub messages_out: u64,
+    /// Seconds since the node started.
+    pub uptime_s: u64,
 }
 
 /// The interface between the hub and the rest of the cluster.
@@ -202,4 +226,24 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Whether the engine can serve requests now (`/ready`).
     async fn ready(&self) -> Result<(), HeraldError>;
+
+    /// Announces this node and its figures to the node registry. The server calls it every few
+    /// seconds; a node that stops announcing leaves the registry after a few missed beats.
+    async fn announce(&self, figures: NodeFigures) -> Result<(), HeraldError>;
+
+    /// Every live node's last announced figures, this node's included.
+    async fn nodes(&self) -> Result<Vec<NodeFigures>, HeraldError>;
+
+    /// `user` now has `on_this_node` connections on this node. Called by the hub as connections
+    /// come and go; it must not block. Engines that span nodes keep a cluster-wide count from it.
+    fn user_connections_changed(&self, user: &Arc<str>, on_this_node: usize) {
+        let _ = (user, on_this_node);
+    }
+
+    /// How many connections `user` has on every node, or `None` when this node's count is the
+    /// answer (a single-node engine).
+    async fn user_connections(&self, user: &str) -> Result<Option<usize>, HeraldError> {
+        let _ = user;
+        Ok(None)
+    }
 }

@@ -15,11 +15,11 @@ use tokio::time::Instant;
 
 use crate::channel::ChannelName;
 use crate::presence::ChannelEvent;
-use crate::publication::Publication;
+use crate::publication::{Publication, StreamPosition};
 
 use super::outbox::Outbound;
 use super::session::{SessionInner, WeakSession};
-use super::Hub;
+use super::{Hub, Subscribed};
 
 /// Channels with up to this many subscribers are always written directly to idle sockets
 /// (personal channels, rooms). A larger channel is written directly only while its passes do not
@@ -92,6 +92,17 @@ impl Hub {
         self.fan_out_items(&event.channel, |session| {
             (*session.client != *event.client).then(|| Outbound::Event(event.clone()))
         });
+    }
+
+    /// Tells this node's subscribers of `channel` that the engine lost part of its stream: each
+    /// gets an unsolicited `subscribed` with `recovered: false` at `position`.
+    pub(super) fn fan_out_reset(&self, channel: &ChannelName, position: StreamPosition) {
+        let notice = Arc::new(Subscribed {
+            channel: channel.clone(),
+            position,
+            recovered: Some(false),
+        });
+        self.fan_out_items(channel, |_| Some(Outbound::Resubscribed(notice.clone())));
     }
 
     /// Queues `item_for(subscriber)` for each of this node's subscribers of `channel`.

@@ -73,11 +73,14 @@ impl Index {
     /// Registers `session` under its user, unless the node is draining (1012) or the user holds
     /// `per_user` sessions already (4011). The draining flag is read under the users lock, which
     /// the drain takes after setting it: a session is either in its user's list or refused.
+    /// Tells `counted` the user's connections on this node after the change, while the list is
+    /// still locked, so that counts reach it in the order they changed.
     pub(super) fn register(
         &self,
         session: &Arc<SessionInner>,
         per_user: usize,
         draining: &AtomicBool,
+        counted: impl FnOnce(&Arc<str>, usize),
     ) -> Result<(), Disconnect> {
         let mut users = self.users.lock();
         if draining.load(Ordering::SeqCst) {
@@ -97,15 +100,21 @@ impl Index {
             ));
         }
         sessions.push(session.clone());
+        counted(&session.user, sessions.len());
         self.sessions.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
-    /// Takes `session` out of its user's list.
-    pub(super) fn unregister(&self, session: &SessionInner) {
+    /// Takes `session` out of its user's list; tells `counted` as [`Index::register`] does.
+    pub(super) fn unregister(
+        &self,
+        session: &SessionInner,
+        counted: impl FnOnce(&Arc<str>, usize),
+    ) {
         let mut users = self.users.lock();
         if let Some(sessions) = users.get_mut(&session.user) {
             sessions.retain(|s| s.id != session.id);
+            counted(&session.user, sessions.len());
             if sessions.is_empty() {
                 users.remove(&session.user);
             }

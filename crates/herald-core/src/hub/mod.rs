@@ -55,7 +55,7 @@ use crate::channel::{ChannelName, Namespaces};
 use crate::engine::{ClusterCommand, Engine, NodeSink};
 use crate::hooks::Hooks;
 use crate::presence::ChannelEvent;
-use crate::publication::Publication;
+use crate::publication::{Publication, StreamPosition};
 use fan_out::FanOutPace;
 use index::Index;
 use node::check_event;
@@ -192,6 +192,12 @@ impl NodeSink for HubSink {
             Hub { shared }.run_command(command);
         }
     }
+
+    fn reset(&self, channel: &ChannelName, position: StreamPosition) {
+        if let Some(shared) = self.0.upgrade() {
+            Hub { shared }.fan_out_reset(channel, position);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -246,7 +252,10 @@ mod tests {
             .into_iter()
             .filter_map(|o| match o {
                 Outbound::Publication(p) => Some(p.offset),
-                Outbound::Event(_) | Outbound::Unsubscribed(_) | Outbound::Heartbeat => None,
+                Outbound::Event(_)
+                | Outbound::Unsubscribed(_)
+                | Outbound::Resubscribed(_)
+                | Outbound::Heartbeat => None,
             })
             .collect()
     }

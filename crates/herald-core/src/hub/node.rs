@@ -171,6 +171,15 @@ impl Hub {
         self.shared.index.user_connections(user)
     }
 
+    /// How many connections `user` holds on every node (with a single-node engine, this node's
+    /// count).
+    pub async fn user_connections_everywhere(&self, user: &str) -> Result<usize, HeraldError> {
+        match self.shared.engine.user_connections(user).await? {
+            Some(count) => Ok(count),
+            None => Ok(self.user_connections(user)),
+        }
+    }
+
     /// Node-wide figures.
     pub fn snapshot(&self) -> HubSnapshot {
         let s = &self.shared;

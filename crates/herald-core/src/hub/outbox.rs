@@ -38,6 +38,8 @@ use crate::error::{CloseCode, Disconnect};
 use crate::presence::ChannelEvent;
 use crate::publication::{Publication, StreamPosition};
 
+use super::Subscribed;
+
 /// Queue slots kept allocated between takes (16 bytes each).
 const KEPT_CAPACITY: usize = 8;
 
@@ -68,6 +70,9 @@ pub enum Outbound {
     Event(Arc<ChannelEvent>),
     /// The server API unsubscribed this connection from a channel.
     Unsubscribed(ChannelName),
+    /// The engine lost part of a subscribed channel's stream for this node: the client is told
+    /// where the stream is now, with `recovered: false`, and deliveries continue after it.
+    Resubscribed(Arc<Subscribed>),
     /// The transport's keep-alive (a WebSocket ping): carries nothing, is not a delivery.
     Heartbeat,
 }
@@ -78,6 +83,7 @@ impl Outbound {
             Outbound::Publication(p) => p.queued_size(),
             Outbound::Event(e) => e.queued_size(),
             Outbound::Unsubscribed(c) => c.as_str().len() + 48,
+            Outbound::Resubscribed(s) => s.channel.as_str().len() + s.position.epoch.len() + 80,
             Outbound::Heartbeat => 16,
         }
     }
@@ -515,9 +521,10 @@ mod tests {
             .iter()
             .map(|o| match o {
                 Outbound::Unsubscribed(c) => c.to_string(),
-                Outbound::Publication(_) | Outbound::Event(_) | Outbound::Heartbeat => {
-                    unreachable!()
-                }
+                Outbound::Publication(_)
+                | Outbound::Event(_)
+                | Outbound::Resubscribed(_)
+                | Outbound::Heartbeat => unreachable!(),
             })
             .collect();
         assert_eq!(names, ["a:0", "a:1", "a:2", "a:3", "a:4"]);
@@ -672,9 +679,10 @@ mod tests {
             .iter()
             .map(|o| match o {
                 Outbound::Publication(p) => (p.channel.to_string(), p.offset),
-                Outbound::Unsubscribed(_) | Outbound::Event(_) | Outbound::Heartbeat => {
-                    unreachable!()
-                }
+                Outbound::Unsubscribed(_)
+                | Outbound::Resubscribed(_)
+                | Outbound::Event(_)
+                | Outbound::Heartbeat => unreachable!(),
             })
             .collect();
         let expected = [("b:1", 9), ("a:1", 2), ("a:1", 3), ("a:1", 4)];

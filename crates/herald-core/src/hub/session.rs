@@ -133,9 +133,12 @@ impl Hub {
             outbox: Outbox::new(shared.config.outbound_queue_bytes),
             subscriptions: Mutex::default(),
         });
-        shared
-            .index
-            .register(&inner, shared.config.connections_per_user, &shared.draining)?;
+        shared.index.register(
+            &inner,
+            shared.config.connections_per_user,
+            &shared.draining,
+            |user, count| shared.engine.user_connections_changed(user, count),
+        )?;
         let session = Session {
             hub: self.clone(),
             inner,
@@ -468,6 +471,12 @@ impl Drop for Session {
             self.hub.remove_subscription(&self.inner, channel);
             self.hub.spawn_sync_after_leave(channel, &self.inner);
         }
-        self.hub.shared.index.unregister(&self.inner);
+        let engine = &self.hub.shared.engine;
+        self.hub
+            .shared
+            .index
+            .unregister(&self.inner, |user, count| {
+                engine.user_connections_changed(user, count)
+            });
     }
 }

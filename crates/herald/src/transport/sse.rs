@@ -344,6 +344,22 @@ impl EventStream {
                         &protocol::unsubscribed(None, &channel),
                     );
                 }
+                Outbound::Resubscribed(notice) => {
+                    if let Some((_, position)) = self
+                        .positions
+                        .iter_mut()
+                        .find(|(c, _)| *c == notice.channel)
+                    {
+                        *position = notice.position.clone();
+                    }
+                    let id = protocol::sse_event_id(self.positions.iter().map(|(c, p)| (c, p)));
+                    push_event(
+                        chunk,
+                        Some("subscribed"),
+                        Some(&id),
+                        &protocol::subscribed(None, &notice),
+                    );
+                }
                 // The stream keeps its own heartbeat comments; a keep-alive is one more.
                 Outbound::Heartbeat => chunk.push_str(HEARTBEAT_COMMENT),
             }

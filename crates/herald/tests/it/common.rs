@@ -198,7 +198,9 @@ impl TestServer {
         log_to_test_output();
         let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let app = server::build(config.clone()).expect("test config is valid");
+        let app = server::build(config.clone())
+            .await
+            .expect("test config is valid");
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server::run(listener, app.clone(), async {
             let _ = stopped.await;

@@ -125,6 +125,7 @@ pub fn frame_of(item: &Outbound) -> Bytes {
             frame::text(&protocol::channel_event(e))
         }),
         Outbound::Unsubscribed(channel) => frame::text(&protocol::unsubscribed(None, channel)),
+        Outbound::Resubscribed(notice) => frame::text(&protocol::subscribed(None, notice)),
         Outbound::Heartbeat => frame::ping(),
     }
 }

@@ -1,0 +1,753 @@
+//! The `redis` engine: any number of Herald nodes on one Redis (or a Redis Cluster) behave as one
+//! server.
+//!
+//! Redis holds everything the nodes share: each channel's stream (epoch and last offset), its
+//! history, idempotency keys, presence, the users' connection counts and the node registry (see
+//! [`keys`] for the layout). Each publish is one Lua script that assigns the next offset, appends
+//! to history, trims it by size and age, records the idempotency key and publishes on the
+//! channel's subject, all in one atomic step: two nodes publishing to one channel never share or
+//! skip an offset, and every node receives a channel's publications in offset order.
+//!
+//! A node subscribes to a channel's subject only while it has local subscribers, through a few
+//! pub/sub links (see [`subscriber`]) that batch their subscribe commands, notice when their
+//! connection drops or hangs, and, once back, repair the gap from history for every channel they
+//! serve before passing live publications on again.
+//!
+//! Why redis-rs: it is the Rust client the Redis project maintains; its multiplexed connection
+//! pipelines concurrent calls from many tasks over one socket (so publishes from many clients
+//! share round trips without a pool), it speaks RESP3 (so one link carries pub/sub pushes and
+//! ordinary replies in order, which the gap repair relies on), and it has a connection manager
+//! that reconnects by itself and a Redis Cluster client that follows slot moves. Every call runs
+//! under a time-out, so a hung Redis answers `unavailable` instead of holding a client.
+
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod keys;
+mod subscriber;
+#[cfg(feature = "testing")]
+pub mod testing;
+mod wire;
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use herald_core::engine::{
+    ClusterCommand, Engine, HistoryPage, HistoryPolicy, HistoryQuery, NodeFigures, NodeSink,
+    PublishRequest,
+};
+use herald_core::presence::{
+    ChannelEvent, Presence, PresenceChange, PresenceCounts, PresenceMember,
+};
+use herald_core::{ChannelName, HeraldError, StreamPosition};
+use parking_lot::Mutex;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use keys::{ChannelKeys, Keys};
+use subscriber::Subscriber;
+
+/// How long a stream (its epoch and last offset) outlives its last publication or read, at least.
+/// A client that comes back within it with a position the history no longer covers is told
+/// `recovered: false` rather than given a new epoch for no reason.
+pub const STREAM_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// How often a node announces itself; it leaves the registry after three missed beats.
+pub const NODE_BEAT: Duration = Duration::from_secs(3);
+
+/// How the engine reaches Redis.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// One Redis: `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS.
+    pub url: String,
+    /// Redis Cluster seed nodes; when not empty they win over `url`.
+    pub cluster_nodes: Vec<String>,
+    /// What every key and pub/sub subject starts with.
+    pub prefix: String,
+    /// This node's name in the registry.
+    pub node_name: String,
+    /// How long a presence entry lives after its node last refreshed it: how long a killed
+    /// node's connections stay in presence.
+    pub presence_ttl: Duration,
+    /// The longest any Redis call may take before it fails with `unavailable`.
+    pub timeout: Duration,
+}
+
+impl RedisConfig {
+    /// A configuration for one Redis at `url` with the defaults.
+    pub fn new(url: impl Into<String>) -> RedisConfig {
+        RedisConfig {
+            url: url.into(),
+            cluster_nodes: Vec::new(),
+            prefix: "herald".into(),
+            node_name: "herald".into(),
+            presence_ttl: Duration::from_secs(30),
+            timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// The connection ordinary commands go through: one multiplexed connection to a single Redis
+/// (reconnected by the manager), or the cluster client, which routes each command by its keys'
+/// slot.
+#[derive(Clone)]
+enum Commands {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Commands {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Commands::Single(c) => c.req_packed_command(cmd),
+            Commands::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Commands::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Commands::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Commands::Single(c) => c.get_db(),
+            Commands::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+struct Scripts {
+    publish: Script,
+    history: Script,
+    presence: Script,
+    nodes: Script,
+}
+
+/// What the engine and its pub/sub links share.
+pub(crate) struct Shared {
+    config: RedisConfig,
+    keys: Keys,
+    commands: Commands,
+    cluster: bool,
+    scripts: Scripts,
+    sink: OnceLock<Arc<dyn NodeSink>>,
+    /// This process's id in the registry and in users' connection counts: the name, made unique,
+    /// so that a restarted node never inherits its previous life's counts.
+    node_id: String,
+    /// The presence entries this node put in Redis (channel → client → member), refreshed every
+    /// third of the presence TTL so that they expire only when this node is gone.
+    presence: Mutex<HashMap<ChannelName, HashMap<Arc<str>, PresenceMember>>>,
+    /// Users whose connection count on this node changed since the last flush, with the count.
+    users: Mutex<HashMap<Arc<str>, usize>>,
+    users_changed: Arc<Notify>,
+}
+
+/// The Redis engine. Cheap to clone.
+#[derive(Clone)]
+pub struct RedisEngine {
+    shared: Arc<Shared>,
+    subscriber: Arc<Subscriber>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn new_epoch() -> String {
+    let n: u64 = rand::random();
+    format!("{:010x}", n & 0xff_ffff_ffff)
+}
+
+/// `unavailable`, naming what failed.
+fn unavailable(what: &str, e: impl std::fmt::Display) -> HeraldError {
+    HeraldError::unavailable(format!("redis: {what}: {e}"))
+}
+
+impl Shared {
+    /// Runs `call` on the command connection, failing with `unavailable` after the time-out.
+    async fn run<T, F>(
+        &self,
+        what: &str,
+        call: impl FnOnce(Commands) -> F,
+    ) -> Result<T, HeraldError>
+    where
+        F: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        match tokio::time::timeout(self.config.timeout, call(self.commands.clone())).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(unavailable(what, e)),
+            Err(_) => Err(unavailable(what, "timed out")),
+        }
+    }
+
+    fn publish_command(&self) -> &'static str {
+        if self.cluster {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        }
+    }
+
+    /// Reads a channel's history with the history script.
+    async fn read_history(
+        &self,
+        channel: &ChannelName,
+        keys: &ChannelKeys,
+        ttl: Duration,
+        query: &HistoryQuery,
+    ) -> Result<HistoryPage, HeraldError> {
+        let (since, since_epoch) = match &query.since {
+            Some(p) => (p.offset as i64, p.epoch.as_str()),
+            None => (-1, ""),
+        };
+        let limit = query.limit.map_or(-1, |l| l as i64);
+        let mut invocation = self.scripts.history.prepare_invoke();
+        invocation
+            .key(&keys.stream)
+            .key(&keys.history)
+            .arg(since)
+            .arg(since_epoch)
+            .arg(limit)
+            .arg(ttl.as_millis() as u64)
+            .arg(now_ms())
+            .arg(new_epoch())
+            .arg(STREAM_TTL.as_millis() as u64);
+        let (epoch, top, complete, flat): (String, u64, u8, Vec<String>) = self
+            .run("history", |mut c| async move {
+                invocation.invoke_async(&mut c).await
+            })
+            .await?;
+        let epoch: Arc<str> = epoch.into();
+        let mut publications = Vec::with_capacity(flat.len() / 3);
+        for entry in flat.chunks_exact(3) {
+            let (Ok(offset), Ok(ts)) = (entry[0].parse(), entry[1].parse()) else {
+                continue;
+            };
+            if let Some(p) =
+                wire::publication(channel.clone(), offset, epoch.clone(), ts, &entry[2])
+            {
+                publications.push(Arc::new(p));
+            }
+        }
+        Ok(HistoryPage {
+            publications,
+            position: StreamPosition {
+                offset: top,
+                epoch: epoch.to_string(),
+            },
+            complete: complete == 1,
+        })
+    }
+
+    /// Runs the presence script on a channel.
+    async fn presence_op(
+        &self,
+        channel: &ChannelName,
+        op: &str,
+        args: &[&str],
+    ) -> Result<(usize, PresenceCounts, Vec<String>), HeraldError> {
+        let keys = self.keys.channel(channel);
+        let mut invocation = self.scripts.presence.prepare_invoke();
+        invocation
+            .key(&keys.presence_clients)
+            .key(&keys.presence_users)
+            .key(&keys.presence_expiry)
+            .arg(op)
+            .arg(now_ms())
+            .arg(self.config.presence_ttl.as_millis() as u64);
+        for arg in args {
+            invocation.arg(*arg);
+        }
+        let reply: Vec<Value> = self
+            .run("presence", |mut c| async move {
+                invocation.invoke_async(&mut c).await
+            })
+            .await?;
+        let int = |i: usize| match reply.get(i) {
+            Some(Value::Int(n)) => *n as usize,
+            _ => 0,
+        };
+        let members = match reply.get(3) {
+            Some(v) => redis::from_redis_value_ref::<Vec<String>>(v)
+                .map_err(|e| unavailable("presence", e))?,
+            None => Vec::new(),
+        };
+        let counts = PresenceCounts {
+            users: int(1),
+            connections: int(2),
+        };
+        Ok((int(0), counts, members))
+    }
+
+    /// Puts this node's presence entries back (and pushes their expiry on), channel by channel.
+    async fn refresh_presence(&self) {
+        let entries: Vec<(ChannelName, Vec<PresenceMember>)> = self
+            .presence
+            .lock()
+            .iter()
+            .map(|(c, members)| (c.clone(), members.values().cloned().collect()))
+            .collect();
+        for (channel, members) in entries {
+            for chunk in members.chunks(256) {
+                let args: Vec<String> = chunk
+                    .iter()
+                    .flat_map(|m| {
+                        [
+                            m.client.to_string(),
+                            m.user.to_string(),
+                            m.joined_at.to_string(),
+                        ]
+                    })
+                    .collect();
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                if let Err(e) = self.presence_op(&channel, "join", &args).await {
+                    tracing::warn!(%channel, error = %e, "presence refresh failed");
+                }
+            }
+        }
+    }
+
+    /// Writes the users' connection counts that changed since the last flush.
+    async fn flush_users(&self) -> Result<(), HeraldError> {
+        let changed = std::mem::take(&mut *self.users.lock());
+        if changed.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for (user, count) in &changed {
+            let key = self.keys.user(user);
+            if *count == 0 {
+                pipe.hdel(&key, &self.node_id).ignore();
+            } else {
+                pipe.hset(&key, &self.node_id, *count).ignore();
+            }
+        }
+        let result: Result<(), HeraldError> = self
+            .run(
+                "users",
+                |mut c| async move { pipe.query_async(&mut c).await },
+            )
+            .await;
+        if result.is_err() {
+            // Written again at the next flush, unless a newer count came meanwhile.
+            let mut users = self.users.lock();
+            for (user, count) in changed {
+                users.entry(user).or_insert(count);
+            }
+        }
+        result
+    }
+
+    async fn nodes_op(&self, op: &str, args: &[String]) -> Result<Vec<String>, HeraldError> {
+        let mut invocation = self.scripts.nodes.prepare_invoke();
+        invocation
+            .key(self.keys.live_nodes())
+            .arg(op)
+            .arg(now_ms())
+            .arg(self.keys.node_prefix());
+        for arg in args {
+            invocation.arg(arg);
+        }
+        self.run("nodes", |mut c| async move {
+            invocation.invoke_async(&mut c).await
+        })
+        .await
+    }
+}
+
+/// A node's figures as the registry keeps them.
+#[derive(Serialize, Deserialize)]
+struct Figures {
+    name: String,
+    connections: u64,
+    users: u64,
+    subscriptions: u64,
+    messages_in: u64,
+    messages_out: u64,
+    uptime_s: u64,
+}
+
+impl RedisEngine {
+    /// Connects to Redis (or the Redis Cluster) of `config` and starts the pub/sub links and the
+    /// upkeep tasks (presence refresh, user counts). Fails when Redis cannot be reached now; once
+    /// started, the engine rides out Redis outages by itself.
+    pub async fn connect(config: RedisConfig) -> Result<RedisEngine, HeraldError> {
+        let cluster = !config.cluster_nodes.is_empty();
+        let commands = if cluster {
+            let client = redis::cluster::ClusterClientBuilder::new(config.cluster_nodes.clone())
+                .connection_timeout(config.timeout)
+                .response_timeout(config.timeout)
+                .build()
+                .map_err(|e| unavailable("cluster configuration", e))?;
+            let connection = tokio::time::timeout(config.timeout, client.get_async_connection())
+                .await
+                .map_err(|_| unavailable("connecting to the cluster", "timed out"))?
+                .map_err(|e| unavailable("connecting to the cluster", e))?;
+            Commands::Cluster(connection)
+        } else {
+            let client = redis::Client::open(config.url.as_str())
+                .map_err(|e| unavailable("redis_url", e))?;
+            let manager = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(config.timeout))
+                .set_response_timeout(Some(config.timeout))
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_secs(1));
+            let connection = tokio::time::timeout(
+                config.timeout * 2,
+                client.get_connection_manager_with_config(manager),
+            )
+            .await
+            .map_err(|_| unavailable("connecting", "timed out"))?
+            .map_err(|e| unavailable("connecting", e))?;
+            Commands::Single(connection)
+        };
+        let node_id = format!("{}.{}", config.node_name, new_epoch());
+        let shared = Arc::new(Shared {
+            keys: Keys::new(&config.prefix),
+            commands,
+            cluster,
+            scripts: Scripts {
+                publish: Script::new(include_str!("lua/publish.lua")),
+                history: Script::new(include_str!("lua/history.lua")),
+                presence: Script::new(include_str!("lua/presence.lua")),
+                nodes: Script::new(include_str!("lua/nodes.lua")),
+            },
+            sink: OnceLock::new(),
+            node_id,
+            presence: Mutex::default(),
+            users: Mutex::default(),
+            users_changed: Arc::default(),
+            config,
+        });
+        shared
+            .run("ping", |mut c| async move {
+                redis::cmd("PING").query_async::<()>(&mut c).await
+            })
+            .await?;
+        let subscriber = Subscriber::start(shared.clone()).await?;
+        let engine = RedisEngine { shared, subscriber };
+        engine.spawn_upkeep();
+        Ok(engine)
+    }
+
+    /// This node's id in the registry.
+    pub fn node_id(&self) -> &str {
+        &self.shared.node_id
+    }
+
+    /// The key layout.
+    pub fn keys(&self) -> &Keys {
+        &self.shared.keys
+    }
+
+    /// Whether every pub/sub link is connected and subscribed.
+    pub fn links_up(&self) -> bool {
+        self.subscriber.all_up()
+    }
+
+    /// How many channels this node is subscribed to in Redis.
+    pub fn subscribed_channels(&self) -> usize {
+        self.subscriber.channel_count()
+    }
+
+    /// The tasks that keep this node's presence entries and user counts alive in Redis. They hold
+    /// the engine weakly and end with it.
+    fn spawn_upkeep(&self) {
+        let weak = Arc::downgrade(&self.shared);
+        let every = self.shared.config.presence_ttl / 3;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(shared) = weak.upgrade() else { return };
+                shared.refresh_presence().await;
+            }
+        });
+        let weak = Arc::downgrade(&self.shared);
+        let changed = self.shared.users_changed.clone();
+        tokio::spawn(async move {
+            loop {
+                // Counts that change together are written together.
+                let _ = tokio::time::timeout(Duration::from_secs(5), changed.notified()).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let Some(shared) = weak.upgrade() else { return };
+                if shared.flush_users().await.is_err() {
+                    drop(shared);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        });
+    }
+}
+
+#[async_trait]
+impl Engine for RedisEngine {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn attach(&self, sink: Arc<dyn NodeSink>) {
+        let _ = self.shared.sink.set(sink);
+    }
+
+    async fn publish(&self, request: PublishRequest) -> Result<StreamPosition, HeraldError> {
+        let shared = &self.shared;
+        let keys = shared.keys.channel(&request.channel);
+        let body = wire::publication_body(
+            request.event.as_deref(),
+            &request.data,
+            request.from.as_ref(),
+        );
+        let mut invocation = shared.scripts.publish.prepare_invoke();
+        invocation.key(&keys.stream).key(&keys.history);
+        if let Some(key) = &request.idempotency {
+            invocation.key(format!("{}{}", keys.idempotency_prefix, key.key));
+        }
+        invocation
+            .arg(&keys.subject)
+            .arg(body)
+            .arg(now_ms())
+            .arg(request.history.size)
+            .arg(request.history.ttl.as_millis() as u64)
+            .arg(new_epoch())
+            .arg(STREAM_TTL.max(request.history.ttl).as_millis() as u64)
+            .arg(
+                request
+                    .idempotency
+                    .as_ref()
+                    .map_or(0, |k| k.window.as_millis().max(1) as u64),
+            )
+            .arg(shared.publish_command());
+        let (offset, epoch): (u64, String) = shared
+            .run("publish", |mut c| async move {
+                invocation.invoke_async(&mut c).await
+            })
+            .await?;
+        Ok(StreamPosition { offset, epoch })
+    }
+
+    async fn history(
+        &self,
+        channel: &ChannelName,
+        policy: HistoryPolicy,
+        query: HistoryQuery,
+    ) -> Result<HistoryPage, HeraldError> {
+        let keys = self.shared.keys.channel(channel);
+        self.shared
+            .read_history(channel, &keys, policy.ttl, &query)
+            .await
+    }
+
+    async fn node_subscribe(&self, channel: &ChannelName) -> Result<(), HeraldError> {
+        self.subscriber.subscribe(channel).await
+    }
+
+    async fn node_unsubscribe(&self, channel: &ChannelName) -> Result<(), HeraldError> {
+        self.subscriber.unsubscribe(channel).await;
+        Ok(())
+    }
+
+    async fn presence_join(
+        &self,
+        channel: &ChannelName,
+        member: PresenceMember,
+    ) -> Result<PresenceChange, HeraldError> {
+        let joined_at = member.joined_at.to_string();
+        let (changed, counts, _) = self
+            .shared
+            .presence_op(channel, "join", &[&member.client, &member.user, &joined_at])
+            .await?;
+        self.shared
+            .presence
+            .lock()
+            .entry(channel.clone())
+            .or_default()
+            .insert(member.client.clone(), member);
+        Ok(PresenceChange {
+            changed: changed > 0,
+            counts,
+        })
+    }
+
+    async fn presence_leave(
+        &self,
+        channel: &ChannelName,
+        client: &str,
+    ) -> Result<PresenceChange, HeraldError> {
+        {
+            let mut local = self.shared.presence.lock();
+            if let Some(members) = local.get_mut(channel) {
+                members.remove(client);
+                if members.is_empty() {
+                    local.remove(channel);
+                }
+            }
+        }
+        let (changed, counts, _) = self.shared.presence_op(channel, "leave", &[client]).await?;
+        Ok(PresenceChange {
+            changed: changed > 0,
+            counts,
+        })
+    }
+
+    async fn presence(&self, channel: &ChannelName) -> Result<Presence, HeraldError> {
+        let (_, counts, flat) = self.shared.presence_op(channel, "read", &[]).await?;
+        let mut members: Vec<PresenceMember> = flat
+            .chunks_exact(2)
+            .filter_map(|pair| wire::member(&pair[0], &pair[1]))
+            .collect();
+        members.sort_by(|a, b| (&a.user, &a.client).cmp(&(&b.user, &b.client)));
+        Ok(Presence { members, counts })
+    }
+
+    async fn presence_counts(&self, channel: &ChannelName) -> Result<PresenceCounts, HeraldError> {
+        let (_, counts, _) = self.shared.presence_op(channel, "counts", &[]).await?;
+        Ok(counts)
+    }
+
+    async fn publish_event(&self, event: ChannelEvent) -> Result<(), HeraldError> {
+        let (subject, _) = self.shared.keys.subject(event.channel.as_str());
+        let payload = wire::event(&event);
+        let command = self.shared.publish_command();
+        self.shared
+            .run("event", |mut c| async move {
+                redis::cmd(command)
+                    .arg(subject)
+                    .arg(payload)
+                    .query_async::<()>(&mut c)
+                    .await
+            })
+            .await
+    }
+
+    async fn broadcast_command(&self, command: ClusterCommand) -> Result<(), HeraldError> {
+        let subject = self.shared.keys.commands();
+        let payload = wire::command(&command);
+        self.shared
+            .run("command", |mut c| async move {
+                redis::cmd("PUBLISH")
+                    .arg(subject)
+                    .arg(payload)
+                    .query_async::<()>(&mut c)
+                    .await
+            })
+            .await
+    }
+
+    async fn ready(&self) -> Result<(), HeraldError> {
+        self.shared
+            .run("ping", |mut c| async move {
+                redis::cmd("PING").query_async::<()>(&mut c).await
+            })
+            .await?;
+        if !self.subscriber.all_up() {
+            return Err(HeraldError::unavailable(
+                "redis: a pub/sub link is reconnecting",
+            ));
+        }
+        Ok(())
+    }
+
+    async fn announce(&self, figures: NodeFigures) -> Result<(), HeraldError> {
+        let figures = Figures {
+            name: figures.name,
+            connections: figures.connections,
+            users: figures.users,
+            subscriptions: figures.subscriptions,
+            messages_in: figures.messages_in,
+            messages_out: figures.messages_out,
+            uptime_s: figures.uptime_s,
+        };
+        let json = serde_json::to_string(&figures).unwrap_or_default();
+        let ttl = (NODE_BEAT * 3).as_millis().to_string();
+        self.shared
+            .nodes_op("announce", &[self.shared.node_id.clone(), json, ttl])
+            .await?;
+        Ok(())
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeFigures>, HeraldError> {
+        let listed = self.shared.nodes_op("list", &[]).await?;
+        let mut nodes: Vec<NodeFigures> = listed
+            .iter()
+            .filter_map(|json| serde_json::from_str::<Figures>(json).ok())
+            .map(|f| NodeFigures {
+                name: f.name,
+                connections: f.connections,
+                users: f.users,
+                subscriptions: f.subscriptions,
+                messages_in: f.messages_in,
+                messages_out: f.messages_out,
+                uptime_s: f.uptime_s,
+            })
+            .collect();
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(nodes)
+    }
+
+    fn user_connections_changed(&self, user: &Arc<str>, on_this_node: usize) {
+        self.shared.users.lock().insert(user.clone(), on_this_node);
+        self.shared.users_changed.notify_one();
+    }
+
+    async fn user_connections(&self, user: &str) -> Result<Option<usize>, HeraldError> {
+        let key = self.shared.keys.user(user);
+        let per_node: HashMap<String, usize> = self
+            .shared
+            .run("users", |mut c| async move {
+                redis::cmd("HGETALL").arg(&key).query_async(&mut c).await
+            })
+            .await?;
+        if per_node.is_empty() {
+            return Ok(Some(0));
+        }
+        let live: Vec<String> = self.shared.nodes_op("ids", &[]).await?;
+        let mut total = 0;
+        let mut dead = Vec::new();
+        for (node, count) in per_node {
+            if node == self.shared.node_id || live.contains(&node) {
+                total += count;
+            } else if node != self.shared.node_id {
+                dead.push(node);
+            }
+        }
+        if !dead.is_empty() {
+            let key = self.shared.keys.user(user);
+            // A node that died with connections leaves its counts behind; whoever reads them
+            // next clears them. Failing here changes no answer.
+            let _ = self
+                .shared
+                .run("users", |mut c| async move {
+                    redis::cmd("HDEL")
+                        .arg(&key)
+                        .arg(dead)
+                        .query_async::<()>(&mut c)
+                        .await
+                })
+                .await;
+        }
+        Ok(Some(total))
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        tracing::debug!(node = %self.node_id, "redis engine dropped");
+    }
+}

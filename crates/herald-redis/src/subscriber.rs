@@ -1,0 +1,707 @@
+//! The pub/sub links: how a node receives the channels it has subscribers for, and repairs what a
+//! dropped link missed.
+//!
+//! A node keeps a few RESP3 connections for pub/sub, its links. Each channel belongs to one link
+//! (by its partition: on one Redis, partition modulo [`LINKS`]; in a Redis Cluster, the link to the
+//! master that owns the partition's slot), so each channel's publications arrive on one connection,
+//! in the order the publish scripts ran. Subscribe and unsubscribe requests queue on their link's
+//! task, which sends whatever has queued as one pipeline, so that subscribing 20,000 channels costs
+//! a few dozen round trips rather than 20,000.
+//!
+//! Pushes are handled where the connection reads them, synchronously: a publication is turned into
+//! a [`Publication`] and handed to the hub's sink, which only queues it. Each link tracks, per
+//! channel, the last offset it passed on. A publication at or below it is a duplicate and dropped;
+//! one beyond the next offset means something was missed.
+//!
+//! **Gap repair.** When a link's connection drops (or stops answering its pings), every channel it
+//! serves is marked as repairing: publications that arrive for it are held. Once the link is back
+//! and resubscribed, it reads each channel's history after the last offset it passed on, passes on
+//! what it missed, then what it held, in order and without duplicates, and lets live ones through
+//! again. Where history no longer covers the gap (trimmed, expired, or the epoch changed), the hub
+//! is told through [`NodeSink::reset`] and its subscribers get `recovered: false`.
+//!
+//! **The starting point.** A freshly subscribed channel has passed nothing on yet, so its link
+//! reads the channel's last offset right after the subscribe, on the same connection: in RESP3 the
+//! reply comes after every push that preceded it, so every publication above that offset is still
+//! to arrive, and a later repair knows where to start.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use herald_core::engine::HistoryQuery;
+use herald_core::presence::ChannelEvent;
+use herald_core::publication::Publication;
+use herald_core::{ChannelName, HeraldError, StreamPosition};
+use parking_lot::Mutex;
+use redis::aio::MultiplexedConnection;
+use redis::{
+    AsyncConnectionConfig, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value,
+};
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use crate::wire::{self, Received};
+use crate::{unavailable, Shared};
+
+/// Pub/sub links to one Redis.
+pub(crate) const LINKS: usize = 4;
+
+/// At most this many subscribe commands in one pipeline.
+const BATCH: usize = 512;
+
+/// Publications held for one channel while its gap is repaired; past this the repair gives up on
+/// passing them on and resets the channel instead (a link that keeps receiving while its history
+/// reads fail for this long is not going to catch up).
+const MAX_HELD: usize = 10_000;
+
+/// How often an idle link pings Redis to find out whether it still answers.
+const PING_EVERY: Duration = Duration::from_secs(1);
+
+/// One channel on a link.
+struct Tracked {
+    channel: ChannelName,
+    /// The last offset passed on to the hub (or the starting point), with its epoch.
+    last: Option<(u64, Arc<str>)>,
+    /// While a repair runs: the live publications that arrived meanwhile, in order.
+    held: Option<Vec<Arc<Publication>>>,
+}
+
+enum Request {
+    Subscribe(Box<str>, oneshot::Sender<Result<(), HeraldError>>),
+    Unsubscribe(Box<str>),
+}
+
+/// A pub/sub connection and the channels it serves.
+struct Link {
+    index: usize,
+    /// Subject → channel. The push handler and the link's task share it; neither holds it across
+    /// an `.await`.
+    channels: Mutex<HashMap<Box<str>, Tracked>>,
+    up: AtomicBool,
+    /// Whether this link also carries the cluster commands subject.
+    commands: bool,
+}
+
+/// The node's pub/sub side.
+pub(crate) struct Subscriber {
+    shared: Arc<Shared>,
+    links: Vec<Arc<Link>>,
+    requests: Vec<mpsc::Sender<Request>>,
+}
+
+impl Subscriber {
+    /// Starts the links; returns once each has connected once (or failed to).
+    pub(crate) async fn start(shared: Arc<Shared>) -> Result<Arc<Subscriber>, HeraldError> {
+        let mut links = Vec::new();
+        let mut requests = Vec::new();
+        let mut started = Vec::new();
+        for index in 0..LINKS {
+            let link = Arc::new(Link {
+                index,
+                channels: Mutex::default(),
+                up: AtomicBool::new(false),
+                commands: index == 0,
+            });
+            let (tx, rx) = mpsc::channel(BATCH * 8);
+            let (first_tx, first_rx) = oneshot::channel();
+            tokio::spawn(run_link(
+                Arc::downgrade(&shared),
+                link.clone(),
+                rx,
+                first_tx,
+            ));
+            links.push(link);
+            requests.push(tx);
+            started.push(first_rx);
+        }
+        for first in started {
+            match first.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(HeraldError::unavailable("redis: a pub/sub link ended")),
+            }
+        }
+        Ok(Arc::new(Subscriber {
+            shared,
+            links,
+            requests,
+        }))
+    }
+
+    fn link_of(&self, subject_partition: usize) -> usize {
+        subject_partition % self.links.len()
+    }
+
+    /// Whether every link is connected.
+    pub(crate) fn all_up(&self) -> bool {
+        self.links.iter().all(|l| l.up.load(Ordering::Relaxed))
+    }
+
+    /// Channels subscribed, over all links.
+    pub(crate) fn channel_count(&self) -> usize {
+        self.links.iter().map(|l| l.channels.lock().len()).sum()
+    }
+
+    /// Subscribes this node to `channel`; returns once Redis confirmed it.
+    pub(crate) async fn subscribe(&self, channel: &ChannelName) -> Result<(), HeraldError> {
+        let (subject, partition) = self.shared.keys.subject(channel.as_str());
+        let index = self.link_of(partition);
+        let link = &self.links[index];
+        {
+            let mut channels = link.channels.lock();
+            if channels.contains_key(subject.as_str()) {
+                return Ok(());
+            }
+            if !link.up.load(Ordering::Relaxed) {
+                return Err(HeraldError::unavailable(
+                    "redis: the pub/sub link is reconnecting",
+                ));
+            }
+            channels.insert(
+                subject.clone().into(),
+                Tracked {
+                    channel: channel.clone(),
+                    last: None,
+                    held: None,
+                },
+            );
+        }
+        let (done, confirmed) = oneshot::channel();
+        let sent = self.requests[index]
+            .send(Request::Subscribe(subject.clone().into(), done))
+            .await;
+        let result = match sent {
+            Ok(()) => match tokio::time::timeout(self.shared.config.timeout * 2, confirmed).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) => Err(HeraldError::unavailable("redis: the pub/sub link ended")),
+                Err(_) => Err(unavailable("subscribe", "timed out")),
+            },
+            Err(_) => Err(HeraldError::unavailable("redis: the pub/sub link ended")),
+        };
+        if result.is_err() {
+            link.channels.lock().remove(subject.as_str());
+        }
+        result
+    }
+
+    /// Unsubscribes this node from `channel`. Publications stop being passed on at once; the
+    /// link tells Redis when it next sends.
+    pub(crate) async fn unsubscribe(&self, channel: &ChannelName) {
+        let (subject, partition) = self.shared.keys.subject(channel.as_str());
+        let index = self.link_of(partition);
+        if self.links[index]
+            .channels
+            .lock()
+            .remove(subject.as_str())
+            .is_some()
+        {
+            // A link that is down resubscribes from its map, where the channel no longer is.
+            let _ = self.requests[index]
+                .try_send(Request::Unsubscribe(subject.into()))
+                .or_else(|e| match e {
+                    mpsc::error::TrySendError::Full(r) => {
+                        let tx = self.requests[index].clone();
+                        tokio::spawn(async move { tx.send(r).await });
+                        Ok(())
+                    }
+                    mpsc::error::TrySendError::Closed(_) => Err(()),
+                });
+        }
+    }
+}
+
+/// Opens a RESP3 connection for `link` whose pushes go to [`on_push`]; `gone` is notified when it
+/// drops.
+async fn connect(
+    shared: &Arc<Shared>,
+    link: &Arc<Link>,
+    gone: Arc<Notify>,
+) -> Result<MultiplexedConnection, HeraldError> {
+    let info = shared
+        .config
+        .url
+        .as_str()
+        .into_connection_info()
+        .map_err(|e| unavailable("redis_url", e))?;
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(ProtocolVersion::RESP3);
+    let client = redis::Client::open(info.set_redis_settings(settings))
+        .map_err(|e| unavailable("redis_url", e))?;
+    let weak = Arc::downgrade(shared);
+    let on = link.clone();
+    let handler = move |push: PushInfo| -> Result<(), std::convert::Infallible> {
+        if push.kind == PushKind::Disconnection {
+            gone.notify_one();
+        } else if let Some(shared) = weak.upgrade() {
+            on_push(&shared, &on, push);
+        }
+        Ok(())
+    };
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(shared.config.timeout))
+        .set_response_timeout(Some(shared.config.timeout))
+        .set_push_sender(handler);
+    tokio::time::timeout(
+        shared.config.timeout * 2,
+        client.get_multiplexed_async_connection_with_config(&config),
+    )
+    .await
+    .map_err(|_| unavailable("pub/sub connect", "timed out"))?
+    .map_err(|e| unavailable("pub/sub connect", e))
+}
+
+/// Handles one push of a link's connection, on the connection's reader.
+fn on_push(shared: &Arc<Shared>, link: &Arc<Link>, push: PushInfo) {
+    if !matches!(push.kind, PushKind::Message | PushKind::SMessage) {
+        return;
+    }
+    let (Some(Value::BulkString(subject)), Some(Value::BulkString(payload))) =
+        (push.data.first(), push.data.get(1))
+    else {
+        return;
+    };
+    let Some(sink) = shared.sink.get() else {
+        return;
+    };
+    let Ok(subject) = std::str::from_utf8(subject) else {
+        return;
+    };
+    if link.commands && subject == shared.keys.commands() {
+        if let Some(command) = wire::received_command(payload) {
+            sink.command(command);
+        }
+        return;
+    }
+    let mut channels = link.channels.lock();
+    let Some(tracked) = channels.get_mut(subject) else {
+        return;
+    };
+    match wire::received(payload) {
+        Some(Received::Publication {
+            offset,
+            epoch,
+            ts,
+            body,
+        }) => {
+            let epoch: Arc<str> = match &tracked.last {
+                Some((_, e)) if **e == *epoch => e.clone(),
+                _ => epoch.into(),
+            };
+            let Some(publication) =
+                wire::publication(tracked.channel.clone(), offset, epoch, ts, body)
+            else {
+                return;
+            };
+            let publication = Arc::new(publication);
+            if let Some(held) = &mut tracked.held {
+                held.push(publication);
+                return;
+            }
+            match &tracked.last {
+                Some((last, e)) if *e == publication.epoch => {
+                    if offset <= *last {
+                        return;
+                    }
+                    if offset > *last + 1 {
+                        // Something was missed on a live link: repair this channel.
+                        tracked.held = Some(vec![publication]);
+                        let subject: Box<str> = subject.into();
+                        spawn_repair(shared, link, vec![subject]);
+                        return;
+                    }
+                }
+                Some(_) if offset != 1 => {
+                    tracked.held = Some(vec![publication]);
+                    spawn_repair(shared, link, vec![subject.into()]);
+                    return;
+                }
+                _ => {}
+            }
+            tracked.last = Some((offset, publication.epoch.clone()));
+            sink.deliver(publication);
+        }
+        Some(Received::Event(kind, user, client)) => {
+            let event =
+                ChannelEvent::new(kind, tracked.channel.clone(), user.into(), client.into());
+            sink.deliver_event(Arc::new(event));
+        }
+        None => {}
+    }
+}
+
+/// Repairs `subjects` of `link` in the background, after `delay`.
+fn spawn_repair(shared: &Arc<Shared>, link: &Arc<Link>, subjects: Vec<Box<str>>) {
+    spawn_repair_after(
+        Arc::downgrade(shared),
+        link.clone(),
+        subjects,
+        Duration::ZERO,
+    );
+}
+
+fn spawn_repair_after(
+    shared: Weak<Shared>,
+    link: Arc<Link>,
+    subjects: Vec<Box<str>>,
+    delay: Duration,
+) {
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        if let Some(shared) = shared.upgrade() {
+            repair(&shared, &link, subjects).await;
+        }
+    });
+}
+
+/// A link's task: connect, resubscribe and repair, then serve requests until the connection
+/// drops or stops answering; again, for as long as the engine lives.
+async fn run_link(
+    shared: Weak<Shared>,
+    link: Arc<Link>,
+    mut requests: mpsc::Receiver<Request>,
+    first: oneshot::Sender<Result<(), HeraldError>>,
+) {
+    let mut first = Some(first);
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let Some(engine) = shared.upgrade() else {
+            return;
+        };
+        let gone = Arc::new(Notify::new());
+        let connection = match connect(&engine, &link, gone.clone()).await {
+            Ok(c) => c,
+            Err(e) => {
+                if let Some(first) = first.take() {
+                    let _ = first.send(Err(e));
+                    return;
+                }
+                tracing::warn!(link = link.index, error = %e, "redis pub/sub link down");
+                drop(engine);
+                // Refuse what queued meanwhile rather than keep it waiting.
+                while let Ok(request) = requests.try_recv() {
+                    if let Request::Subscribe(_, done) = request {
+                        let _ = done.send(Err(HeraldError::unavailable(
+                            "redis: the pub/sub link is reconnecting",
+                        )));
+                    }
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(50);
+        let mut connection = connection;
+        if let Err(e) = restore(&engine, &link, &mut connection).await {
+            tracing::warn!(link = link.index, error = %e, "redis pub/sub resubscribe failed");
+            if let Some(first) = first.take() {
+                let _ = first.send(Err(e));
+                return;
+            }
+            continue;
+        }
+        link.up.store(true, Ordering::Relaxed);
+        if let Some(first) = first.take() {
+            let _ = first.send(Ok(()));
+        } else {
+            tracing::info!(link = link.index, "redis pub/sub link back");
+        }
+        drop(engine);
+        let ended = serve(&shared, &link, &mut connection, &mut requests, &gone).await;
+        link.up.store(false, Ordering::Relaxed);
+        match ended {
+            Ended::Closed => return,
+            Ended::Lost(why) => {
+                tracing::warn!(link = link.index, why, "redis pub/sub link lost");
+                // From now on, publications of every channel here wait for the repair.
+                for tracked in link.channels.lock().values_mut() {
+                    tracked.held.get_or_insert_with(Vec::new);
+                }
+            }
+        }
+    }
+}
+
+enum Ended {
+    /// The engine is gone.
+    Closed,
+    /// The connection dropped or stopped answering.
+    Lost(&'static str),
+}
+
+/// Serves subscribe and unsubscribe requests on a connected link and pings it when idle.
+async fn serve(
+    shared: &Weak<Shared>,
+    link: &Arc<Link>,
+    connection: &mut MultiplexedConnection,
+    requests: &mut mpsc::Receiver<Request>,
+    gone: &Notify,
+) -> Ended {
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = gone.notified() => return Ended::Lost("connection closed"),
+            _ = ping.tick() => {
+                let Some(engine) = shared.upgrade() else { return Ended::Closed };
+                let timeout = engine.config.timeout;
+                drop(engine);
+                let pong = tokio::time::timeout(
+                    timeout,
+                    redis::cmd("PING").query_async::<Value>(connection),
+                )
+                .await;
+                if !matches!(pong, Ok(Ok(_))) {
+                    return Ended::Lost("ping unanswered");
+                }
+            }
+            request = requests.recv() => {
+                let Some(request) = request else { return Ended::Closed };
+                let mut batch = vec![request];
+                while batch.len() < BATCH {
+                    match requests.try_recv() {
+                        Ok(r) => batch.push(r),
+                        Err(_) => break,
+                    }
+                }
+                let Some(engine) = shared.upgrade() else { return Ended::Closed };
+                if let Err(e) = run_batch(&engine, link, connection, batch).await {
+                    tracing::warn!(link = link.index, error = %e, "redis pub/sub request failed");
+                    return Ended::Lost("request failed");
+                }
+            }
+        }
+    }
+}
+
+/// Sends a batch of requests, in order, as one pipeline; then reads the starting point of each
+/// newly subscribed channel on the same connection.
+async fn run_batch(
+    shared: &Shared,
+    link: &Link,
+    connection: &mut MultiplexedConnection,
+    batch: Vec<Request>,
+) -> Result<(), HeraldError> {
+    let subscribe = if shared.cluster {
+        "SSUBSCRIBE"
+    } else {
+        "SUBSCRIBE"
+    };
+    let unsubscribe = if shared.cluster {
+        "SUNSUBSCRIBE"
+    } else {
+        "UNSUBSCRIBE"
+    };
+    let mut pipe = redis::pipe();
+    let mut waiting = Vec::new();
+    for request in &batch {
+        match request {
+            Request::Subscribe(subject, _) => {
+                pipe.cmd(subscribe).arg(&**subject).ignore();
+            }
+            Request::Unsubscribe(subject) => {
+                pipe.cmd(unsubscribe).arg(&**subject).ignore();
+            }
+        }
+    }
+    let sent =
+        tokio::time::timeout(shared.config.timeout, pipe.query_async::<()>(connection)).await;
+    let result = match sent {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(unavailable("subscribe", e)),
+        Err(_) => Err(unavailable("subscribe", "timed out")),
+    };
+    for request in batch {
+        if let Request::Subscribe(subject, done) = request {
+            waiting.push(subject);
+            let _ = done.send(result.clone());
+        }
+    }
+    result?;
+    starting_points(shared, link, connection, &waiting).await
+}
+
+/// Reads the last offset of each of `subjects` on the link's own connection and makes it the
+/// channel's starting point where it has none (see the module docs for why this is exact).
+async fn starting_points(
+    shared: &Shared,
+    link: &Link,
+    connection: &mut MultiplexedConnection,
+    subjects: &[Box<str>],
+) -> Result<(), HeraldError> {
+    for chunk in subjects.chunks(BATCH) {
+        let mut pipe = redis::pipe();
+        for subject in chunk {
+            let channel = shared.keys.channel_of_subject(subject).unwrap_or_default();
+            let name = ChannelName::parse(channel).map_err(|e| unavailable("subject", e))?;
+            let keys = shared.keys.channel(&name);
+            pipe.cmd("HMGET").arg(keys.stream).arg("e").arg("o");
+        }
+        let positions: Vec<(Option<String>, Option<u64>)> =
+            tokio::time::timeout(shared.config.timeout, pipe.query_async(connection))
+                .await
+                .map_err(|_| unavailable("starting points", "timed out"))?
+                .map_err(|e| unavailable("starting points", e))?;
+        let mut channels = link.channels.lock();
+        for (subject, position) in chunk.iter().zip(positions) {
+            let (Some(tracked), (Some(epoch), Some(offset))) =
+                (channels.get_mut(&**subject), position)
+            else {
+                continue;
+            };
+            match &tracked.last {
+                None => tracked.last = Some((offset, epoch.into())),
+                Some((last, e)) if **e == *epoch && *last < offset => {
+                    tracked.last = Some((offset, e.clone()));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// After a (re)connect: subscribes every channel the link serves, then repairs each one's gap.
+async fn restore(
+    shared: &Arc<Shared>,
+    link: &Arc<Link>,
+    connection: &mut MultiplexedConnection,
+) -> Result<(), HeraldError> {
+    if link.commands {
+        tokio::time::timeout(
+            shared.config.timeout,
+            redis::cmd("SUBSCRIBE")
+                .arg(shared.keys.commands())
+                .query_async::<()>(connection),
+        )
+        .await
+        .map_err(|_| unavailable("subscribe", "timed out"))?
+        .map_err(|e| unavailable("subscribe", e))?;
+    }
+    let subjects: Vec<Box<str>> = link.channels.lock().keys().cloned().collect();
+    if subjects.is_empty() {
+        return Ok(());
+    }
+    let subscribe = if shared.cluster {
+        "SSUBSCRIBE"
+    } else {
+        "SUBSCRIBE"
+    };
+    for chunk in subjects.chunks(BATCH) {
+        let mut pipe = redis::pipe();
+        for subject in chunk {
+            pipe.cmd(subscribe).arg(&**subject).ignore();
+        }
+        tokio::time::timeout(shared.config.timeout, pipe.query_async::<()>(connection))
+            .await
+            .map_err(|_| unavailable("resubscribe", "timed out"))?
+            .map_err(|e| unavailable("resubscribe", e))?;
+    }
+    tracing::debug!(link = link.index, channels = subjects.len(), "resubscribed");
+    spawn_repair(shared, link, subjects);
+    Ok(())
+}
+
+/// Repairs the gap of each of `subjects`: reads what it missed after the last offset passed on,
+/// passes that on and then what was held, or resets the channel where history cannot say.
+async fn repair(shared: &Arc<Shared>, link: &Arc<Link>, subjects: Vec<Box<str>>) {
+    for chunk in subjects.chunks(BATCH) {
+        let reads = chunk.iter().filter_map(|subject| {
+            let (channel, since) = {
+                let mut channels = link.channels.lock();
+                let tracked = channels.get_mut(&**subject)?;
+                tracked.held.get_or_insert_with(Vec::new);
+                (tracked.channel.clone(), tracked.last.clone())
+            };
+            Some(async move {
+                let keys = shared.keys.channel(&channel);
+                let query = match &since {
+                    Some((offset, epoch)) => HistoryQuery {
+                        since: Some(StreamPosition {
+                            offset: *offset,
+                            epoch: epoch.to_string(),
+                        }),
+                        limit: None,
+                    },
+                    None => HistoryQuery::position(),
+                };
+                let page = shared
+                    .read_history(&channel, &keys, Duration::ZERO, &query)
+                    .await;
+                (subject, since.is_some(), page)
+            })
+        });
+        // Read together: each is a round trip, and the connection pipelines them.
+        let pages = futures_util::future::join_all(reads).await;
+        let mut failed = Vec::new();
+        for (subject, had_start, page) in pages {
+            match page {
+                Ok(page) => finish_repair(shared, link, subject, had_start, page),
+                Err(e) => {
+                    tracing::warn!(%subject, error = %e, "gap repair failed; retrying");
+                    failed.push(subject.clone());
+                }
+            }
+        }
+        if !failed.is_empty() {
+            let again = Duration::from_secs(1);
+            spawn_repair_after(Arc::downgrade(shared), link.clone(), failed, again);
+        }
+    }
+}
+
+/// Passes on what a repair read found and what was held meanwhile, under the link's lock so that
+/// nothing live overtakes it.
+fn finish_repair(
+    shared: &Shared,
+    link: &Link,
+    subject: &str,
+    had_start: bool,
+    page: herald_core::engine::HistoryPage,
+) {
+    let Some(sink) = shared.sink.get() else {
+        return;
+    };
+    let mut channels = link.channels.lock();
+    let Some(tracked) = channels.get_mut(subject) else {
+        return;
+    };
+    let held = tracked.held.take().unwrap_or_default();
+    let epoch: Arc<str> = page.position.epoch.as_str().into();
+    let overflowed = held.len() >= MAX_HELD;
+    if had_start && (!page.complete || overflowed) {
+        sink.reset(&tracked.channel, page.position.clone());
+        tracked.last = Some((page.position.offset, epoch.clone()));
+    } else if had_start {
+        for publication in page.publications {
+            let newer = tracked
+                .last
+                .as_ref()
+                .is_none_or(|(o, _)| publication.offset > *o);
+            if newer {
+                tracked.last = Some((publication.offset, epoch.clone()));
+                sink.deliver(publication);
+            }
+        }
+        if tracked.last.is_none() {
+            tracked.last = Some((page.position.offset, epoch.clone()));
+        }
+    } else if tracked.last.is_none() {
+        tracked.last = Some((page.position.offset, epoch.clone()));
+    }
+    for publication in held {
+        let newer = match &tracked.last {
+            Some((o, e)) => *e == publication.epoch && publication.offset > *o,
+            None => true,
+        };
+        // Without a starting point, whatever was held came live after the subscribe: the hub
+        // wants all of it (its subscribers' own reads decide what each of them still needs).
+        if newer || !had_start {
+            tracked.last = Some((publication.offset, publication.epoch.clone()));
+            sink.deliver(publication);
+        }
+    }
+}
