@@ -29,6 +29,7 @@ pub mod testing;
 mod wire;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -152,6 +153,28 @@ pub(crate) struct Shared {
     /// Users whose connection count on this node changed since the last flush, with the count.
     users: Mutex<HashMap<Arc<str>, usize>>,
     users_changed: Arc<Notify>,
+    /// What the pub/sub links have been through.
+    counters: Counters,
+}
+
+/// What the pub/sub links have been through, for metrics and tests.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) reconnects: AtomicU64,
+    pub(crate) repaired: AtomicU64,
+    pub(crate) resets: AtomicU64,
+}
+
+/// What the Redis engine's pub/sub links have been through since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    /// Times a pub/sub link came back after losing its connection.
+    pub reconnects: u64,
+    /// Publications a link missed while down and passed on from history afterwards.
+    pub repaired: u64,
+    /// Channels whose subscribers were told `recovered: false` because history no longer held
+    /// what a link missed.
+    pub resets: u64,
 }
 
 /// The Redis engine. Cheap to clone.
@@ -431,6 +454,7 @@ impl RedisEngine {
             presence: Mutex::default(),
             users: Mutex::default(),
             users_changed: Arc::default(),
+            counters: Counters::default(),
             config,
         });
         shared
@@ -457,6 +481,16 @@ impl RedisEngine {
     /// Whether every pub/sub link is connected and subscribed.
     pub fn links_up(&self) -> bool {
         self.subscriber.all_up()
+    }
+
+    /// What the pub/sub links have been through.
+    pub fn link_stats(&self) -> LinkStats {
+        let c = &self.shared.counters;
+        LinkStats {
+            reconnects: c.reconnects.load(Ordering::Relaxed),
+            repaired: c.repaired.load(Ordering::Relaxed),
+            resets: c.resets.load(Ordering::Relaxed),
+        }
     }
 
     /// How many channels this node is subscribed to in Redis.

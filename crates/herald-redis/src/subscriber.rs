@@ -407,6 +407,7 @@ async fn run_link(
         if let Some(first) = first.take() {
             let _ = first.send(Ok(()));
         } else {
+            engine.counters.reconnects.fetch_add(1, Ordering::Relaxed);
             tracing::info!(link = link.index, "redis pub/sub link back");
         }
         drop(engine);
@@ -673,6 +674,8 @@ fn finish_repair(
     let epoch: Arc<str> = page.position.epoch.as_str().into();
     let overflowed = held.len() >= MAX_HELD;
     if had_start && (!page.complete || overflowed) {
+        shared.counters.resets.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(channel = %tracked.channel, "gap not in history: subscribers reset");
         sink.reset(&tracked.channel, page.position.clone());
         tracked.last = Some((page.position.offset, epoch.clone()));
     } else if had_start {
@@ -683,6 +686,7 @@ fn finish_repair(
                 .is_none_or(|(o, _)| publication.offset > *o);
             if newer {
                 tracked.last = Some((publication.offset, epoch.clone()));
+                shared.counters.repaired.fetch_add(1, Ordering::Relaxed);
                 sink.deliver(publication);
             }
         }

@@ -43,6 +43,11 @@ impl Recorder {
             .collect()
     }
 
+    /// The cluster commands that reached this node, in order.
+    pub fn commands(&self) -> Vec<ClusterCommand> {
+        self.commands.lock().clone()
+    }
+
     /// The offsets delivered for `channel`, in delivery order.
     pub fn offsets(&self, channel: &str) -> Vec<u64> {
         self.publications

@@ -1,0 +1,422 @@
+//! Several engines on one real Redis, as several Herald nodes would be, and what each sees when
+//! Redis drops their links, stops, restarts or hangs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_core::engine::conformance::Node;
+use herald_core::engine::{ClusterCommand, HistoryPolicy, NodeFigures, PublishRequest};
+use herald_core::presence::PresenceMember;
+use herald_core::{ChannelName, ErrorCode};
+use herald_redis::testing::{self, RedisServer};
+use herald_redis::{RedisConfig, RedisEngine};
+use serde_json::value::RawValue;
+
+fn config(url: &str, prefix: &str, name: &str) -> RedisConfig {
+    let mut config = RedisConfig::new(url);
+    config.prefix = prefix.into();
+    config.node_name = name.into();
+    config.presence_ttl = Duration::from_secs(1);
+    config.timeout = Duration::from_millis(500);
+    config
+}
+
+async fn node(url: &str, prefix: &str, name: &str) -> (RedisEngine, Node) {
+    let engine = RedisEngine::connect(config(url, prefix, name))
+        .await
+        .expect("connect");
+    let node = Node::attach(Arc::new(engine.clone()));
+    (engine, node)
+}
+
+fn channel(name: &str) -> ChannelName {
+    ChannelName::parse(name).expect("channel")
+}
+
+fn request(name: &str, size: usize) -> PublishRequest {
+    PublishRequest {
+        channel: channel(name),
+        event: None,
+        data: RawValue::from_string("1".into()).expect("json"),
+        from: None,
+        history: HistoryPolicy {
+            size,
+            ttl: Duration::from_secs(60),
+        },
+        idempotency: None,
+    }
+}
+
+async fn until(what: &str, holds: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !holds() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never happened: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn admin(url: &str) -> redis::aio::MultiplexedConnection {
+    let client = redis::Client::open(url).expect("url");
+    client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect")
+}
+
+/// Kills every pub/sub connection of the server (`CLIENT KILL TYPE pubsub`): the links notice
+/// and come back, while the command connections carry on.
+async fn drop_pubsub_links(admin: &mut redis::aio::MultiplexedConnection) {
+    let _: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(admin)
+        .await
+        .expect("client kill");
+}
+
+/// Runs `meanwhile` while the server's pub/sub links are down and cannot come back (new
+/// connections are refused through `maxclients`), then lets them back.
+async fn with_links_down<F: std::future::Future>(url: &str, meanwhile: F) -> F::Output {
+    let mut admin = admin(url).await;
+    let set = |n: &str| {
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxclients")
+            .arg(n)
+            .to_owned()
+    };
+    let _: () = set("1").query_async(&mut admin).await.expect("maxclients");
+    drop_pubsub_links(&mut admin).await;
+    let output = meanwhile.await;
+    let _: () = set("10000")
+        .query_async(&mut admin)
+        .await
+        .expect("maxclients");
+    output
+}
+
+#[tokio::test]
+async fn publications_from_any_node_reach_every_node_in_offset_order() {
+    let url = &testing::shared().url;
+    let prefix = testing::unique_prefix("fanout");
+    let (_, a) = node(url, &prefix, "a").await;
+    let (_, b) = node(url, &prefix, "b").await;
+    let (_, c) = node(url, &prefix, "c").await;
+    let ch = channel("room:1");
+    for n in [&a, &b, &c] {
+        n.engine.node_subscribe(&ch).await.expect("subscribe");
+    }
+    let publishers: Vec<_> = [&a, &b, &c]
+        .iter()
+        .map(|n| {
+            let engine = n.engine.clone();
+            tokio::spawn(async move {
+                for _ in 0..100 {
+                    engine
+                        .publish(request("room:1", 10))
+                        .await
+                        .expect("publish");
+                }
+            })
+        })
+        .collect();
+    for p in publishers {
+        p.await.expect("publisher");
+    }
+    let all: Vec<u64> = (1..=300).collect();
+    for n in [&a, &b, &c] {
+        until("300 deliveries", || n.sink.offsets("room:1").len() >= 300).await;
+        assert_eq!(n.sink.offsets("room:1"), all);
+    }
+}
+
+#[tokio::test]
+async fn presence_commands_users_and_the_registry_span_nodes() {
+    let url = &testing::shared().url;
+    let prefix = testing::unique_prefix("span");
+    let (a_engine, a) = node(url, &prefix, "a").await;
+    let (_, b) = node(url, &prefix, "b").await;
+    let ch = channel("site:1");
+    let member = PresenceMember {
+        user: "alice".into(),
+        client: "c1".into(),
+        joined_at: 5,
+    };
+    a.engine.presence_join(&ch, member).await.expect("join");
+    let seen = b.engine.presence(&ch).await.expect("presence");
+    assert_eq!(seen.members.len(), 1);
+    assert_eq!(&*seen.members[0].user, "alice");
+
+    let command = ClusterCommand::DisconnectUser {
+        user: "alice".into(),
+        reconnect: false,
+    };
+    b.engine
+        .broadcast_command(command.clone())
+        .await
+        .expect("command");
+    until("the command on a", || {
+        a.sink.commands() == [command.clone()]
+    })
+    .await;
+    assert_eq!(a_engine.node_id().split('.').next(), Some("a"));
+
+    let alice: Arc<str> = "alice".into();
+    a.engine.user_connections_changed(&alice, 2);
+    b.engine.user_connections_changed(&alice, 1);
+    for n in [&a, &b] {
+        let figures = NodeFigures {
+            name: if Arc::ptr_eq(&n.engine, &a.engine) {
+                "a"
+            } else {
+                "b"
+            }
+            .into(),
+            connections: 3,
+            ..NodeFigures::default()
+        };
+        n.engine.announce(figures).await.expect("announce");
+    }
+    let nodes = b.engine.nodes().await.expect("nodes");
+    let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(names, ["a", "b"]);
+    let mut total = None;
+    for _ in 0..100 {
+        total = b.engine.user_connections("alice").await.expect("users");
+        if total == Some(3) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(total, Some(3), "two connections on a, one on b");
+}
+
+#[tokio::test]
+async fn a_dead_nodes_presence_expires() {
+    let url = &testing::shared().url;
+    let prefix = testing::unique_prefix("expiry");
+    let (_, b) = node(url, &prefix, "b").await;
+    let ch = channel("site:2");
+    {
+        let (a_engine, a) = node(url, &prefix, "a").await;
+        let member = PresenceMember {
+            user: "bob".into(),
+            client: "c9".into(),
+            joined_at: 5,
+        };
+        a.engine.presence_join(&ch, member).await.expect("join");
+        // Kept alive by a's refresh past its one-second TTL.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let counts = b.engine.presence_counts(&ch).await.expect("counts");
+        assert_eq!(counts.connections, 1, "refreshed while a lives");
+        drop(a);
+        drop(a_engine);
+    }
+    // a is gone without a leave: its entry goes within the TTL.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let counts = b.engine.presence_counts(&ch).await.expect("counts");
+    assert_eq!(counts.connections, 0);
+}
+
+#[tokio::test]
+async fn a_dropped_link_repairs_its_gap_from_history() {
+    let server = RedisServer::start();
+    let prefix = testing::unique_prefix("repair");
+    let (receiver, r) = node(&server.url, &prefix, "r").await;
+    let (_, p) = node(&server.url, &prefix, "p").await;
+    let names: Vec<String> = (0..40).map(|i| format!("gap:{i}")).collect();
+    for name in &names {
+        r.engine
+            .node_subscribe(&channel(name))
+            .await
+            .expect("subscribe");
+    }
+    for name in &names {
+        p.engine.publish(request(name, 100)).await.expect("publish");
+    }
+    for round in 0..5 {
+        // Published while r's links are down: r gets them from history once they are back.
+        with_links_down(&server.url, async {
+            for name in &names {
+                p.engine.publish(request(name, 100)).await.expect("publish");
+            }
+        })
+        .await;
+        let expected: Vec<u64> = (1..=round + 2).collect();
+        for name in &names {
+            until("every offset", || {
+                r.sink.offsets(name).len() >= expected.len()
+            })
+            .await;
+        }
+        for name in &names {
+            assert_eq!(r.sink.offsets(name), expected, "{name}, round {round}");
+        }
+    }
+    let stats = receiver.link_stats();
+    assert!(stats.reconnects >= 5, "{stats:?}");
+    assert_eq!(
+        stats.repaired,
+        5 * 40,
+        "every missed one came from history: {stats:?}"
+    );
+    assert_eq!(stats.resets, 0);
+}
+
+#[tokio::test]
+async fn a_gap_history_no_longer_holds_resets_the_channel() {
+    let server = RedisServer::start();
+    let prefix = testing::unique_prefix("reset");
+    let (receiver, r) = node(&server.url, &prefix, "r").await;
+    let (_, p) = node(&server.url, &prefix, "p").await;
+    let ch = channel("small:1");
+    r.engine.node_subscribe(&ch).await.expect("subscribe");
+    p.engine
+        .publish(request("small:1", 2))
+        .await
+        .expect("publish");
+    until("the first", || r.sink.offsets("small:1") == [1]).await;
+    // r's links go, and ten publications (history keeps two) pass meanwhile.
+    with_links_down(&server.url, async {
+        for _ in 0..10 {
+            p.engine
+                .publish(request("small:1", 2))
+                .await
+                .expect("publish");
+        }
+    })
+    .await;
+    until("the reset", || !r.sink.resets("small:1").is_empty()).await;
+    let reset = r.sink.resets("small:1");
+    assert_eq!(
+        reset[0].offset, 11,
+        "the stream's position when the link came back"
+    );
+    assert_eq!(receiver.link_stats().resets, 1);
+    p.engine
+        .publish(request("small:1", 2))
+        .await
+        .expect("publish");
+    until("the next live one", || {
+        r.sink.offsets("small:1").last() == Some(&12)
+    })
+    .await;
+    assert_eq!(
+        r.sink.offsets("small:1"),
+        [1, 12],
+        "nothing stale, nothing twice"
+    );
+}
+
+#[tokio::test]
+async fn redis_stopped_then_restarted_loses_nothing_acknowledged() {
+    let mut server = RedisServer::start();
+    let prefix = testing::unique_prefix("restart");
+    let (receiver, r) = node(&server.url, &prefix, "r").await;
+    let (_, p) = node(&server.url, &prefix, "p").await;
+    let ch = channel("keep:1");
+    r.engine.node_subscribe(&ch).await.expect("subscribe");
+    for _ in 0..5 {
+        p.engine
+            .publish(request("keep:1", 100))
+            .await
+            .expect("publish");
+    }
+    server.stop();
+    let refused = p.engine.publish(request("keep:1", 100)).await;
+    assert_eq!(
+        refused.map_err(|e| e.code),
+        Err(ErrorCode::Unavailable),
+        "no false success while Redis is down"
+    );
+    assert!(p.engine.ready().await.is_err(), "not ready without Redis");
+    server.restart();
+    let mut published = None;
+    for _ in 0..100 {
+        match p.engine.publish(request("keep:1", 100)).await {
+            Ok(position) => {
+                published = Some(position);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    let position = published.expect("publishing again without a restart");
+    assert_eq!(position.offset, 6, "the stream went on where it was");
+    until("ready again", || receiver.links_up()).await;
+    until("all six", || r.sink.offsets("keep:1").len() >= 6).await;
+    assert_eq!(r.sink.offsets("keep:1"), [1, 2, 3, 4, 5, 6]);
+    r.engine.ready().await.expect("ready");
+}
+
+#[tokio::test]
+async fn a_hung_redis_times_out_instead_of_hanging() {
+    let server = RedisServer::start();
+    let prefix = testing::unique_prefix("hung");
+    let (receiver, r) = node(&server.url, &prefix, "r").await;
+    let ch = channel("hang:1");
+    r.engine.node_subscribe(&ch).await.expect("subscribe");
+    r.engine
+        .publish(request("hang:1", 100))
+        .await
+        .expect("publish");
+    server.freeze();
+    let started = tokio::time::Instant::now();
+    let refused = r.engine.publish(request("hang:1", 100)).await;
+    assert_eq!(refused.map_err(|e| e.code), Err(ErrorCode::Unavailable));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "bounded by the time-out"
+    );
+    assert!(r.engine.ready().await.is_err());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.thaw();
+    until("links back", || receiver.links_up()).await;
+    let mut next = None;
+    for _ in 0..100 {
+        if let Ok(position) = r.engine.publish(request("hang:1", 100)).await {
+            next = Some(position);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The publish that timed out may still have run once Redis woke: the stream says.
+    let next = next.expect("publishing again");
+    until("everything published", || {
+        r.sink.offsets("hang:1").last() == Some(&next.offset)
+    })
+    .await;
+    let expected: Vec<u64> = (1..=next.offset).collect();
+    assert_eq!(r.sink.offsets("hang:1"), expected);
+}
+
+#[tokio::test]
+async fn twenty_thousand_channels_resubscribe_in_seconds() {
+    let server = RedisServer::start();
+    let prefix = testing::unique_prefix("many");
+    let (engine, r) = node(&server.url, &prefix, "r").await;
+    let names: Vec<ChannelName> = (0..20_000).map(|i| channel(&format!("user:{i}"))).collect();
+    let subscribing = names.iter().map(|c| r.engine.node_subscribe(c));
+    for result in futures_util::future::join_all(subscribing).await {
+        result.expect("subscribe");
+    }
+    assert_eq!(engine.subscribed_channels(), 20_000);
+    let before = engine.link_stats().reconnects;
+    drop_pubsub_links(&mut admin(&server.url).await).await;
+    until("every link back", || {
+        engine.link_stats().reconnects >= before + 4 && engine.links_up()
+    })
+    .await;
+    r.engine
+        .publish(request("user:19999", 10))
+        .await
+        .expect("publish");
+    until("a live delivery after the resubscribe", || {
+        r.sink.offsets("user:19999") == [1]
+    })
+    .await;
+}
