@@ -69,11 +69,18 @@ pub fn patience() -> Duration {
 /// })
 /// .await;
 /// ```
-pub async fn eventually<C: Condition>(
+pub async fn eventually<C: Condition>(what: &str, condition: impl AsyncFnMut() -> C) -> C::Value {
+    eventually_within(patience(), what, condition).await
+}
+
+/// [`eventually`] for a condition that takes `base` to come true by design (an expiry, say), plus
+/// the usual patience.
+pub async fn eventually_within<C: Condition>(
+    base: Duration,
     what: &str,
     mut condition: impl AsyncFnMut() -> C,
 ) -> C::Value {
-    let deadline = Instant::now() + patience();
+    let deadline = Instant::now() + base + patience();
     loop {
         let Ok(answer) = tokio::time::timeout(patience(), condition()).await else {
             panic!("{what}: one check took longer than {:?}", patience());
@@ -85,7 +92,7 @@ pub async fn eventually<C: Condition>(
         if Instant::now() >= deadline {
             panic!(
                 "{what}: never became true within {:?} (last seen: {seen})",
-                patience()
+                base + patience()
             );
         }
         tokio::time::sleep(POLL).await;

@@ -9,6 +9,7 @@ mod common;
 
 mod auth;
 mod cli;
+mod cluster;
 mod delivery;
 mod durable;
 mod hooks;
