@@ -350,21 +350,23 @@ impl Shared {
         if changed.is_empty() {
             return Ok(());
         }
-        let mut pipe = redis::pipe();
-        for (user, count) in &changed {
-            let key = self.keys.user(user);
-            if *count == 0 {
-                pipe.hdel(&key, &self.node_id).ignore();
-            } else {
-                pipe.hset(&key, &self.node_id, *count).ignore();
+        // One command per user, sent together: the connection pipelines them, and in a cluster
+        // each goes to its own slot's master.
+        let writes = changed.iter().map(|(user, count)| {
+            let mut command = redis::cmd(if *count == 0 { "HDEL" } else { "HSET" });
+            command.arg(self.keys.user(user)).arg(&self.node_id);
+            if *count > 0 {
+                command.arg(*count);
             }
-        }
-        let result: Result<(), HeraldError> = self
-            .run(
-                "users",
-                |mut c| async move { pipe.query_async(&mut c).await },
-            )
-            .await;
+            self.run("users", |mut c| async move {
+                command.query_async::<()>(&mut c).await
+            })
+        });
+        let result = futures_util::future::join_all(writes)
+            .await
+            .into_iter()
+            .collect::<Result<Vec<()>, HeraldError>>()
+            .map(|_| ());
         if result.is_err() {
             // Written again at the next flush, unless a newer count came meanwhile.
             let mut users = self.users.lock();

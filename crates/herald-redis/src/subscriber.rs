@@ -41,6 +41,7 @@ use redis::{
 };
 use tokio::sync::{mpsc, oneshot, Notify};
 
+use crate::keys::{slot, PARTITIONS};
 use crate::wire::{self, Received};
 use crate::{unavailable, Shared};
 
@@ -75,6 +76,8 @@ enum Request {
 /// A pub/sub connection and the channels it serves.
 struct Link {
     index: usize,
+    /// The Redis it connects to: `host:port` of a cluster master, or `None` for `redis_url`.
+    address: Option<String>,
     /// Subject → channel. The push handler and the link's task share it; neither holds it across
     /// an `.await`.
     channels: Mutex<HashMap<Box<str>, Tracked>>,
@@ -88,17 +91,26 @@ pub(crate) struct Subscriber {
     shared: Arc<Shared>,
     links: Vec<Arc<Link>>,
     requests: Vec<mpsc::Sender<Request>>,
+    /// The link of each partition.
+    partition_links: Vec<usize>,
 }
 
 impl Subscriber {
     /// Starts the links; returns once each has connected once (or failed to).
     pub(crate) async fn start(shared: Arc<Shared>) -> Result<Arc<Subscriber>, HeraldError> {
+        let (addresses, partition_links) = if shared.cluster {
+            cluster_layout(&shared).await?
+        } else {
+            let partitions = (0..PARTITIONS).map(|p| p % LINKS).collect();
+            (vec![None; LINKS], partitions)
+        };
         let mut links = Vec::new();
         let mut requests = Vec::new();
         let mut started = Vec::new();
-        for index in 0..LINKS {
+        for (index, address) in addresses.into_iter().enumerate() {
             let link = Arc::new(Link {
                 index,
+                address,
                 channels: Mutex::default(),
                 up: AtomicBool::new(false),
                 commands: index == 0,
@@ -126,11 +138,12 @@ impl Subscriber {
             shared,
             links,
             requests,
+            partition_links,
         }))
     }
 
-    fn link_of(&self, subject_partition: usize) -> usize {
-        subject_partition % self.links.len()
+    fn link_of(&self, partition: usize) -> usize {
+        self.partition_links[partition]
     }
 
     /// Whether every link is connected.
@@ -218,13 +231,24 @@ async fn connect(
     link: &Arc<Link>,
     gone: Arc<Notify>,
 ) -> Result<MultiplexedConnection, HeraldError> {
-    let info = shared
+    // A cluster master takes the seed's credentials.
+    let seed = shared
         .config
-        .url
+        .cluster_nodes
+        .first()
+        .unwrap_or(&shared.config.url);
+    let seed = seed
         .as_str()
         .into_connection_info()
         .map_err(|e| unavailable("redis_url", e))?;
-    let settings = info
+    let info = match &link.address {
+        Some(address) => format!("redis://{address}")
+            .as_str()
+            .into_connection_info()
+            .map_err(|e| unavailable("cluster node address", e))?,
+        None => seed.clone(),
+    };
+    let settings = seed
         .redis_settings()
         .clone()
         .set_protocol(ProtocolVersion::RESP3);
@@ -708,4 +732,52 @@ fn finish_repair(
             sink.deliver(publication);
         }
     }
+}
+
+/// In a Redis Cluster: one link per master that owns a partition's slot, and each partition's
+/// link, from `CLUSTER SLOTS`.
+async fn cluster_layout(shared: &Shared) -> Result<(Vec<Option<String>>, Vec<usize>), HeraldError> {
+    let ranges: Vec<Value> = shared
+        .run("cluster slots", |mut c| async move {
+            redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut c).await
+        })
+        .await?;
+    // Each range: [first slot, last slot, [host, port, id, ...] of its master, replicas...].
+    let mut owners: Vec<(u16, u16, String)> = Vec::new();
+    for range in &ranges {
+        let Value::Array(parts) = range else { continue };
+        let (Some(Value::Int(first)), Some(Value::Int(last)), Some(Value::Array(master))) =
+            (parts.first(), parts.get(1), parts.get(2))
+        else {
+            continue;
+        };
+        let host = match master.first() {
+            Some(Value::BulkString(h)) => String::from_utf8_lossy(h).into_owned(),
+            Some(Value::SimpleString(h)) => h.clone(),
+            _ => continue,
+        };
+        let Some(Value::Int(port)) = master.get(1) else {
+            continue;
+        };
+        owners.push((*first as u16, *last as u16, format!("{host}:{port}")));
+    }
+    let mut addresses: Vec<Option<String>> = Vec::new();
+    let mut partition_links = Vec::with_capacity(PARTITIONS);
+    for partition in 0..PARTITIONS {
+        let slot = slot(shared.keys.tag(partition).as_bytes());
+        let owner = owners
+            .iter()
+            .find(|(first, last, _)| (*first..=*last).contains(&slot))
+            .map(|(_, _, address)| address.clone())
+            .ok_or_else(|| unavailable("cluster slots", format!("slot {slot} has no master")))?;
+        let index = match addresses.iter().position(|a| a.as_deref() == Some(&owner)) {
+            Some(index) => index,
+            None => {
+                addresses.push(Some(owner));
+                addresses.len() - 1
+            }
+        };
+        partition_links.push(index);
+    }
+    Ok((addresses, partition_links))
 }
