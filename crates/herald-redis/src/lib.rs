@@ -35,8 +35,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use herald_core::engine::{
-    ClusterCommand, Engine, HistoryPage, HistoryPolicy, HistoryQuery, NodeFigures, NodeSink,
-    PublishRequest,
+    ClusterCommand, Engine, EngineCounters, HistoryPage, HistoryPolicy, HistoryQuery, NodeFigures,
+    NodeSink, PublishRequest,
 };
 use herald_core::presence::{
     ChannelEvent, Presence, PresenceChange, PresenceCounts, PresenceMember,
@@ -735,6 +735,16 @@ impl Engine for RedisEngine {
             .collect();
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(nodes)
+    }
+
+    fn counters(&self) -> EngineCounters {
+        let stats = self.link_stats();
+        EngineCounters {
+            link_reconnects: stats.reconnects,
+            links_down: self.subscriber.links_down() as u64,
+            repaired_publications: stats.repaired,
+            stream_resets: stats.resets,
+        }
     }
 
     fn user_connections_changed(&self, user: &Arc<str>, on_this_node: usize) {

@@ -151,6 +151,14 @@ impl Subscriber {
         self.links.iter().all(|l| l.up.load(Ordering::Relaxed))
     }
 
+    /// Links not connected right now.
+    pub(crate) fn links_down(&self) -> usize {
+        self.links
+            .iter()
+            .filter(|l| !l.up.load(Ordering::Relaxed))
+            .count()
+    }
+
     /// Channels subscribed, over all links.
     pub(crate) fn channel_count(&self) -> usize {
         self.links.iter().map(|l| l.channels.lock().len()).sum()

@@ -69,6 +69,10 @@ pub struct Metrics {
     pub hook_duration: Family<HookNameLabel, Histogram>,
     /// `typing` frames dropped by the throttle.
     pub typing_throttled: Counter,
+    engine_link_reconnects: Counter,
+    engine_links_down: Gauge,
+    engine_repaired_publications: Counter,
+    engine_stream_resets: Counter,
 }
 
 impl Default for Metrics {
@@ -181,8 +185,37 @@ impl Metrics {
             typing_throttled.clone(),
         );
 
+        let engine_link_reconnects = Counter::default();
+        let engine_links_down = Gauge::default();
+        let engine_repaired_publications = Counter::default();
+        let engine_stream_resets = Counter::default();
+        registry.register(
+            "engine_link_reconnects",
+            "Times a link to the other nodes (a Redis pub/sub connection) came back after a loss",
+            engine_link_reconnects.clone(),
+        );
+        registry.register(
+            "engine_links_down",
+            "Links to the other nodes that are down now",
+            engine_links_down.clone(),
+        );
+        registry.register(
+            "engine_repaired_publications",
+            "Publications a link missed while down and delivered from history afterwards",
+            engine_repaired_publications.clone(),
+        );
+        registry.register(
+            "engine_stream_resets",
+            "Channels whose subscribers were told recovered:false because history no longer held what a link missed",
+            engine_stream_resets.clone(),
+        );
+
         Metrics {
             registry,
+            engine_link_reconnects,
+            engine_links_down,
+            engine_repaired_publications,
+            engine_stream_resets,
             connections,
             users,
             channels,
@@ -243,6 +276,18 @@ impl Metrics {
         self.users.set(snapshot.users as i64);
         self.channels.set(snapshot.channels as i64);
         self.subscriptions.set(snapshot.subscriptions as i64);
+        let engine = hub.engine().counters();
+        // The engine counts; these follow it (a counter only goes up, by the difference).
+        let follow = |counter: &Counter, value: u64| {
+            counter.inc_by(value.saturating_sub(counter.get()));
+        };
+        follow(&self.engine_link_reconnects, engine.link_reconnects);
+        follow(
+            &self.engine_repaired_publications,
+            engine.repaired_publications,
+        );
+        follow(&self.engine_stream_resets, engine.stream_resets);
+        self.engine_links_down.set(engine.links_down as i64);
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);

@@ -143,6 +143,21 @@ pub trait NodeSink: Send + Sync + 'static {
     fn reset(&self, channel: &ChannelName, position: StreamPosition);
 }
 
+/// What an engine that spans nodes has been through since it started, for `/metrics`. A
+/// single-node engine reports zeros.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineCounters {
+    /// Times a link to the other nodes came back after losing its connection.
+    pub link_reconnects: u64,
+    /// Links to the other nodes that are down right now.
+    pub links_down: u64,
+    /// Publications missed while a link was down and delivered from history afterwards.
+    pub repaired_publications: u64,
+    /// Times a channel's subscribers were told `recovered: false` because history no longer
+    /// held what a link missed.
+    pub stream_resets: u64,
+}
+
 /// A node's figures, as the node registry lists them for `GET /api/stats`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeFigures {
@@ -238,6 +253,11 @@ pub trait Engine: Send + Sync + 'static {
     /// come and go; it must not block. Engines that span nodes keep a cluster-wide count from it.
     fn user_connections_changed(&self, user: &Arc<str>, on_this_node: usize) {
         let _ = (user, on_this_node);
+    }
+
+    /// What the engine's links to the other nodes have been through.
+    fn counters(&self) -> EngineCounters {
+        EngineCounters::default()
     }
 
     /// How many connections `user` has on every node, or `None` when this node's count is the

@@ -294,6 +294,11 @@ async fn survive(begin: impl FnOnce(&mut RedisServer), end: impl FnOnce(&mut Red
         })
         .await;
     }
+    for node in &handles {
+        // Each node's links came back (and say so in its metrics).
+        assert!(node.metric("herald_engine_link_reconnects_total").await >= 1.0);
+        assert_eq!(node.metric("herald_engine_links_down").await, 0.0);
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.send(true).unwrap();
     let (acknowledged, refused) = publishing.await.unwrap();
