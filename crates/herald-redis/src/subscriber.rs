@@ -34,7 +34,7 @@ use herald_core::engine::HistoryQuery;
 use herald_core::presence::ChannelEvent;
 use herald_core::publication::Publication;
 use herald_core::{ChannelName, HeraldError, StreamPosition};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use redis::aio::MultiplexedConnection;
 use redis::{
     AsyncConnectionConfig, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value,
@@ -62,6 +62,7 @@ const PING_EVERY: Duration = Duration::from_secs(1);
 /// One channel on a link.
 struct Tracked {
     channel: ChannelName,
+    partition: usize,
     /// The last offset passed on to the hub (or the starting point), with its epoch.
     last: Option<(u64, Arc<str>)>,
     /// While a repair runs: the live publications that arrived meanwhile, in order.
@@ -70,7 +71,10 @@ struct Tracked {
 
 enum Request {
     Subscribe(Box<str>, oneshot::Sender<Result<(), HeraldError>>),
-    Unsubscribe(Box<str>),
+    Unsubscribe(Vec<Box<str>>),
+    /// Channels moved to this link (their partition's slot moved to its master): subscribe them
+    /// and repair what they missed; and the commands subject, if the link now carries it.
+    Adopt(Vec<Box<str>>),
 }
 
 /// A pub/sub connection and the channels it serves.
@@ -83,16 +87,61 @@ struct Link {
     channels: Mutex<HashMap<Box<str>, Tracked>>,
     up: AtomicBool,
     /// Whether this link also carries the cluster commands subject.
-    commands: bool,
+    commands: AtomicBool,
+    /// Asks for a look at the cluster's slots.
+    recheck: Arc<Notify>,
+}
+
+/// A link and the queue of its task.
+#[derive(Clone)]
+struct LinkHandle {
+    link: Arc<Link>,
+    requests: mpsc::Sender<Request>,
+}
+
+/// Which links there are, and which link serves each partition.
+struct Layout {
+    links: Vec<LinkHandle>,
+    partition_links: Vec<usize>,
+}
+
+impl Layout {
+    fn link_of(&self, partition: usize) -> &LinkHandle {
+        &self.links[self.partition_links[partition]]
+    }
 }
 
 /// The node's pub/sub side.
 pub(crate) struct Subscriber {
     shared: Arc<Shared>,
-    links: Vec<Arc<Link>>,
-    requests: Vec<mpsc::Sender<Request>>,
-    /// The link of each partition.
-    partition_links: Vec<usize>,
+    /// Read for every subscribe and unsubscribe; written only when a Redis Cluster's slots moved
+    /// (a reshard, a failover), never across an `.await`.
+    layout: RwLock<Layout>,
+    /// Wakes the cluster layout check early (a link lost its master, or Redis dropped a shard
+    /// channel because its slot moved).
+    recheck: Arc<Notify>,
+}
+
+/// Starts a link's task; `first` hears how its first connection went.
+fn start_link(
+    shared: &Arc<Shared>,
+    recheck: &Arc<Notify>,
+    index: usize,
+    address: Option<String>,
+    commands: bool,
+    first: oneshot::Sender<Result<(), HeraldError>>,
+) -> LinkHandle {
+    let link = Arc::new(Link {
+        index,
+        address,
+        channels: Mutex::default(),
+        up: AtomicBool::new(false),
+        commands: AtomicBool::new(commands),
+        recheck: recheck.clone(),
+    });
+    let (requests, queue) = mpsc::channel(BATCH * 8);
+    tokio::spawn(run_link(Arc::downgrade(shared), link.clone(), queue, first));
+    LinkHandle { link, requests }
 }
 
 impl Subscriber {
@@ -104,28 +153,20 @@ impl Subscriber {
             let partitions = (0..PARTITIONS).map(|p| p % LINKS).collect();
             (vec![None; LINKS], partitions)
         };
+        let recheck = Arc::new(Notify::new());
         let mut links = Vec::new();
-        let mut requests = Vec::new();
         let mut started = Vec::new();
         for (index, address) in addresses.into_iter().enumerate() {
-            let link = Arc::new(Link {
+            let (first, first_done) = oneshot::channel();
+            links.push(start_link(
+                &shared,
+                &recheck,
                 index,
                 address,
-                channels: Mutex::default(),
-                up: AtomicBool::new(false),
-                commands: index == 0,
-            });
-            let (tx, rx) = mpsc::channel(BATCH * 8);
-            let (first_tx, first_rx) = oneshot::channel();
-            tokio::spawn(run_link(
-                Arc::downgrade(&shared),
-                link.clone(),
-                rx,
-                first_tx,
+                index == 0,
+                first,
             ));
-            links.push(link);
-            requests.push(tx);
-            started.push(first_rx);
+            started.push(first_done);
         }
         for first in started {
             match first.await {
@@ -134,47 +175,58 @@ impl Subscriber {
                 Err(_) => return Err(HeraldError::unavailable("redis: a pub/sub link ended")),
             }
         }
-        Ok(Arc::new(Subscriber {
+        let subscriber = Arc::new(Subscriber {
             shared,
-            links,
-            requests,
-            partition_links,
-        }))
-    }
-
-    fn link_of(&self, partition: usize) -> usize {
-        self.partition_links[partition]
+            layout: RwLock::new(Layout {
+                links,
+                partition_links,
+            }),
+            recheck,
+        });
+        if subscriber.shared.cluster {
+            tokio::spawn(follow_cluster(Arc::downgrade(&subscriber)));
+        }
+        Ok(subscriber)
     }
 
     /// Whether every link is connected.
     pub(crate) fn all_up(&self) -> bool {
-        self.links.iter().all(|l| l.up.load(Ordering::Relaxed))
+        self.links_down() == 0
     }
 
     /// Links not connected right now.
     pub(crate) fn links_down(&self) -> usize {
-        self.links
+        self.layout
+            .read()
+            .links
             .iter()
-            .filter(|l| !l.up.load(Ordering::Relaxed))
+            .filter(|l| !l.link.up.load(Ordering::Relaxed))
             .count()
     }
 
     /// Channels subscribed, over all links.
     pub(crate) fn channel_count(&self) -> usize {
-        self.links.iter().map(|l| l.channels.lock().len()).sum()
+        let layout = self.layout.read();
+        layout
+            .links
+            .iter()
+            .map(|l| l.link.channels.lock().len())
+            .sum()
     }
 
     /// Subscribes this node to `channel`; returns once Redis confirmed it.
     pub(crate) async fn subscribe(&self, channel: &ChannelName) -> Result<(), HeraldError> {
         let (subject, partition) = self.shared.keys.subject(channel.as_str());
-        let index = self.link_of(partition);
-        let link = &self.links[index];
-        {
-            let mut channels = link.channels.lock();
+        let handle = {
+            // Entered under the layout's read lock, so that a move of the partition either
+            // takes the channel along or happens before and sends it to the new link.
+            let layout = self.layout.read();
+            let handle = layout.link_of(partition);
+            let mut channels = handle.link.channels.lock();
             if channels.contains_key(subject.as_str()) {
                 return Ok(());
             }
-            if !link.up.load(Ordering::Relaxed) {
+            if !handle.link.up.load(Ordering::Relaxed) {
                 return Err(HeraldError::unavailable(
                     "redis: the pub/sub link is reconnecting",
                 ));
@@ -183,13 +235,16 @@ impl Subscriber {
                 subject.clone().into(),
                 Tracked {
                     channel: channel.clone(),
+                    partition,
                     last: None,
                     held: None,
                 },
             );
-        }
+            handle.clone()
+        };
         let (done, confirmed) = oneshot::channel();
-        let sent = self.requests[index]
+        let sent = handle
+            .requests
             .send(Request::Subscribe(subject.clone().into(), done))
             .await;
         let result = match sent {
@@ -201,7 +256,13 @@ impl Subscriber {
             Err(_) => Err(HeraldError::unavailable("redis: the pub/sub link ended")),
         };
         if result.is_err() {
-            link.channels.lock().remove(subject.as_str());
+            let layout = self.layout.read();
+            layout
+                .link_of(partition)
+                .link
+                .channels
+                .lock()
+                .remove(subject.as_str());
         }
         result
     }
@@ -210,25 +271,158 @@ impl Subscriber {
     /// link tells Redis when it next sends.
     pub(crate) async fn unsubscribe(&self, channel: &ChannelName) {
         let (subject, partition) = self.shared.keys.subject(channel.as_str());
-        let index = self.link_of(partition);
-        if self.links[index]
-            .channels
-            .lock()
-            .remove(subject.as_str())
-            .is_some()
+        let handle = {
+            let layout = self.layout.read();
+            let handle = layout.link_of(partition);
+            if handle
+                .link
+                .channels
+                .lock()
+                .remove(subject.as_str())
+                .is_none()
+            {
+                return;
+            }
+            handle.clone()
+        };
+        // A link that is down resubscribes from its map, where the channel no longer is.
+        if let Err(mpsc::error::TrySendError::Full(request)) = handle
+            .requests
+            .try_send(Request::Unsubscribe(vec![subject.into()]))
         {
-            // A link that is down resubscribes from its map, where the channel no longer is.
-            let _ = self.requests[index]
-                .try_send(Request::Unsubscribe(subject.into()))
-                .or_else(|e| match e {
-                    mpsc::error::TrySendError::Full(r) => {
-                        let tx = self.requests[index].clone();
-                        tokio::spawn(async move { tx.send(r).await });
-                        Ok(())
-                    }
-                    mpsc::error::TrySendError::Closed(_) => Err(()),
-                });
+            tokio::spawn(async move { handle.requests.send(request).await });
         }
+    }
+
+    /// Reads the cluster's slots and, where a partition's master changed, moves its channels to
+    /// the link of the new master (started if needed), which subscribes them and repairs what
+    /// they missed; links left without a partition are closed.
+    async fn follow_moves(&self) -> Result<(), HeraldError> {
+        let (addresses, mapping) = cluster_layout(&self.shared).await?;
+        let mut adopted: Vec<(LinkHandle, Vec<Box<str>>)> = Vec::new();
+        let mut released: Vec<(LinkHandle, Vec<Box<str>>)> = Vec::new();
+        {
+            let mut layout = self.layout.write();
+            for partition in 0..PARTITIONS {
+                let wanted = &addresses[mapping[partition]];
+                let from = layout.partition_links[partition];
+                if layout.links[from].link.address == *wanted {
+                    continue;
+                }
+                let to = match layout.links.iter().position(|l| l.link.address == *wanted) {
+                    Some(to) => to,
+                    None => {
+                        let index = layout.links.iter().map(|l| l.link.index).max().unwrap_or(0);
+                        // Its first connection is not waited for: until it is up, the node is
+                        // not ready and subscribes to its partitions are refused.
+                        let (first, _) = oneshot::channel();
+                        let handle = start_link(
+                            &self.shared,
+                            &self.recheck,
+                            index + 1,
+                            wanted.clone(),
+                            false,
+                            first,
+                        );
+                        layout.links.push(handle);
+                        layout.links.len() - 1
+                    }
+                };
+                let moved: Vec<(Box<str>, Tracked)> = {
+                    let mut channels = layout.links[from].link.channels.lock();
+                    let subjects: Vec<Box<str>> = channels
+                        .iter()
+                        .filter(|(_, t)| t.partition == partition)
+                        .map(|(s, _)| s.clone())
+                        .collect();
+                    subjects
+                        .into_iter()
+                        .filter_map(|s| channels.remove(&s).map(|t| (s, t)))
+                        .collect()
+                };
+                let subjects: Vec<Box<str>> = moved.iter().map(|(s, _)| s.clone()).collect();
+                {
+                    let mut channels = layout.links[to].link.channels.lock();
+                    for (subject, mut tracked) in moved {
+                        // Held until the new link has subscribed and read what was missed.
+                        tracked.held.get_or_insert_with(Vec::new);
+                        channels.insert(subject, tracked);
+                    }
+                }
+                tracing::info!(
+                    partition,
+                    from = ?layout.links[from].link.address,
+                    to = ?wanted,
+                    channels = subjects.len(),
+                    "redis cluster: partition moved"
+                );
+                layout.partition_links[partition] = to;
+                if !subjects.is_empty() {
+                    released.push((layout.links[from].clone(), subjects.clone()));
+                    adopted.push((layout.links[to].clone(), subjects));
+                }
+            }
+            // Close links that serve no partition any more; one that carried the commands
+            // subject hands it to the first link left.
+            let used: Vec<bool> = (0..layout.links.len())
+                .map(|i| layout.partition_links.contains(&i))
+                .collect();
+            if used.iter().any(|u| !u) {
+                let mut renumber = vec![0; layout.links.len()];
+                let mut kept = Vec::new();
+                let mut commands_lost = false;
+                for (i, handle) in layout.links.drain(..).enumerate() {
+                    if used[i] {
+                        renumber[i] = kept.len();
+                        kept.push(handle);
+                    } else {
+                        commands_lost |= handle.link.commands.swap(false, Ordering::Relaxed);
+                        tracing::info!(address = ?handle.link.address, "redis cluster: link closed");
+                    }
+                }
+                for link in &mut layout.partition_links {
+                    *link = renumber[*link];
+                }
+                layout.links = kept;
+                if commands_lost {
+                    if let Some(first) = layout.links.first() {
+                        first.link.commands.store(true, Ordering::Relaxed);
+                        adopted.push((first.clone(), Vec::new()));
+                    }
+                }
+            }
+        }
+        for (handle, subjects) in released {
+            let _ = handle.requests.try_send(Request::Unsubscribe(subjects));
+        }
+        for (handle, subjects) in adopted {
+            let _ = handle.requests.send(Request::Adopt(subjects)).await;
+        }
+        Ok(())
+    }
+}
+
+/// How often a node compares its links with the Redis Cluster's slots.
+const CLUSTER_CHECK_EVERY: Duration = Duration::from_secs(5);
+
+/// Follows slot moves of a Redis Cluster for as long as the subscriber lives: every
+/// [`CLUSTER_CHECK_EVERY`], and at once when a link asks.
+async fn follow_cluster(subscriber: Weak<Subscriber>) {
+    let recheck = match subscriber.upgrade() {
+        Some(s) => s.recheck.clone(),
+        None => return,
+    };
+    loop {
+        let _ = tokio::time::timeout(CLUSTER_CHECK_EVERY, recheck.notified()).await;
+        let Some(subscriber) = subscriber.upgrade() else {
+            return;
+        };
+        if let Err(e) = subscriber.follow_moves().await {
+            tracing::warn!(error = %e, "redis cluster: cannot read the slots");
+        }
+        drop(subscriber);
+        // A burst of reasons to look again is one look.
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -264,9 +458,15 @@ async fn connect(
         .map_err(|e| unavailable("redis_url", e))?;
     let weak = Arc::downgrade(shared);
     let on = link.clone();
+    let cluster = shared.cluster;
     let handler = move |push: PushInfo| -> Result<(), std::convert::Infallible> {
         if push.kind == PushKind::Disconnection {
             gone.notify_one();
+        } else if cluster && push.kind == PushKind::SUnsubscribe && dropped_by_redis(&on, &push) {
+            // Redis dropped a shard channel we still serve: its slot moved. The connection may
+            // take this push for a reply, so it is replaced, and the slots are read again.
+            gone.notify_one();
+            on.recheck.notify_one();
         } else if let Some(shared) = weak.upgrade() {
             on_push(&shared, &on, push);
         }
@@ -285,6 +485,16 @@ async fn connect(
     .map_err(|e| unavailable("pub/sub connect", e))
 }
 
+/// Whether a `sunsubscribe` push is about a channel the link still serves (so Redis dropped it,
+/// rather than confirming an unsubscribe the link sent).
+fn dropped_by_redis(link: &Link, push: &PushInfo) -> bool {
+    match push.data.first() {
+        Some(Value::BulkString(subject)) => std::str::from_utf8(subject)
+            .is_ok_and(|subject| link.channels.lock().contains_key(subject)),
+        _ => false,
+    }
+}
+
 /// Handles one push of a link's connection, on the connection's reader.
 fn on_push(shared: &Arc<Shared>, link: &Arc<Link>, push: PushInfo) {
     if !matches!(push.kind, PushKind::Message | PushKind::SMessage) {
@@ -301,7 +511,7 @@ fn on_push(shared: &Arc<Shared>, link: &Arc<Link>, push: PushInfo) {
     let Ok(subject) = std::str::from_utf8(subject) else {
         return;
     };
-    if link.commands && subject == shared.keys.commands() {
+    if link.commands.load(Ordering::Relaxed) && subject == shared.keys.commands() {
         if let Some(command) = wire::received_command(payload) {
             sink.command(command);
         }
@@ -396,12 +606,18 @@ async fn run_link(
     mut requests: mpsc::Receiver<Request>,
     first: oneshot::Sender<Result<(), HeraldError>>,
 ) {
-    let mut first = Some(first);
+    // A link started while the node runs (for a new master) has nobody waiting for its first
+    // connection, and keeps trying.
+    let mut first = Some(first).filter(|f| !f.is_closed());
     let mut backoff = Duration::from_millis(50);
     loop {
         let Some(engine) = shared.upgrade() else {
             return;
         };
+        if requests.is_closed() && requests.is_empty() {
+            // The link no longer serves any partition.
+            return;
+        }
         let gone = Arc::new(Notify::new());
         let connection = match connect(&engine, &link, gone.clone()).await {
             Ok(c) => c,
@@ -412,6 +628,8 @@ async fn run_link(
                 }
                 tracing::warn!(link = link.index, error = %e, "redis pub/sub link down");
                 drop(engine);
+                // A master that cannot be reached may have failed over.
+                link.recheck.notify_one();
                 // Refuse what queued meanwhile rather than keep it waiting.
                 while let Ok(request) = requests.try_recv() {
                     if let Request::Subscribe(_, done) = request {
@@ -433,6 +651,11 @@ async fn run_link(
                 let _ = first.send(Err(e));
                 return;
             }
+            // In a cluster, a slot may have moved away (MOVED): look before trying again.
+            link.recheck.notify_one();
+            drop(engine);
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
             continue;
         }
         link.up.store(true, Ordering::Relaxed);
@@ -503,6 +726,7 @@ async fn serve(
                 let Some(engine) = shared.upgrade() else { return Ended::Closed };
                 if let Err(e) = run_batch(&engine, link, connection, batch).await {
                     tracing::warn!(link = link.index, error = %e, "redis pub/sub request failed");
+                    link.recheck.notify_one();
                     return Ended::Lost("request failed");
                 }
             }
@@ -513,8 +737,8 @@ async fn serve(
 /// Sends a batch of requests, in order, as one pipeline; then reads the starting point of each
 /// newly subscribed channel on the same connection.
 async fn run_batch(
-    shared: &Shared,
-    link: &Link,
+    shared: &Arc<Shared>,
+    link: &Arc<Link>,
     connection: &mut MultiplexedConnection,
     batch: Vec<Request>,
 ) -> Result<(), HeraldError> {
@@ -530,13 +754,24 @@ async fn run_batch(
     };
     let mut pipe = redis::pipe();
     let mut waiting = Vec::new();
+    let mut adopted = Vec::new();
     for request in &batch {
         match request {
             Request::Subscribe(subject, _) => {
                 pipe.cmd(subscribe).arg(&**subject).ignore();
             }
-            Request::Unsubscribe(subject) => {
-                pipe.cmd(unsubscribe).arg(&**subject).ignore();
+            Request::Unsubscribe(subjects) => {
+                for subject in subjects {
+                    pipe.cmd(unsubscribe).arg(&**subject).ignore();
+                }
+            }
+            Request::Adopt(subjects) => {
+                if link.commands.load(Ordering::Relaxed) {
+                    pipe.cmd("SUBSCRIBE").arg(shared.keys.commands()).ignore();
+                }
+                for subject in subjects {
+                    pipe.cmd(subscribe).arg(&**subject).ignore();
+                }
             }
         }
     }
@@ -548,12 +783,19 @@ async fn run_batch(
         Err(_) => Err(unavailable("subscribe", "timed out")),
     };
     for request in batch {
-        if let Request::Subscribe(subject, done) = request {
-            waiting.push(subject);
-            let _ = done.send(result.clone());
+        match request {
+            Request::Subscribe(subject, done) => {
+                waiting.push(subject);
+                let _ = done.send(result.clone());
+            }
+            Request::Adopt(subjects) => adopted.extend(subjects),
+            Request::Unsubscribe(_) => {}
         }
     }
     result?;
+    if !adopted.is_empty() {
+        spawn_repair(shared, link, adopted);
+    }
     starting_points(shared, link, connection, &waiting).await
 }
 
@@ -603,7 +845,7 @@ async fn restore(
     link: &Arc<Link>,
     connection: &mut MultiplexedConnection,
 ) -> Result<(), HeraldError> {
-    if link.commands {
+    if link.commands.load(Ordering::Relaxed) {
         tokio::time::timeout(
             shared.config.timeout,
             redis::cmd("SUBSCRIBE")

@@ -184,6 +184,14 @@ impl RedisServer {
         self.resume_process();
     }
 
+    /// Kills the server (SIGKILL): no goodbye, as when its machine dies.
+    pub fn kill(&mut self) {
+        self.signal("KILL");
+        let mut running = self.running.take().expect("running");
+        drop(running._keep);
+        let _ = running.shell.wait();
+    }
+
     /// Freezes the server (SIGSTOP): connections stay open, nothing is answered.
     pub fn freeze(&self) {
         self.signal("STOP");
@@ -218,9 +226,10 @@ impl Drop for RedisServer {
     }
 }
 
-/// A Redis Cluster of three masters on loopback, each a private server.
+/// A Redis Cluster of three masters on loopback, each a private server, with or without a
+/// replica each.
 pub struct RedisCluster {
-    /// The masters.
+    /// The servers: the three masters first, then their replicas.
     pub masters: Vec<RedisServer>,
 }
 
@@ -228,7 +237,13 @@ impl RedisCluster {
     /// Starts three cluster-enabled servers and joins them with `redis-cli --cluster create`
     /// (the slots split evenly, no replicas); returns once the cluster reports `ok`.
     pub fn start() -> RedisCluster {
-        let masters: Vec<RedisServer> = (0..3)
+        Self::start_with_replicas(0)
+    }
+
+    /// Like [`RedisCluster::start`], with `replicas` replicas per master (which take over when
+    /// their master fails, after the two-second node time-out).
+    pub fn start_with_replicas(replicas: usize) -> RedisCluster {
+        let masters: Vec<RedisServer> = (0..3 * (1 + replicas))
             .map(|_| {
                 RedisServer::start_with(&[
                     "--cluster-enabled",
@@ -248,7 +263,7 @@ impl RedisCluster {
             .arg("--cluster")
             .arg("create")
             .args(&addresses)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
@@ -268,7 +283,48 @@ impl RedisCluster {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
+        // A replica can take over only once it has its master's data.
+        for server in &masters {
+            loop {
+                let info = Command::new("redis-cli")
+                    .args(["-p", &server.port.to_string(), "info", "replication"])
+                    .output()
+                    .expect("redis-cli");
+                let text = String::from_utf8_lossy(&info.stdout).into_owned();
+                if text.contains("role:master") || text.contains("master_link_status:up") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "a replica never synced");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
         RedisCluster { masters }
+    }
+
+    /// The server that is master of `slot` now, per `CLUSTER SLOTS` of a live one.
+    pub fn master_of(&self, slot: u16) -> Option<usize> {
+        for server in self.masters.iter().filter(|s| s.running.is_some()) {
+            let out = Command::new("redis-cli")
+                .args(["-p", &server.port.to_string(), "cluster", "slots"])
+                .output()
+                .ok()?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let lines: Vec<&str> = text.lines().collect();
+            // Flat output: first, last, then the master's host, port, id, then replicas.
+            let mut i = 0;
+            while i + 4 < lines.len() {
+                if let (Ok(first), Ok(last)) =
+                    (lines[i].parse::<u16>(), lines[i + 1].parse::<u16>())
+                {
+                    if (first..=last).contains(&slot) {
+                        let port: u16 = lines[i + 3].parse().ok()?;
+                        return self.masters.iter().position(|s| s.port == port);
+                    }
+                }
+                i += 1;
+            }
+        }
+        None
     }
 
     /// The seed URLs (`redis_cluster_nodes`).

@@ -86,3 +86,70 @@ async fn channels_on_every_master_reach_every_node_in_order() {
     }
     assert!(b.links_up());
 }
+
+#[tokio::test]
+async fn a_failed_over_master_s_channels_move_to_the_promoted_replica() {
+    let mut cluster = RedisCluster::start_with_replicas(1);
+    let mut config = RedisConfig::new("");
+    config.cluster_nodes = cluster.urls();
+    config.prefix = testing::unique_prefix("failover");
+    config.timeout = Duration::from_millis(500);
+    let publisher = RedisEngine::connect(config.clone()).await.expect("connect");
+    let engine = RedisEngine::connect(config).await.expect("connect");
+    let receiver = Node::attach(Arc::new(engine.clone()));
+    let names: Vec<String> = (0..30).map(|i| format!("fo:{i}")).collect();
+    for name in &names {
+        let channel = ChannelName::parse(name).expect("channel");
+        receiver
+            .engine
+            .node_subscribe(&channel)
+            .await
+            .expect("subscribe");
+    }
+    let publish = |name: &str| PublishRequest {
+        channel: ChannelName::parse(name).expect("channel"),
+        event: None,
+        data: RawValue::from_string("1".into()).expect("json"),
+        from: None,
+        history: HistoryPolicy {
+            size: 10,
+            ttl: Duration::from_secs(60),
+        },
+        idempotency: None,
+    };
+    for name in &names {
+        publisher.publish(publish(name)).await.expect("publish");
+    }
+    // The master of the first channel's partition dies without a word.
+    let slot = herald_redis::keys::slot(
+        engine
+            .keys()
+            .tag(engine.keys().partition(&names[0]))
+            .as_bytes(),
+    );
+    let victim = cluster.master_of(slot).expect("a master");
+    cluster.masters[victim].kill();
+    // Publishing to its partitions fails until its replica has taken over, then goes on.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    for name in &names {
+        while let Err(e) = publisher.publish(publish(name)).await {
+            assert!(tokio::time::Instant::now() < deadline, "no failover: {e}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    for name in &names {
+        while receiver.sink.offsets(name).len() < 2 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name}: {:?}",
+                receiver.sink.offsets(name)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(receiver.sink.offsets(name), [1, 2], "{name}");
+    }
+    while !engine.links_up() {
+        assert!(tokio::time::Instant::now() < deadline, "links never all up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
