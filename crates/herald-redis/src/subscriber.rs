@@ -20,6 +20,11 @@
 //! again. Where history no longer covers the gap (trimmed, expired, or the epoch changed), the hub
 //! is told through [`NodeSink::reset`] and its subscribers get `recovered: false`.
 //!
+//! **Redis Cluster.** The links follow the cluster's slots: when a partition's slot moves to
+//! another master (a reshard, or a replica promoted after its master failed), its channels move
+//! to that master's link with their last offsets, and are subscribed and repaired there like
+//! after a reconnect. See [`Subscriber::follow_moves`].
+//!
 //! **The starting point.** A freshly subscribed channel has passed nothing on yet, so its link
 //! reads the channel's last offset right after the subscribe, on the same connection: in RESP3 the
 //! reply comes after every push that preceded it, so every publication above that offset is still
