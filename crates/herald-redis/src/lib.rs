@@ -9,7 +9,7 @@
 //! skip an offset, and every node receives a channel's publications in offset order.
 //!
 //! A node subscribes to a channel's subject only while it has local subscribers, through a few
-//! pub/sub links (see [`subscriber`]) that batch their subscribe commands, notice when their
+//! pub/sub links (the `subscriber` module) that batch their subscribe commands, notice when their
 //! connection drops or hangs, and, once back, repair the gap from history for every channel they
 //! serve before passing live publications on again.
 //!
