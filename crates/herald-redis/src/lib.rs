@@ -324,7 +324,8 @@ impl Shared {
             .iter()
             .map(|(c, members)| (c.clone(), members.values().cloned().collect()))
             .collect();
-        for (channel, members) in entries {
+        let mut refreshes = Vec::new();
+        for (channel, members) in &entries {
             for chunk in members.chunks(256) {
                 let args: Vec<String> = chunk
                     .iter()
@@ -336,11 +337,22 @@ impl Shared {
                         ]
                     })
                     .collect();
-                let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                if let Err(e) = self.presence_op(&channel, "join", &args).await {
-                    tracing::warn!(%channel, error = %e, "presence refresh failed");
-                }
+                refreshes.push(async move {
+                    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                    if let Err(e) = self.presence_op(channel, "join", &args).await {
+                        tracing::warn!(%channel, error = %e, "presence refresh failed");
+                    }
+                });
             }
+        }
+        // A few hundred at a time: the connection pipelines them, and Redis is not flooded.
+        let mut refreshes = refreshes.into_iter();
+        loop {
+            let batch: Vec<_> = refreshes.by_ref().take(256).collect();
+            if batch.is_empty() {
+                break;
+            }
+            futures_util::future::join_all(batch).await;
         }
     }
 
