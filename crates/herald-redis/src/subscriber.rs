@@ -31,7 +31,7 @@
 //! to arrive, and a later repair knows where to start.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -95,6 +95,24 @@ struct Link {
     commands: AtomicBool,
     /// Asks for a look at the cluster's slots.
     recheck: Arc<Notify>,
+    /// When the link was made, and how long after that its connection last delivered a push
+    /// (milliseconds): a link busy reading a backlog of pushes answers its ping late, and is
+    /// not dead.
+    born: std::time::Instant,
+    last_push_ms: AtomicU64,
+}
+
+impl Link {
+    fn note_push(&self) {
+        let now = self.born.elapsed().as_millis() as u64;
+        self.last_push_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// Whether the connection delivered a push within `window`.
+    fn pushed_within(&self, window: Duration) -> bool {
+        let now = self.born.elapsed().as_millis() as u64;
+        now.saturating_sub(self.last_push_ms.load(Ordering::Relaxed)) <= window.as_millis() as u64
+    }
 }
 
 /// A link and the queue of its task.
@@ -143,6 +161,8 @@ fn start_link(
         up: AtomicBool::new(false),
         commands: AtomicBool::new(commands),
         recheck: recheck.clone(),
+        born: std::time::Instant::now(),
+        last_push_ms: AtomicU64::new(0),
     });
     let (requests, queue) = mpsc::channel(BATCH * 8);
     tokio::spawn(run_link(Arc::downgrade(shared), link.clone(), queue, first));
@@ -473,6 +493,7 @@ async fn connect(
             gone.notify_one();
             on.recheck.notify_one();
         } else if let Some(shared) = weak.upgrade() {
+            on.note_push();
             on_push(&shared, &on, push);
         }
         Ok(())
@@ -715,7 +736,8 @@ async fn serve(
                     redis::cmd("PING").query_async::<Value>(connection),
                 )
                 .await;
-                if !matches!(pong, Ok(Ok(_))) {
+                // A ping stuck behind a backlog of pushes is late, not lost.
+                if !matches!(pong, Ok(Ok(_))) && !link.pushed_within(timeout) {
                     return Ended::Lost("ping unanswered");
                 }
             }
@@ -732,6 +754,10 @@ async fn serve(
                 if let Err(e) = run_batch(&engine, link, connection, batch).await {
                     tracing::warn!(link = link.index, error = %e, "redis pub/sub request failed");
                     link.recheck.notify_one();
+                    // Late behind a backlog of pushes: those subscribes failed, the link lives.
+                    if link.pushed_within(engine.config.timeout) {
+                        continue;
+                    }
                     return Ended::Lost("request failed");
                 }
             }
