@@ -1,5 +1,6 @@
 //! The fleet of client connections: each with its own JWT, subscribed to its personal channel and
-//! the shared channel, reading and recording every delivery.
+//! the shared channel, reading and recording every delivery. With several nodes, connection `i`
+//! connects to node `i % nodes`.
 //!
 //! Connections run as local tasks on the generator's single thread. Each can be told to stop
 //! reading (a slow consumer) or to close (churn).
@@ -54,11 +55,6 @@ impl Connection {
     }
 }
 
-/// The user id of connection `index`.
-pub fn user_of(index: usize) -> String {
-    format!("u{index}")
-}
-
 /// Signs a token for `user` valid for two hours.
 pub fn token(secret: &str, user: &str) -> String {
     #[derive(serde::Serialize)]
@@ -105,8 +101,11 @@ pub async fn open_in(
     sends: bool,
     recorder: SharedRecorder,
 ) -> Result<Connection, String> {
-    let user = user_of(index);
-    let mut socket = ClientSocket::connect(target, &token(&target.jwt_secret, &user))
+    let user = target.user(index);
+    let base = target
+        .ws_base(index)
+        .ok_or_else(|| "no server to connect to".to_string())?;
+    let mut socket = ClientSocket::connect(base, &token(&target.jwt_secret, &user))
         .await
         .map_err(|e| format!("connect {user}: {e}"))?;
     socket.expect_frame("connected").await?;
@@ -209,12 +208,10 @@ thread_local! {
 }
 
 impl ClientSocket {
-    /// Connects and does the opening handshake, authenticating with `token` in a header.
-    async fn connect(target: &Target, token: &str) -> std::io::Result<ClientSocket> {
-        let address = target
-            .ws_base
-            .trim_start_matches("ws://")
-            .trim_end_matches('/');
+    /// Connects to `ws_base` and does the opening handshake, authenticating with `token` in a
+    /// header.
+    async fn connect(ws_base: &str, token: &str) -> std::io::Result<ClientSocket> {
+        let address = ws_base.trim_start_matches("ws://").trim_end_matches('/');
         let stream = TcpStream::connect(address).await?;
         // TCP_NODELAY, as browsers set it on WebSockets: a client's frames go out at once.
         stream.set_nodelay(true)?;

@@ -5,35 +5,72 @@
 //! duplicated, beside the server's CPU and memory read from `/proc`. `bench/run.sh` runs every
 //! scenario with the server pinned to CPU 0 and this generator to CPU 1; `docs/benchmarks.md`
 //! explains the method and holds the figures.
+//!
+//! The server may be several nodes (the Redis engine): connections and publications are spread
+//! over them, and the servers' figures are the sums over every node's process. Several generator
+//! processes can share the load, each playing users of its own (`--user-offset`), when one
+//! process's file-descriptor limit is too small for the connections wanted.
 
 mod fleet;
 mod measure;
 mod publish;
 mod report;
 mod scenarios;
+mod spawn;
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 use report::Report;
 use scenarios::Ctx;
+use spawn::{SpawnedRedis, SpawnedServer, BENCH_KEY, BENCH_SECRET};
 
-/// Where the server is and how to talk to it.
+/// Where the server is, how to talk to it, and which users the generator plays.
 #[derive(Clone)]
 pub struct Target {
-    pub http_base: String,
-    pub ws_base: String,
+    /// The nodes the clients connect to: connection `i` connects to `ws_bases[i % len]`.
+    pub ws_bases: Vec<String>,
+    /// The nodes publications go through: the publisher's connection `j` uses
+    /// `http_bases[j % len]`, so that publications enter through every one.
+    pub http_bases: Vec<String>,
     pub api_key: String,
     pub jwt_secret: String,
+    /// Connection `i` is user `u{user_offset + i}`.
+    pub user_offset: usize,
 }
 
-/// The secrets a server spawned by the generator uses (loopback only, benchmark only).
-const BENCH_SECRET: &str = "herald-bench-jwt-secret-0123456789";
-const BENCH_KEY: &str = "herald-bench-api-key-0123456789";
+impl Target {
+    /// The WebSocket base URL connection `index` connects to.
+    pub fn ws_base(&self, index: usize) -> Option<&str> {
+        let node = index.checked_rem(self.ws_bases.len())?;
+        self.ws_bases.get(node).map(String::as_str)
+    }
+
+    /// The user id of connection `index`.
+    pub fn user(&self, index: usize) -> String {
+        format!("u{}", self.user_offset + index)
+    }
+
+    /// The HTTP base URL of every node the clients connect to: where their figures (stats,
+    /// readiness) are read.
+    pub fn node_bases(&self) -> Vec<String> {
+        self.ws_bases
+            .iter()
+            .map(|ws| ws.replacen("ws", "http", 1))
+            .collect()
+    }
+}
+
+/// The engine of the nodes `--spawn` starts.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Engine {
+    /// Each node on its own, in memory (one node only).
+    Memory,
+    /// Nodes sharing one Redis: a private one the generator starts, or `--redis-url`.
+    Redis,
+}
 
 #[derive(Parser)]
 #[command(name = "herald-bench", about = "Load generator for Herald")]
@@ -43,23 +80,58 @@ struct Cli {
     /// Start this `herald` binary with a benchmark config (and stop it at the end).
     #[arg(long, global = true)]
     spawn: Option<PathBuf>,
-    /// With --spawn: pin the server to this CPU (taskset).
+    /// With --spawn: the engine of the nodes. `redis` starts a private `redis-server` (unless
+    /// --redis-url is given) and stops it at the end.
+    #[arg(long, global = true, value_enum, default_value_t = Engine::Memory)]
+    engine: Engine,
+    /// With --spawn: how many `herald serve` nodes to start (more than 1 needs --engine redis).
+    /// Connections and publications are spread over them.
+    #[arg(long, global = true, default_value_t = 1)]
+    nodes: usize,
+    /// With --spawn: pin every node to this CPU (taskset).
     #[arg(long, global = true)]
     server_cpu: Option<u32>,
+    /// With --spawn --engine redis: use this Redis instead of starting one (its keys are kept
+    /// apart by a prefix of this run's own).
+    #[arg(long, global = true)]
+    redis_url: Option<String>,
+    /// With --spawn --engine redis: pin the Redis the generator starts to this CPU (taskset).
+    #[arg(long, global = true)]
+    redis_cpu: Option<u32>,
+    /// A Redis the generator did not start: its PID, for its CPU figure.
+    #[arg(long, global = true)]
+    redis_pid: Option<u32>,
     /// With --spawn: publications each channel keeps (`history_size` of the `bench` and `user`
     /// namespaces; 0 keeps none).
     #[arg(long, global = true, default_value_t = 0)]
     history: usize,
-    /// With --spawn: keep history on disk in this directory (`history_store = "disk"`); it is
-    /// left in place afterwards, so that a restart can be timed on it.
+    /// With --spawn (memory engine): keep history on disk in this directory
+    /// (`history_store = "disk"`); it is left in place afterwards, so that a restart can be timed
+    /// on it.
     #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
-    /// A server already running: its base URL.
-    #[arg(long, global = true, default_value = "http://127.0.0.1:8000")]
-    server: String,
-    /// A server already running: its PID, for CPU and memory figures.
-    #[arg(long, global = true)]
-    server_pid: Option<u32>,
+    /// Servers already running: their base URLs, comma-separated (the nodes of one cluster).
+    /// Connection i connects to the (i mod count)th.
+    #[arg(
+        long,
+        global = true,
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:8000"
+    )]
+    server: Vec<String>,
+    /// Servers already running: send publications through these nodes (comma-separated) instead
+    /// of those in --server, e.g. to make every delivery cross from one node to another.
+    #[arg(long, global = true, value_delimiter = ',')]
+    publish_server: Vec<String>,
+    /// Servers already running: their PIDs, comma-separated, for CPU and memory figures (summed
+    /// over all of them).
+    #[arg(long, global = true, value_delimiter = ',')]
+    server_pid: Vec<u32>,
+    /// Connection i is user u<K+i>: several generator processes, each with its own range of
+    /// users, can load one server beyond one process's file-descriptor limit (for the scenarios
+    /// on personal channels: idle, personal, resubscribe).
+    #[arg(long, global = true, default_value_t = 0, value_name = "K")]
+    user_offset: usize,
     #[arg(long, global = true, env = "HERALD_BENCH_API_KEY", default_value = BENCH_KEY)]
     api_key: String,
     #[arg(long, global = true, env = "HERALD_BENCH_JWT_SECRET", default_value = BENCH_SECRET)]
@@ -138,6 +210,14 @@ enum Scenario {
         #[arg(long, default_value_t = 2_000)]
         requests: usize,
     },
+    /// N users on their personal channels only (so the nodes hold N subscriptions in Redis);
+    /// Redis is restarted, and the time until every node is ready again and then until a
+    /// publication to every user has reached every connection is measured. Needs the Redis
+    /// that --spawn --engine redis starts.
+    Resubscribe {
+        #[arg(long, default_value_t = 19_900)]
+        connections: usize,
+    },
     /// Every scenario with its defaults, plus personal with batches of 100.
     All,
     /// Every scenario with a few hundred connections for a few seconds (CI).
@@ -165,37 +245,131 @@ fn main() {
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
-    let mut spawned = None;
-    let (target, server_pid) = match &cli.spawn {
-        Some(binary) => {
-            let server =
-                SpawnedServer::start(binary, cli.server_cpu, cli.history, cli.data_dir.as_ref())?;
-            let target = server.target();
-            let pid = server.child.id();
-            spawned = Some(server);
-            (target, Some(pid))
+    let spawned = match &cli.spawn {
+        Some(binary) => Some(spawn_servers(&cli, binary).await?),
+        None => None,
+    };
+    let (target, server_pids, redis, nodes) = match spawned {
+        Some((nodes, redis)) => {
+            let target = spawn::target_of(&nodes, cli.user_offset);
+            let pids = nodes.iter().map(SpawnedServer::pid).collect();
+            (target, pids, redis, nodes)
         }
-        None => {
-            let ws_base = cli.server.replacen("http", "ws", 1);
-            let target = Target {
-                http_base: cli.server.clone(),
-                ws_base,
-                api_key: cli.api_key.clone(),
-                jwt_secret: cli.jwt_secret.clone(),
-            };
-            (target, cli.server_pid)
-        }
+        None => (
+            running_target(&cli)?,
+            cli.server_pid.clone(),
+            None,
+            Vec::new(),
+        ),
     };
     let mut ctx = Ctx {
         target,
-        server_pid,
+        server_pids,
+        redis,
+        redis_pid: cli.redis_pid,
         step: cli.step,
     };
     let mut report = Report::new(cli.json.clone(), cli.markdown.clone());
     let result = run_scenario(&mut ctx, &cli.scenario, &mut report).await;
     report.finish();
-    drop(spawned);
+    // The nodes stop first, while the Redis they use still answers.
+    drop(nodes);
+    drop(ctx);
     result
+}
+
+/// The target of servers already running (`--server`, `--publish-server`).
+fn running_target(cli: &Cli) -> Result<Target, String> {
+    if cli.engine != Engine::Memory || cli.nodes != 1 {
+        return Err(
+            "--engine and --nodes apply to --spawn; name running nodes with --server".into(),
+        );
+    }
+    let plain = |urls: &[String]| -> Result<Vec<String>, String> {
+        urls.iter()
+            .map(|url| {
+                let url = url.trim().trim_end_matches('/');
+                match url.strip_prefix("http://") {
+                    Some(rest) if !rest.is_empty() => Ok(url.to_string()),
+                    // The generator's clients speak plain HTTP and WebSocket only.
+                    _ => Err(format!("{url:?} is not an http:// base URL")),
+                }
+            })
+            .collect()
+    };
+    let servers = plain(&cli.server)?;
+    if servers.is_empty() {
+        return Err("--server names no server".into());
+    }
+    let publish = plain(&cli.publish_server)?;
+    Ok(Target {
+        ws_bases: servers
+            .iter()
+            .map(|s| s.replacen("http", "ws", 1))
+            .collect(),
+        http_bases: if publish.is_empty() { servers } else { publish },
+        api_key: cli.api_key.clone(),
+        jwt_secret: cli.jwt_secret.clone(),
+        user_offset: cli.user_offset,
+    })
+}
+
+/// The name of spawned node `i` (from 1).
+fn node_name(i: usize) -> String {
+    format!("n{i}")
+}
+
+/// Starts what `--spawn` asks for: with the Redis engine, a private Redis unless `--redis-url`
+/// names one, then `--nodes` nodes of `binary`.
+async fn spawn_servers(
+    cli: &Cli,
+    binary: &std::path::Path,
+) -> Result<(Vec<SpawnedServer>, Option<SpawnedRedis>), String> {
+    if cli.nodes == 0 {
+        return Err("--nodes must be at least 1".into());
+    }
+    if !cli.publish_server.is_empty() {
+        return Err("--publish-server names running servers; spawned nodes take both connections and publications".into());
+    }
+    let mut redis = None;
+    // Each node's top-level engine keys.
+    let engine_keys: Vec<String> = match cli.engine {
+        Engine::Memory => {
+            if cli.nodes > 1 {
+                return Err(
+                    "--nodes above 1 needs --engine redis: memory-engine nodes share nothing"
+                        .into(),
+                );
+            }
+            vec![spawn::memory_keys(cli.data_dir.as_ref())]
+        }
+        Engine::Redis => {
+            if cli.data_dir.is_some() {
+                return Err("--data-dir is the memory engine's history store; the Redis engine keeps history in Redis".into());
+            }
+            let url = match &cli.redis_url {
+                Some(url) => url.clone(),
+                None => {
+                    let started = SpawnedRedis::start(cli.redis_cpu).await?;
+                    let url = started.url();
+                    redis = Some(started);
+                    url
+                }
+            };
+            (1..=cli.nodes)
+                .map(|i| spawn::redis_keys(&url, &node_name(i)))
+                .collect()
+        }
+    };
+    let nodes = engine_keys
+        .iter()
+        .enumerate()
+        .map(|(i, keys)| {
+            let config = spawn::bench_config(cli.history, keys);
+            SpawnedServer::start(binary, cli.server_cpu, &config, &node_name(i + 1))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((nodes, redis))
 }
 
 async fn run_scenario(
@@ -234,6 +408,9 @@ async fn run_scenario(
             connections,
             requests,
         } => steps.extend(scenarios::presence(ctx, *connections, *requests).await?),
+        Scenario::Resubscribe { connections } => {
+            steps.extend(scenarios::resubscribe(ctx, *connections).await?)
+        }
         Scenario::All => {
             for step in scenarios::idle(ctx, 19_900, Duration::from_secs(30)).await? {
                 report.add(&step);
@@ -296,135 +473,63 @@ async fn run_scenario(
     Ok(())
 }
 
-/// A `herald serve` started by the generator on a free port with a benchmark configuration.
-struct SpawnedServer {
-    child: Child,
-    addr: String,
-    dir: PathBuf,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl SpawnedServer {
-    fn start(
-        binary: &PathBuf,
-        cpu: Option<u32>,
-        history: usize,
-        data_dir: Option<&PathBuf>,
-    ) -> Result<SpawnedServer, String> {
-        let dir = std::env::temp_dir().join(format!("herald-bench-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let config = dir.join("herald.toml");
-        std::fs::write(&config, bench_config(history, data_dir)).map_err(|e| e.to_string())?;
-        let mut command = match cpu {
-            Some(cpu) => {
-                let mut c = Command::new("taskset");
-                c.args(["-c", &cpu.to_string()]).arg(binary);
-                c
-            }
-            None => Command::new(binary),
-        };
-        let mut child = command
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env("HERALD_LOG", "warn,herald=info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("address=").nth(1) {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(
-                            rest.split_whitespace()
-                                .next()
-                                .unwrap_or_default()
-                                .to_string(),
-                        );
-                    }
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(20))
-            .map_err(|_| "the server did not report its address".to_string())?;
-        Ok(SpawnedServer { child, addr, dir })
+    fn target_of(args: &[&str]) -> Result<Target, String> {
+        let cli = Cli::try_parse_from(["herald-bench", "personal"].iter().chain(args))
+            .map_err(|e| e.to_string())?;
+        running_target(&cli)
     }
 
-    fn target(&self) -> Target {
-        Target {
-            http_base: format!("http://{}", self.addr),
-            ws_base: format!("ws://{}", self.addr),
-            api_key: BENCH_KEY.into(),
-            jwt_secret: BENCH_SECRET.into(),
+    #[test]
+    fn spreads_connections_and_publications_over_the_nodes() {
+        let target = target_of(&[
+            "--server",
+            "http://127.0.0.1:1,http://127.0.0.1:2/",
+            "--user-offset",
+            "19900",
+        ])
+        .expect("valid");
+        assert_eq!(target.ws_base(0), Some("ws://127.0.0.1:1"));
+        assert_eq!(target.ws_base(3), Some("ws://127.0.0.1:2"));
+        assert_eq!(
+            target.http_bases,
+            ["http://127.0.0.1:1", "http://127.0.0.1:2"]
+        );
+        assert_eq!(target.node_bases(), target.http_bases);
+        assert_eq!(target.user(5), "u19905");
+
+        let target = target_of(&[
+            "--server",
+            "http://127.0.0.1:1",
+            "--publish-server",
+            "http://127.0.0.1:2,http://127.0.0.1:3",
+        ])
+        .expect("valid");
+        assert_eq!(target.ws_bases, ["ws://127.0.0.1:1"]);
+        assert_eq!(
+            target.http_bases,
+            ["http://127.0.0.1:2", "http://127.0.0.1:3"]
+        );
+        assert_eq!(target.node_bases(), ["http://127.0.0.1:1"]);
+    }
+
+    #[test]
+    fn refuses_what_the_clients_cannot_speak_or_spawn_options_without_spawn() {
+        assert!(target_of(&["--server", "https://example.com"]).is_err());
+        assert!(target_of(&["--server", "http://127.0.0.1:1,"]).is_err());
+        assert!(target_of(&["--nodes", "2"]).is_err());
+        assert!(target_of(&["--engine", "redis"]).is_err());
+        assert!(Target {
+            ws_bases: Vec::new(),
+            http_bases: Vec::new(),
+            api_key: String::new(),
+            jwt_secret: String::new(),
+            user_offset: 0,
         }
+        .ws_base(0)
+        .is_none());
     }
-}
-
-impl Drop for SpawnedServer {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = std::time::Instant::now() + Duration::from_secs(15);
-        while std::time::Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// The benchmark server's configuration: the spec's defaults, except limits that would refuse the
-/// generator itself (all connections come from one address, at thousands per second), with
-/// `history` publications kept per channel.
-fn bench_config(history: usize, data_dir: Option<&PathBuf>) -> String {
-    let store = match data_dir {
-        Some(dir) => format!(
-            "history_store = \"disk\"\ndata_dir = {:?}\n",
-            dir.display().to_string()
-        ),
-        None => String::new(),
-    };
-    format!(
-        r#"listen = "127.0.0.1:0"
-{store}
-[auth]
-jwt_secret = "{BENCH_SECRET}"
-[api]
-keys = ["{BENCH_KEY}"]
-[limits]
-connections_per_ip_per_second = 1000000
-# The generator sizes its load to the file-descriptor limit itself (19,900 connections under a
-# limit of 20,000); the default would keep a twentieth of the descriptors in reserve.
-max_connections = 1000000
-shutdown_drain = "1s"
-max_api_body_bytes = 16777216
-[[namespace]]
-name = "bench"
-subscribe = "public"
-history_size = {history}
-history_ttl = "5m"
-[[namespace]]
-name = "user"
-subscribe = "personal"
-history_size = {history}
-history_ttl = "5m"
-[[namespace]]
-name = "chat"
-subscribe = "public"
-publish = true
-presence = true
-join_leave = true
-typing = true
-history_size = {history}
-history_ttl = "5m"
-"#
-    )
 }

@@ -142,7 +142,7 @@ fn clock_ticks() -> f64 {
 }
 
 /// Resident memory of a process in KiB, from `/proc/PID/status`.
-pub fn rss_kib(pid: u32) -> Option<u64> {
+fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
@@ -150,27 +150,42 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
-/// CPU use of a process over an interval, as a percentage of one core.
+/// Resident memory of processes `pids` together in KiB; `None` if any cannot be read.
+pub fn total_rss_kib(pids: &[u32]) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&pid| rss_kib(pid)).sum()
+}
+
+/// CPU use of processes over an interval, as a percentage of one core (summed over the
+/// processes: several server nodes count together).
 pub struct CpuMeter {
-    pid: u32,
+    /// Each process and its CPU seconds at the start.
+    processes: Vec<(u32, f64)>,
     wall: Instant,
-    cpu: f64,
 }
 
 impl CpuMeter {
-    pub fn start(pid: u32) -> CpuMeter {
+    pub fn start(pids: &[u32]) -> CpuMeter {
         CpuMeter {
-            pid,
+            processes: pids
+                .iter()
+                .map(|&pid| (pid, cpu_seconds(pid).unwrap_or(0.0)))
+                .collect(),
             wall: Instant::now(),
-            cpu: cpu_seconds(pid).unwrap_or(0.0),
         }
     }
 
-    /// Percent of one core used since `start`.
+    /// Percent of one core used since `start`, by all the processes together.
     pub fn percent(&self) -> f64 {
         let wall = self.wall.elapsed().as_secs_f64().max(1e-6);
-        let cpu = cpu_seconds(self.pid).unwrap_or(self.cpu);
-        (cpu - self.cpu) / wall * 100.0
+        let cpu: f64 = self
+            .processes
+            .iter()
+            .map(|&(pid, start)| cpu_seconds(pid).map_or(0.0, |now| now - start))
+            .sum();
+        cpu / wall * 100.0
     }
 }
 

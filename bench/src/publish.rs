@@ -9,9 +9,13 @@
 //! tickets, up to its pipeline depth, writes them in one `write`, and reads their answers. With
 //! the default depth of 1 each connection has one request in flight, as a backend's connection
 //! pool does; a deeper pipeline is only used when tickets wait (the publisher is behind).
+//!
+//! With several nodes, the connections are spread over them round robin, so that publications
+//! enter through every node.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io::{Read, Write as _};
 use std::time::{Duration, Instant};
 
@@ -22,7 +26,8 @@ use tokio::sync::Notify;
 
 use crate::Target;
 
-/// Keep-alive connections to the server, each with at most `pipeline` requests in flight.
+/// Keep-alive connections to the server (to all its nodes together), each with at most
+/// `pipeline` requests in flight.
 pub const CONNECTIONS: usize = 64;
 
 /// A request that waits this long past its due time for a free connection marks the step
@@ -41,7 +46,8 @@ pub struct Published {
 }
 
 pub struct Publisher {
-    address: String,
+    /// The nodes' `host:port`; connection `j` talks to `addresses[j % len]`.
+    addresses: Vec<String>,
     path: String,
     key: String,
     /// Requests a connection may have in flight at once (HTTP/1.1 pipelining when above 1).
@@ -62,6 +68,19 @@ struct Run<'a> {
     failed: Cell<u64>,
 }
 
+impl<'a> Run<'a> {
+    fn new(body: &'a mut dyn FnMut(u64) -> (String, u64), due: VecDeque<u64>) -> Run<'a> {
+        Run {
+            due: RefCell::new(due),
+            queued: Notify::new(),
+            done: Cell::new(false),
+            body: RefCell::new(body),
+            accepted: Cell::new(0),
+            failed: Cell::new(0),
+        }
+    }
+}
+
 impl Publisher {
     pub fn new(target: &Target, path: &str) -> Publisher {
         Publisher::pipelined(target, path, 1)
@@ -70,11 +89,15 @@ impl Publisher {
     /// A publisher whose connections pipeline up to `depth` requests when tickets wait.
     pub fn pipelined(target: &Target, path: &str, depth: usize) -> Publisher {
         Publisher {
-            address: target
-                .http_base
-                .trim_start_matches("http://")
-                .trim_end_matches('/')
-                .to_string(),
+            addresses: target
+                .http_bases
+                .iter()
+                .map(|base| {
+                    base.trim_start_matches("http://")
+                        .trim_end_matches('/')
+                        .to_string()
+                })
+                .collect(),
             path: path.to_string(),
             key: target.api_key.clone(),
             pipeline: depth.max(1),
@@ -89,18 +112,8 @@ impl Publisher {
         duration: Duration,
         mut body: impl FnMut(u64) -> (String, u64),
     ) -> Published {
-        let run = Run {
-            due: RefCell::new(VecDeque::new()),
-            queued: Notify::new(),
-            done: Cell::new(false),
-            body: RefCell::new(&mut body),
-            accepted: Cell::new(0),
-            failed: Cell::new(0),
-        };
-        let mut connections = FuturesUnordered::new();
-        for _ in 0..CONNECTIONS {
-            connections.push(self.connection(&run));
-        }
+        let run = Run::new(&mut body, VecDeque::new());
+        let mut connections = self.connections(&run);
         let dispatch = async {
             let start = Instant::now();
             let mut issued = 0u64;
@@ -157,9 +170,41 @@ impl Publisher {
         }
     }
 
-    /// One keep-alive connection: takes due tickets, sends them, reads their answers, until the
+    /// Sends requests `0..requests` as fast as the connections allow (`body(i)` builds request `i`
+    /// and says how many publications it holds), and returns once every one has been answered.
+    pub async fn send(
+        &self,
+        requests: u64,
+        mut body: impl FnMut(u64) -> (String, u64),
+    ) -> Published {
+        let run = Run::new(&mut body, (0..requests).collect());
+        // Every ticket is issued already: the connections stop once they have taken them all.
+        run.done.set(true);
+        let mut connections = self.connections(&run);
+        while connections.next().await.is_some() {}
+        Published {
+            accepted: run.accepted.get(),
+            failed: run.failed.get(),
+            fell_behind: false,
+        }
+    }
+
+    /// The run's [`CONNECTIONS`] connections, spread over the nodes.
+    fn connections<'a>(
+        &'a self,
+        run: &'a Run<'a>,
+    ) -> FuturesUnordered<impl Future<Output = ()> + 'a> {
+        self.addresses
+            .iter()
+            .cycle()
+            .take(CONNECTIONS)
+            .map(|address| self.connection(run, address))
+            .collect()
+    }
+
+    /// One keep-alive connection to `address`: takes due tickets, sends them, reads their answers, until the
     /// run is done. A connection that fails counts what it held as failed and reconnects.
-    async fn connection(&self, run: &Run<'_>) {
+    async fn connection(&self, run: &Run<'_>, address: &str) {
         let mut socket: Option<HttpSocket> = None;
         let mut request = Vec::new();
         let mut counts = Vec::new();
@@ -187,13 +232,13 @@ impl Publisher {
                     "POST {} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\
                      Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{text}",
                     self.path,
-                    self.address,
+                    address,
                     self.key,
                     text.len()
                 );
             }
             if socket.is_none() {
-                socket = HttpSocket::connect(&self.address).await.ok();
+                socket = HttpSocket::connect(address).await.ok();
             }
             statuses.clear();
             let exchanged = match socket.as_mut() {

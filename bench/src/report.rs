@@ -35,6 +35,9 @@ pub struct Step {
     pub server_cpu_pct: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_rss_mib: Option<f64>,
+    /// The Redis the nodes share, when its process is known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_cpu_pct: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes_per_connection: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -57,9 +60,21 @@ fn count(v: Option<u64>) -> String {
 }
 
 impl Step {
-    pub const TABLE_HEADER: &'static str = "| scenario | conns | load | deliveries/s | lost | dup | p50 ms | p99 ms | p99.9 ms | max ms | server CPU % | server RSS MiB | B/conn | gen CPU % | note |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|";
+    /// The table's header; with `redis`, a column for the Redis server's CPU.
+    pub fn table_header(redis: bool) -> String {
+        let (redis_name, redis_rule) = if redis {
+            (" Redis CPU % |", "---|")
+        } else {
+            ("", "")
+        };
+        format!(
+            "| scenario | conns | load | deliveries/s | lost | dup | p50 ms | p99 ms | p99.9 ms | max ms | server CPU % | server RSS MiB |{redis_name} B/conn | gen CPU % | note |\n\
+             |---|---|---|---|---|---|---|---|---|---|---|---|{redis_rule}---|---|---|"
+        )
+    }
 
-    pub fn table_row(&self) -> String {
+    /// The step's row of the table; with `redis`, the Redis server's CPU in its column.
+    pub fn table_row(&self, redis: bool) -> String {
         let mut note = self.note.clone().unwrap_or_default();
         if self.generator_bound {
             note.push_str(" generator-bound");
@@ -67,8 +82,13 @@ impl Step {
         if self.publisher_behind {
             note.push_str(" publisher-behind");
         }
+        let redis_cell = if redis {
+            format!(" {} |", cell(self.redis_cpu_pct, 0))
+        } else {
+            String::new()
+        };
         format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |{redis_cell} {} | {:.0} | {} |",
             self.scenario,
             self.connections,
             self.load,
@@ -89,25 +109,35 @@ impl Step {
 }
 
 /// Where results go: stdout always, plus optional JSON-lines and Markdown files.
+///
+/// Stdout shows each row as its step ends, with the columns of the first step (every step of a
+/// run measures the same processes); the Markdown file, written at the end, has the Redis column
+/// when any step has a Redis figure.
 pub struct Report {
     json: Option<PathBuf>,
     markdown: Option<PathBuf>,
-    rows: Vec<String>,
+    steps: Vec<Step>,
+    /// Whether stdout's table has the Redis column; decided by the first step.
+    stdout_redis: Option<bool>,
 }
 
 impl Report {
     pub fn new(json: Option<PathBuf>, markdown: Option<PathBuf>) -> Report {
-        println!("{}", Step::TABLE_HEADER);
         Report {
             json,
             markdown,
-            rows: Vec::new(),
+            steps: Vec::new(),
+            stdout_redis: None,
         }
     }
 
     pub fn add(&mut self, step: &Step) {
-        let row = step.table_row();
-        println!("{row}");
+        let redis = *self.stdout_redis.get_or_insert_with(|| {
+            let redis = step.redis_cpu_pct.is_some();
+            println!("{}", Step::table_header(redis));
+            redis
+        });
+        println!("{}", step.table_row(redis));
         if let Some(path) = &self.json {
             let line = serde_json::to_string(step).unwrap_or_default();
             if let Ok(mut file) = std::fs::OpenOptions::new()
@@ -118,18 +148,46 @@ impl Report {
                 let _ = writeln!(file, "{line}");
             }
         }
-        self.rows.push(row);
+        self.steps.push(step.clone());
     }
 
     pub fn finish(&self) {
         if let Some(path) = &self.markdown {
-            let mut text = String::from(Step::TABLE_HEADER);
-            for row in &self.rows {
+            let redis = self.steps.iter().any(|s| s.redis_cpu_pct.is_some());
+            let mut text = Step::table_header(redis);
+            for step in &self.steps {
                 text.push('\n');
-                text.push_str(row);
+                text.push_str(&step.table_row(redis));
             }
             text.push('\n');
             let _ = std::fs::write(path, text);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn columns(line: &str) -> usize {
+        line.matches('|').count()
+    }
+
+    #[test]
+    fn the_redis_column_is_in_the_header_and_every_row_or_in_none() {
+        let step = Step {
+            redis_cpu_pct: Some(12.4),
+            ..Step::default()
+        };
+        for redis in [false, true] {
+            let header = Step::table_header(redis);
+            let (names, rule) = header.split_once('\n').expect("two lines");
+            assert_eq!(names.contains("Redis CPU %"), redis);
+            assert_eq!(columns(names), columns(rule));
+            assert_eq!(columns(names), columns(&step.table_row(redis)));
+        }
+        assert!(step.table_row(true).contains("| 12 |"));
+        let json = serde_json::to_string(&Step::default()).unwrap_or_default();
+        assert!(!json.contains("redis_cpu_pct"));
     }
 }

@@ -1,5 +1,7 @@
 //! The scenarios: idle, broadcast, personal, churn and slow consumers, each in steps of rising
-//! load. Every step reports deliveries, loss, latency percentiles and both processes' CPU.
+//! load, chat and presence, and Redis restarted under the nodes' subscriptions (resubscribe).
+//! Every step reports deliveries, loss, latency percentiles and the CPU of the server (all its
+//! nodes), of the Redis they share when known, and of the generator.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -9,9 +11,10 @@ use std::time::{Duration, Instant};
 use futures_util::stream::{self, StreamExt};
 
 use crate::fleet::{self, Connection, SHARED_CHANNEL};
-use crate::measure::{rss_kib, wait_until, CpuMeter, Recorder, SharedRecorder};
+use crate::measure::{total_rss_kib, wait_until, CpuMeter, Recorder, SharedRecorder};
 use crate::publish::{Published, Publisher};
 use crate::report::Step;
+use crate::spawn::SpawnedRedis;
 use crate::Target;
 
 /// A step whose p99 passes this is saturated; the scenario stops raising the load.
@@ -21,15 +24,86 @@ const CONNECT_CONCURRENCY: usize = 200;
 
 pub struct Ctx {
     pub target: Target,
-    pub server_pid: Option<u32>,
+    /// The server's processes (every node), for CPU and memory figures.
+    pub server_pids: Vec<u32>,
+    /// The Redis the generator started for the nodes (the resubscribe scenario restarts it).
+    pub redis: Option<SpawnedRedis>,
+    /// A Redis the generator did not start: its pid, for its CPU figure.
+    pub redis_pid: Option<u32>,
     pub step: Duration,
 }
 
 impl Ctx {
+    fn server_rss_kib(&self) -> Option<u64> {
+        total_rss_kib(&self.server_pids)
+    }
+
     fn server_rss_mib(&self) -> Option<f64> {
-        self.server_pid
-            .and_then(rss_kib)
-            .map(|kib| kib as f64 / 1024.0)
+        self.server_rss_kib().map(|kib| kib as f64 / 1024.0)
+    }
+
+    /// The Redis process now (a restart changes it).
+    fn current_redis_pid(&self) -> Option<u32> {
+        self.redis
+            .as_ref()
+            .and_then(SpawnedRedis::pid)
+            .or(self.redis_pid)
+    }
+}
+
+/// The CPU meters of one step: the server's nodes, Redis, and the generator.
+struct Meters {
+    server: Option<CpuMeter>,
+    redis: Option<CpuMeter>,
+    generator: CpuMeter,
+}
+
+impl Meters {
+    fn start(ctx: &Ctx) -> Meters {
+        Meters {
+            server: (!ctx.server_pids.is_empty()).then(|| CpuMeter::start(&ctx.server_pids)),
+            redis: ctx.current_redis_pid().map(|pid| CpuMeter::start(&[pid])),
+            generator: CpuMeter::start(&[std::process::id()]),
+        }
+    }
+
+    /// A step with the meters' figures since `start`, and the server's memory now.
+    fn step(&self, ctx: &Ctx) -> Step {
+        let generator_cpu_pct = self.generator.percent();
+        Step {
+            server_cpu_pct: self.server.as_ref().map(CpuMeter::percent),
+            redis_cpu_pct: self.redis.as_ref().map(CpuMeter::percent),
+            server_rss_mib: ctx.server_rss_mib(),
+            generator_cpu_pct,
+            generator_bound: generator_cpu_pct > 90.0,
+            ..Step::default()
+        }
+    }
+}
+
+/// A step's delivery figures: what `recorder` holds of the step, `expected` deliveries in all,
+/// over `seconds`, with the meters' figures.
+fn delivery_step(
+    ctx: &Ctx,
+    recorder: &SharedRecorder,
+    meters: &Meters,
+    expected: u64,
+    seconds: f64,
+) -> Step {
+    let r = recorder.borrow();
+    let quantile = |q: f64| Some(r.latency_us.value_at_quantile(q) as f64 / 1000.0);
+    let received = r.received - r.duplicates;
+    Step {
+        seconds,
+        deliveries: Some(r.received),
+        deliveries_per_s: Some(r.received as f64 / seconds),
+        lost: Some(expected.saturating_sub(received).max(r.gaps)),
+        duplicates: Some(r.duplicates),
+        p50_ms: quantile(0.5),
+        p99_ms: quantile(0.99),
+        p999_ms: quantile(0.999),
+        max_ms: Some(r.latency_us.max() as f64 / 1000.0),
+        ..meters.step(ctx)
     }
 }
 
@@ -71,8 +145,7 @@ async fn measure_step(
     publish: impl Future<Output = Published>,
 ) -> Step {
     recorder.borrow_mut().reset_step();
-    let server_cpu = ctx.server_pid.map(CpuMeter::start);
-    let generator_cpu = CpuMeter::start(std::process::id());
+    let meters = Meters::start(ctx);
     let started = Instant::now();
     let published = publish.await;
     let expected = published.accepted * fanout;
@@ -81,31 +154,14 @@ async fn measure_step(
     })
     .await;
     let seconds = started.elapsed().as_secs_f64();
-    let r = recorder.borrow();
-    let quantile = |q: f64| Some(r.latency_us.value_at_quantile(q) as f64 / 1000.0);
-    let received = r.received - r.duplicates;
-    let generator_cpu_pct = generator_cpu.percent();
     Step {
         scenario,
         connections,
         load,
-        seconds,
         published: Some(published.accepted),
-        deliveries: Some(r.received),
-        deliveries_per_s: Some(r.received as f64 / seconds),
-        lost: Some(expected.saturating_sub(received).max(r.gaps)),
-        duplicates: Some(r.duplicates),
-        p50_ms: quantile(0.5),
-        p99_ms: quantile(0.99),
-        p999_ms: quantile(0.999),
-        max_ms: Some(r.latency_us.max() as f64 / 1000.0),
-        server_cpu_pct: server_cpu.map(|m| m.percent()),
-        server_rss_mib: ctx.server_rss_mib(),
-        generator_cpu_pct,
-        generator_bound: generator_cpu_pct > 90.0,
         publisher_behind: published.fell_behind,
         note: (published.failed > 0).then(|| format!("{} publish errors", published.failed)),
-        ..Step::default()
+        ..delivery_step(ctx, recorder, &meters, expected, seconds)
     }
 }
 
@@ -128,19 +184,18 @@ fn next_shared(recorder: &SharedRecorder, seq: &Cell<u64>) -> (String, u64) {
 /// connect rate, and idle CPU (heartbeats only) over `idle`.
 pub async fn idle(ctx: &Ctx, n: usize, idle: Duration) -> Result<Vec<Step>, String> {
     let recorder = Recorder::new(Instant::now(), n);
-    let rss_before = ctx.server_pid.and_then(rss_kib);
-    let generator_cpu = CpuMeter::start(std::process::id());
+    let rss_before = ctx.server_rss_kib();
+    let generator_cpu = CpuMeter::start(&[std::process::id()]);
     let started = Instant::now();
     let fleet = open_fleet(ctx, 0..n, true, &recorder).await?;
     let connect_seconds = started.elapsed().as_secs_f64();
     let connect_cpu = generator_cpu.percent();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let server_cpu = ctx.server_pid.map(CpuMeter::start);
-    let generator_idle = CpuMeter::start(std::process::id());
+    let meters = Meters::start(ctx);
     tokio::time::sleep(idle).await;
     // Read at the end of the idle period: the steady state of idle connections, heartbeats
     // included, after what connecting allocated for a moment has been returned.
-    let rss_after = ctx.server_pid.and_then(rss_kib);
+    let rss_after = ctx.server_rss_kib();
     let bytes_per_connection = match (rss_before, rss_after) {
         (Some(before), Some(after)) => {
             Some(after.saturating_sub(before) as f64 * 1024.0 / n as f64)
@@ -152,17 +207,15 @@ pub async fn idle(ctx: &Ctx, n: usize, idle: Duration) -> Result<Vec<Step>, Stri
         connections: n,
         load: format!("idle {}s", idle.as_secs()),
         seconds: idle.as_secs_f64(),
-        server_cpu_pct: server_cpu.map(|m| m.percent()),
         server_rss_mib: rss_after.map(|k| k as f64 / 1024.0),
         bytes_per_connection,
         connects_per_s: Some(n as f64 / connect_seconds),
-        generator_cpu_pct: generator_idle.percent(),
         generator_bound: connect_cpu > 90.0,
         note: Some(format!(
             "connect {:.0}/s (generator {connect_cpu:.0}% CPU while connecting)",
             n as f64 / connect_seconds
         )),
-        ..Step::default()
+        ..meters.step(ctx)
     };
     close_fleet(fleet).await;
     Ok(vec![step])
@@ -227,7 +280,7 @@ pub async fn personal(
             for _ in 0..batch.max(1) {
                 let i = next.get();
                 next.set(i + 1);
-                let user = fleet::user_of((i % n as u64) as usize);
+                let user = ctx.target.user((i % n as u64) as usize);
                 items.push(format!(
                     r#"{{"channel":"user:{user}","data":{{"n":{i},"t":{t}}}}}"#
                 ));
@@ -393,16 +446,22 @@ pub async fn slow(ctx: &Ctx, n: usize, rate: f64, percent: f64) -> Result<Vec<St
     Ok(vec![baseline, with_slow])
 }
 
-/// The server's count of connections closed as slow consumers (`/api/stats`).
+/// The server's count of connections closed as slow consumers (`/api/stats`), summed over the
+/// nodes the clients connect to.
 async fn slow_consumers(ctx: &Ctx) -> Option<u64> {
-    let response = reqwest::Client::new()
-        .get(format!("{}/api/stats", ctx.target.http_base))
-        .bearer_auth(&ctx.target.api_key)
-        .send()
-        .await
-        .ok()?;
-    let stats: serde_json::Value = response.json().await.ok()?;
-    stats["node"]["slow_consumers"].as_u64()
+    let client = reqwest::Client::new();
+    let mut total = 0;
+    for base in ctx.target.node_bases() {
+        let response = client
+            .get(format!("{base}/api/stats"))
+            .bearer_auth(&ctx.target.api_key)
+            .send()
+            .await
+            .ok()?;
+        let stats: serde_json::Value = response.json().await.ok()?;
+        total += stats["node"]["slow_consumers"].as_u64()?;
+    }
+    Some(total)
 }
 
 /// The chat rooms for `n` connections: sizes cycle through 10 to 50 members. Returns each
@@ -528,12 +587,9 @@ pub async fn presence(ctx: &Ctx, n: usize, requests: usize) -> Result<Vec<Step>,
         ("counts", "?counts_only=true", requests),
         ("full list", "", (requests / 20).max(5)),
     ] {
-        let url = format!(
-            "{}/api/channels/chat:big/presence{query}",
-            ctx.target.http_base
-        );
-        let server_cpu = ctx.server_pid.map(CpuMeter::start);
-        let generator_cpu = CpuMeter::start(std::process::id());
+        let base = ctx.target.http_bases.first().map_or("", String::as_str);
+        let url = format!("{base}/api/channels/chat:big/presence{query}");
+        let meters = Meters::start(ctx);
         let mut latency = hdrhistogram::Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
         let step_started = Instant::now();
         let mut failed = 0u64;
@@ -566,18 +622,147 @@ pub async fn presence(ctx: &Ctx, n: usize, requests: usize) -> Result<Vec<Step>,
             p99_ms: ms(0.99),
             p999_ms: ms(0.999),
             max_ms: Some(latency.max() as f64 / 1000.0),
-            server_cpu_pct: server_cpu.map(|m| m.percent()),
-            server_rss_mib: ctx.server_rss_mib(),
-            generator_cpu_pct: generator_cpu.percent(),
             note: Some(format!(
                 "{:.0} requests/s one at a time; {connections_seen} connections counted; {failed} failed; {n} joined in {join_seconds:.1}s with {events} join events delivered",
                 count as f64 / seconds
             )),
-            ..Step::default()
+            ..meters.step(ctx)
         });
     }
     close_fleet(fleet).await;
     Ok(steps)
+}
+
+/// Publications per `/api/batch` request when the resubscribe scenario reaches every user.
+const RESUBSCRIBE_BATCH: usize = 1_000;
+/// How long the nodes may take to be ready again, and the publication to reach everyone.
+const RESUBSCRIBE_LIMIT: Duration = Duration::from_secs(120);
+
+/// Resubscribe: `n` users on their personal channels only, so that the nodes hold `n` channel
+/// subscriptions in Redis; then Redis is restarted (SIGTERM, the process gone, started again on
+/// the same port and files). Two steps: from Redis answering again until every node's `/ready`
+/// answers 200 (every pub/sub link reconnected and resubscribed), and from then until a
+/// publication to every user, sent through `/api/batch`, has reached every connection.
+pub async fn resubscribe(ctx: &mut Ctx, n: usize) -> Result<Vec<Step>, String> {
+    if ctx.redis.is_none() {
+        return Err("resubscribe restarts Redis: it needs the Redis that --spawn --engine redis starts (without --redis-url)".into());
+    }
+    let nodes = ctx.target.node_bases();
+    let recorder = Recorder::new(Instant::now(), n);
+    let fleet = open_fleet(ctx, 0..n, false, &recorder).await?;
+    let client = reqwest::Client::new();
+    wait_ready(&client, &nodes, Duration::from_secs(10))
+        .await
+        .map_err(|e| format!("before the restart: {e}"))?;
+
+    let redis = ctx.redis.as_mut().ok_or("no Redis")?;
+    let stopping = Instant::now();
+    redis.stop().await?;
+    let stop_seconds = stopping.elapsed().as_secs_f64();
+    redis.launch()?;
+    let answering = redis.wait_answering(Duration::from_secs(30)).await?;
+    let meters = Meters::start(ctx);
+    let ready_after = wait_ready(&client, &nodes, RESUBSCRIBE_LIMIT).await?;
+    let all_ready = Instant::now();
+    let ready_seconds = all_ready.duration_since(answering).as_secs_f64();
+    let per_node: Vec<String> = nodes
+        .iter()
+        .zip(&ready_after)
+        .map(|(node, ready)| {
+            let seconds = ready.saturating_duration_since(answering).as_secs_f64();
+            format!("{} {seconds:.2}s", node.trim_start_matches("http://"))
+        })
+        .collect();
+    let dropped = fleet.iter().filter(|c| c.ended.get()).count();
+    let mut steps = vec![Step {
+        scenario: "resubscribe",
+        connections: n,
+        load: "Redis restarted".into(),
+        seconds: ready_seconds,
+        note: Some(format!(
+            "every node ready {ready_seconds:.2}s after Redis answered again ({}); {n} channels on {} nodes; Redis stopped in {stop_seconds:.2}s; {dropped} connections dropped",
+            per_node.join(", "),
+            nodes.len()
+        )),
+        ..meters.step(ctx)
+    }];
+
+    // From the moment every node is ready: one publication to every user.
+    recorder.borrow_mut().reset_step();
+    let meters = Meters::start(ctx);
+    let publisher = Publisher::new(&ctx.target, "/api/batch");
+    let requests = n.div_ceil(RESUBSCRIBE_BATCH) as u64;
+    let published = publisher
+        .send(requests, |request| {
+            let t = recorder.borrow().now_us();
+            let first = request as usize * RESUBSCRIBE_BATCH;
+            let items: Vec<String> = (first..(first + RESUBSCRIBE_BATCH).min(n))
+                .map(|i| {
+                    let user = ctx.target.user(i);
+                    format!(r#"{{"channel":"user:{user}","data":{{"n":{i},"t":{t}}}}}"#)
+                })
+                .collect();
+            let count = items.len() as u64;
+            (
+                format!(r#"{{"publications":[{}]}}"#, items.join(",")),
+                count,
+            )
+        })
+        .await;
+    let expected = published.accepted;
+    let _ = wait_until(RESUBSCRIBE_LIMIT, || recorder.borrow().received >= expected).await;
+    let seconds = all_ready.elapsed().as_secs_f64();
+    let reached = recorder.borrow().received - recorder.borrow().duplicates;
+    let mut note = format!(
+        "every user reached {seconds:.2}s after every node was ready: {reached} of {n} users, {requests} requests of up to {RESUBSCRIBE_BATCH} through /api/batch"
+    );
+    if published.failed > 0 {
+        note.push_str(&format!("; {} publish errors", published.failed));
+    }
+    steps.push(Step {
+        scenario: "resubscribe",
+        connections: n,
+        load: "publish to every user".into(),
+        published: Some(published.accepted),
+        note: Some(note),
+        ..delivery_step(ctx, &recorder, &meters, expected, seconds)
+    });
+    close_fleet(fleet).await;
+    Ok(steps)
+}
+
+/// Waits until every node in `nodes` has answered `/ready` with 200; returns when each first
+/// did. Fails after `limit`.
+async fn wait_ready(
+    client: &reqwest::Client,
+    nodes: &[String],
+    limit: Duration,
+) -> Result<Vec<Instant>, String> {
+    let deadline = Instant::now() + limit;
+    let each = nodes.iter().map(|node| async move {
+        let url = format!("{node}/ready");
+        loop {
+            let response = client
+                .get(&url)
+                .timeout(Duration::from_secs(1))
+                .send()
+                .await;
+            if response.is_ok_and(|r| r.status() == reqwest::StatusCode::OK) {
+                return Ok(Instant::now());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "{node}/ready did not answer 200 within {}s",
+                    limit.as_secs()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    futures_util::future::join_all(each)
+        .await
+        .into_iter()
+        .collect()
 }
 
 /// The `connections` count of a presence answer, without a full JSON parse.
