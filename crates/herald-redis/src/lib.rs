@@ -28,7 +28,7 @@ mod subscriber;
 pub mod testing;
 mod wire;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -150,8 +150,8 @@ pub(crate) struct Shared {
     /// The presence entries this node put in Redis (channel → client → member), refreshed every
     /// third of the presence TTL so that they expire only when this node is gone.
     presence: Mutex<HashMap<ChannelName, HashMap<Arc<str>, PresenceMember>>>,
-    /// Users whose connection count on this node changed since the last flush, with the count.
-    users: Mutex<HashMap<Arc<str>, usize>>,
+    /// Users' connection counts on this node, and which changed since the last flush.
+    users: Mutex<Users>,
     users_changed: Arc<Notify>,
     /// What the pub/sub links have been through.
     counters: Counters,
@@ -175,6 +175,18 @@ pub struct LinkStats {
     /// Channels whose subscribers were told `recovered: false` because history no longer held
     /// what a link missed.
     pub resets: u64,
+}
+
+/// This node's users, as the hub reported them.
+#[derive(Default)]
+struct Users {
+    /// Connections per user on this node (users with none are left out).
+    counts: HashMap<Arc<str>, usize>,
+    /// Users whose count is not written yet.
+    dirty: HashSet<Arc<str>>,
+    /// The link reconnects seen at the last flush: after one, Redis may have restarted empty,
+    /// so every count is written again.
+    reconnects: u64,
 }
 
 /// The Redis engine. Cheap to clone.
@@ -232,8 +244,11 @@ impl Shared {
         keys: &ChannelKeys,
         ttl: Duration,
         query: &HistoryQuery,
+        seen_by_this_node: bool,
     ) -> Result<HistoryPage, HeraldError> {
         let (since, since_epoch) = match &query.since {
+            // A node that subscribed before the stream existed: any epoch is the one it waits for.
+            Some(p) if p.epoch.is_empty() && seen_by_this_node => (p.offset as i64, "*"),
             Some(p) => (p.offset as i64, p.epoch.as_str()),
             None => (-1, ""),
         };
@@ -248,7 +263,8 @@ impl Shared {
             .arg(ttl.as_millis() as u64)
             .arg(now_ms())
             .arg(new_epoch())
-            .arg(STREAM_TTL.as_millis() as u64);
+            .arg(STREAM_TTL.as_millis() as u64)
+            .arg(if seen_by_this_node { "1" } else { "0" });
         let (epoch, top, complete, flat): (String, u64, u8, Vec<String>) = self
             .run("history", |mut c| async move {
                 invocation.invoke_async(&mut c).await
@@ -354,11 +370,47 @@ impl Shared {
             }
             futures_util::future::join_all(batch).await;
         }
+        // A connection that left while the refresh ran may have been put back by it: take it
+        // out again.
+        let gone: Vec<(ChannelName, Arc<str>)> = {
+            let local = self.presence.lock();
+            entries
+                .iter()
+                .flat_map(|(channel, members)| {
+                    let here = local.get(channel);
+                    members
+                        .iter()
+                        .filter(move |m| here.is_none_or(|h| !h.contains_key(&m.client)))
+                        .map(move |m| (channel.clone(), m.client.clone()))
+                })
+                .collect()
+        };
+        for (channel, client) in gone {
+            if let Err(e) = self.presence_op(&channel, "leave", &[&client]).await {
+                tracing::warn!(%channel, error = %e, "presence leave after refresh failed");
+            }
+        }
     }
 
     /// Writes the users' connection counts that changed since the last flush.
     async fn flush_users(&self) -> Result<(), HeraldError> {
-        let changed = std::mem::take(&mut *self.users.lock());
+        let changed: Vec<(Arc<str>, usize)> = {
+            let mut users = self.users.lock();
+            let reconnects = self.counters.reconnects.load(Ordering::Relaxed);
+            if users.reconnects != reconnects {
+                users.reconnects = reconnects;
+                let all: Vec<Arc<str>> = users.counts.keys().cloned().collect();
+                users.dirty.extend(all);
+            }
+            let dirty = std::mem::take(&mut users.dirty);
+            dirty
+                .into_iter()
+                .map(|user| {
+                    let count = users.counts.get(&user).copied().unwrap_or(0);
+                    (user, count)
+                })
+                .collect()
+        };
         if changed.is_empty() {
             return Ok(());
         }
@@ -380,11 +432,11 @@ impl Shared {
             .collect::<Result<Vec<()>, HeraldError>>()
             .map(|_| ());
         if result.is_err() {
-            // Written again at the next flush, unless a newer count came meanwhile.
+            // Written again at the next flush, with the count of that moment.
             let mut users = self.users.lock();
-            for (user, count) in changed {
-                users.entry(user).or_insert(count);
-            }
+            users
+                .dirty
+                .extend(changed.into_iter().map(|(user, _)| user));
         }
         result
     }
@@ -598,7 +650,7 @@ impl Engine for RedisEngine {
     ) -> Result<HistoryPage, HeraldError> {
         let keys = self.shared.keys.channel(channel);
         self.shared
-            .read_history(channel, &keys, policy.ttl, &query)
+            .read_history(channel, &keys, policy.ttl, &query, false)
             .await
     }
 
@@ -760,7 +812,14 @@ impl Engine for RedisEngine {
     }
 
     fn user_connections_changed(&self, user: &Arc<str>, on_this_node: usize) {
-        self.shared.users.lock().insert(user.clone(), on_this_node);
+        let mut users = self.shared.users.lock();
+        if on_this_node == 0 {
+            users.counts.remove(user);
+        } else {
+            users.counts.insert(user.clone(), on_this_node);
+        }
+        users.dirty.insert(user.clone());
+        drop(users);
         self.shared.users_changed.notify_one();
     }
 

@@ -468,8 +468,18 @@ async fn connect(
         .as_str()
         .into_connection_info()
         .map_err(|e| unavailable("redis_url", e))?;
+    let scheme = if shared
+        .config
+        .cluster_nodes
+        .first()
+        .is_some_and(|seed| seed.starts_with("rediss://"))
+    {
+        "rediss"
+    } else {
+        "redis"
+    };
     let info = match &link.address {
-        Some(address) => format!("redis://{address}")
+        Some(address) => format!("{scheme}://{address}")
             .as_str()
             .into_connection_info()
             .map_err(|e| unavailable("cluster node address", e))?,
@@ -813,21 +823,30 @@ async fn run_batch(
         Ok(Err(e)) => Err(unavailable("subscribe", e)),
         Err(_) => Err(unavailable("subscribe", "timed out")),
     };
+    let mut confirmations = Vec::new();
     for request in batch {
         match request {
             Request::Subscribe(subject, done) => {
                 waiting.push(subject);
-                let _ = done.send(result.clone());
+                confirmations.push(done);
             }
             Request::Adopt(subjects) => adopted.extend(subjects),
             Request::Unsubscribe(_) => {}
         }
     }
-    result?;
-    if !adopted.is_empty() {
+    // A subscribe is confirmed only once its starting point is known: were the connection to
+    // drop before, a channel without one could not be repaired.
+    let result = match result {
+        Ok(()) => starting_points(shared, link, connection, &waiting).await,
+        Err(e) => Err(e),
+    };
+    for done in confirmations {
+        let _ = done.send(result.clone());
+    }
+    if result.is_ok() && !adopted.is_empty() {
         spawn_repair(shared, link, adopted);
     }
-    starting_points(shared, link, connection, &waiting).await
+    result
 }
 
 /// Reads the last offset of each of `subjects` on the link's own connection and makes it the
@@ -853,9 +872,13 @@ async fn starting_points(
                 .map_err(|e| unavailable("starting points", e))?;
         let mut channels = link.channels.lock();
         for (subject, position) in chunk.iter().zip(positions) {
-            let (Some(tracked), (Some(epoch), Some(offset))) =
-                (channels.get_mut(&**subject), position)
-            else {
+            let Some(tracked) = channels.get_mut(&**subject) else {
+                continue;
+            };
+            let (Some(epoch), Some(offset)) = position else {
+                // No stream yet: everything from its first publication is to come, in whatever
+                // epoch it gets (an empty epoch stands for that).
+                tracked.last.get_or_insert_with(|| (0, Arc::from("")));
                 continue;
             };
             match &tracked.last {
@@ -935,7 +958,7 @@ async fn repair(shared: &Arc<Shared>, link: &Arc<Link>, subjects: Vec<Box<str>>)
                     None => HistoryQuery::position(),
                 };
                 let page = shared
-                    .read_history(&channel, &keys, Duration::ZERO, &query)
+                    .read_history(&channel, &keys, Duration::ZERO, &query, true)
                     .await;
                 (subject, since.is_some(), page)
             })
@@ -995,8 +1018,11 @@ fn finish_repair(
                 sink.deliver(publication);
             }
         }
-        if tracked.last.is_none() {
-            tracked.last = Some((page.position.offset, epoch.clone()));
+        // Caught up to the stream's position (and, for a channel that had no stream yet when
+        // it was subscribed, now knows its epoch).
+        match &tracked.last {
+            Some((o, e)) if *e == epoch && *o >= page.position.offset => {}
+            _ => tracked.last = Some((page.position.offset, epoch.clone())),
         }
     } else if tracked.last.is_none() {
         tracked.last = Some((page.position.offset, epoch.clone()));

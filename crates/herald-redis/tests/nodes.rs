@@ -420,3 +420,131 @@ async fn twenty_thousand_channels_resubscribe_in_seconds() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_channel_subscribed_before_its_first_publication_is_repaired_from_offset_one() {
+    let server = RedisServer::start();
+    let prefix = testing::unique_prefix("fresh");
+    let (_, r) = node(&server.url, &prefix, "r").await;
+    let (_, p) = node(&server.url, &prefix, "p").await;
+    // No stream exists yet when r subscribes; its first publications pass while r's links are
+    // down.
+    r.engine
+        .node_subscribe(&channel("fresh:1"))
+        .await
+        .expect("subscribe");
+    with_links_down(&server.url, async {
+        for _ in 0..3 {
+            p.engine
+                .publish(request("fresh:1", 10))
+                .await
+                .expect("publish");
+        }
+    })
+    .await;
+    until("all three", || r.sink.offsets("fresh:1").len() >= 3).await;
+    assert_eq!(r.sink.offsets("fresh:1"), [1, 2, 3]);
+    assert!(r.sink.resets("fresh:1").is_empty());
+}
+
+#[tokio::test]
+async fn a_stream_that_redis_rolled_back_takes_a_new_epoch() {
+    let server = RedisServer::start();
+    let prefix = testing::unique_prefix("rollback");
+    let (engine, r) = node(&server.url, &prefix, "r").await;
+    let (_, p) = node(&server.url, &prefix, "p").await;
+    let ch = channel("roll:1");
+    r.engine.node_subscribe(&ch).await.expect("subscribe");
+    let mut epoch = String::new();
+    for _ in 0..5 {
+        epoch = p
+            .engine
+            .publish(request("roll:1", 10))
+            .await
+            .expect("publish")
+            .epoch;
+    }
+    until("five", || r.sink.offsets("roll:1").len() >= 5).await;
+    // As if Redis came back from a snapshot taken at offset 2 (here with no history kept), and
+    // two new publications took offsets 3 and 4 again while r's links were down.
+    let keys = engine.keys().channel(&ch);
+    let (stream, history) = (keys.stream, keys.history);
+    let mut admin = admin(&server.url).await;
+    with_links_down(&server.url, async {
+        let _: () = redis::cmd("HSET")
+            .arg(&stream)
+            .arg("o")
+            .arg(2)
+            .query_async(&mut admin)
+            .await
+            .expect("roll back");
+        let _: () = redis::cmd("DEL")
+            .arg(&history)
+            .query_async(&mut admin)
+            .await
+            .expect("roll back");
+        for _ in 0..2 {
+            p.engine
+                .publish(request("roll:1", 10))
+                .await
+                .expect("publish");
+        }
+    })
+    .await;
+    until("a reset", || !r.sink.resets("roll:1").is_empty()).await;
+    let reset = &r.sink.resets("roll:1")[0];
+    assert_ne!(
+        reset.epoch, epoch,
+        "offsets 3 and 4 were given twice: a new epoch"
+    );
+    assert_eq!(reset.offset, 4);
+    let next = p
+        .engine
+        .publish(request("roll:1", 10))
+        .await
+        .expect("publish");
+    assert_eq!((next.offset, &next.epoch), (5, &reset.epoch));
+    until("the next one", || {
+        r.sink.offsets("roll:1").last() == Some(&5)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn user_counts_come_back_after_redis_restarts_empty() {
+    let mut server = RedisServer::start_with(&["--appendonly", "no"]);
+    let prefix = testing::unique_prefix("users");
+    let (engine, a) = node(&server.url, &prefix, "a").await;
+    let carol: Arc<str> = "carol".into();
+    a.engine.user_connections_changed(&carol, 2);
+    a.engine
+        .announce(NodeFigures {
+            name: "a".into(),
+            ..NodeFigures::default()
+        })
+        .await
+        .expect("announce");
+    let count = || async { a.engine.user_connections("carol").await.ok().flatten() };
+    for _ in 0..100 {
+        if count().await == Some(2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(count().await, Some(2));
+    server.stop();
+    server.restart();
+    until("links back", || {
+        engine.links_up() && engine.link_stats().reconnects > 0
+    })
+    .await;
+    let mut seen = None;
+    for _ in 0..200 {
+        seen = count().await;
+        if seen == Some(2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(seen, Some(2), "written again after Redis lost it");
+}

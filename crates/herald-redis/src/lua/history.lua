@@ -1,7 +1,10 @@
 -- Reads a channel's history, creating its stream if it has none.
 -- KEYS: 1 stream hash, 2 history stream
--- ARGV: 1 since offset (-1: none), 2 since epoch, 3 limit (-1: none), 4 history ttl (ms; 0: keep
---       all), 5 now (ms), 6 epoch for a new stream, 7 stream ttl (ms)
+-- ARGV: 1 since offset (-1: none), 2 since epoch ('*': whatever the stream's is), 3 limit (-1:
+--       none), 4 history ttl (ms; 0: keep all), 5 now (ms), 6 epoch for a new stream, 7 stream
+--       ttl (ms), 8 '1' when `since` is what a node saw of this stream itself: a stream behind it
+--       lost publications (a Redis restart that did not keep them all), so it takes a new epoch
+--       and nobody can recover across the loss
 -- Returns {epoch, last offset, complete (0/1), {offset, ts, body, ...}}, oldest first.
 local stream, history = KEYS[1], KEYS[2]
 local epoch = redis.call('HGET', stream, 'e')
@@ -24,7 +27,14 @@ local function add(entry)
   table.insert(out, entry[2][4])
 end
 if since >= 0 then
-  if ARGV[2] ~= epoch or since > top then return {epoch, top, 0, out} end
+  if ARGV[2] ~= epoch and ARGV[2] ~= '*' then return {epoch, top, 0, out} end
+  if since > top then
+    if ARGV[8] == '1' and ARGV[2] == epoch then
+      epoch = ARGV[6]
+      redis.call('HSET', stream, 'e', epoch)
+    end
+    return {epoch, top, 0, out}
+  end
   if since == top or limit == 0 then return {epoch, top, 1, out} end
   local entries
   if limit > 0 then
