@@ -120,7 +120,24 @@ impl RedisServer {
         server
     }
 
+    /// Like [`RedisServer::restart`], but returns as soon as the process runs, while it may
+    /// still be loading its data (answering `LOADING`).
+    pub fn restart_without_waiting(&mut self) {
+        assert!(self.running.is_none(), "stop it first");
+        self.spawn_process();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     fn resume_process(&mut self) {
+        self.spawn_process();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !answers(self.port) {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn spawn_process(&mut self) {
         let mut shell = Command::new("sh")
             .arg("-c")
             .arg(
@@ -144,11 +161,6 @@ impl RedisServer {
             _keep: keep,
             pid,
         });
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !answers(self.port) {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
     }
 
     fn signal(&self, signal: &str) {

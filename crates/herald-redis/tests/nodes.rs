@@ -548,3 +548,53 @@ async fn user_counts_come_back_after_redis_restarts_empty() {
     }
     assert_eq!(seen, Some(2), "written again after Redis lost it");
 }
+
+#[tokio::test]
+async fn channels_repaired_while_redis_loads_its_data_get_every_publication() {
+    let mut server =
+        RedisServer::start_with(&["--appendfsync", "everysec", "--enable-debug-command", "yes"]);
+    let prefix = testing::unique_prefix("loading");
+    let (engine, r) = node(&server.url, &prefix, "r").await;
+    let (_, p) = node(&server.url, &prefix, "p").await;
+    let names: Vec<String> = (0..200).map(|i| format!("load:{i}")).collect();
+    for name in &names {
+        r.engine
+            .node_subscribe(&channel(name))
+            .await
+            .expect("subscribe");
+    }
+    for name in &names {
+        p.engine.publish(request(name, 10)).await.expect("publish");
+    }
+    // Enough data that loading it after the restart takes a while.
+    let cli = |args: &[&str]| {
+        let status = std::process::Command::new("redis-cli")
+            .args(["-p", &server.port.to_string()])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("redis-cli");
+        assert!(status.success());
+    };
+    cli(&["DEBUG", "POPULATE", "2000000"]);
+    cli(&["BGREWRITEAOF"]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    server.stop();
+    server.restart_without_waiting();
+    until("links back", || {
+        engine.links_up() && engine.link_stats().reconnects >= 4
+    })
+    .await;
+    for name in &names {
+        loop {
+            match p.engine.publish(request(name, 10)).await {
+                Ok(_) => break,
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+    for name in &names {
+        until("both", || r.sink.offsets(name).len() >= 2).await;
+        assert_eq!(r.sink.offsets(name), [1, 2], "{name}");
+    }
+}
