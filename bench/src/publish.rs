@@ -245,13 +245,17 @@ impl Publisher {
                 Some(s) => s.exchange(&request, counts.len(), &mut statuses).await,
                 None => Err(std::io::ErrorKind::NotConnected.into()),
             };
-            for (status, publications) in statuses.iter().zip(&counts) {
-                let counter = if *status == 200 {
-                    &run.accepted
+            for ((status, refused), publications) in statuses.iter().zip(&counts) {
+                // A batch is answered 200 with one result per publication, some of which may be
+                // errors: those count as failed.
+                let (accepted, failed) = if *status == 200 {
+                    let refused = (*refused).min(*publications);
+                    (publications - refused, refused)
                 } else {
-                    &run.failed
+                    (0, *publications)
                 };
-                counter.set(counter.get() + publications);
+                run.accepted.set(run.accepted.get() + accepted);
+                run.failed.set(run.failed.get() + failed);
             }
             if exchanged.is_err() {
                 // The requests that got no answer failed; the next ones reconnect.
@@ -281,20 +285,24 @@ impl HttpSocket {
     }
 
     /// Writes `request` (holding `count` requests) and reads `count` answers, appending their
-    /// status codes to `statuses` as they arrive (so that a failure part way leaves the answers
-    /// already read).
+    /// status codes, each with the number of `"error"` results in its body, to `statuses` as they
+    /// arrive (so that a failure part way leaves the answers already read).
     async fn exchange(
         &mut self,
         request: &[u8],
         count: usize,
-        statuses: &mut Vec<u16>,
+        statuses: &mut Vec<(u16, u64)>,
     ) -> std::io::Result<()> {
         crate::fleet::write_all(&self.fd, request).await?;
         loop {
             while statuses.len() < count {
                 match parse_response(&self.buffer)? {
                     Some((status, used)) => {
-                        statuses.push(status);
+                        let refused = self.buffer[..used]
+                            .windows(7)
+                            .filter(|w| w == b"\"error\"")
+                            .count() as u64;
+                        statuses.push((status, refused));
                         self.buffer.drain(..used);
                     }
                     None => break,

@@ -751,9 +751,15 @@ impl Engine for RedisEngine {
     }
 
     async fn ready(&self) -> Result<(), HeraldError> {
+        // Not PING, which Redis answers while it still loads its data after a restart: a read of
+        // a key, which it refuses with LOADING until it can serve.
+        let key = self.shared.keys.live_nodes();
         self.shared
-            .run("ping", |mut c| async move {
-                redis::cmd("PING").query_async::<()>(&mut c).await
+            .run("ready", |mut c| async move {
+                redis::cmd("EXISTS")
+                    .arg(key)
+                    .query_async::<()>(&mut c)
+                    .await
             })
             .await?;
         if !self.subscriber.all_up() {
