@@ -1001,11 +1001,28 @@ fn finish_repair(
     let held = tracked.held.take().unwrap_or_default();
     let epoch: Arc<str> = page.position.epoch.as_str().into();
     let overflowed = held.len() >= MAX_HELD;
-    if had_start && (!page.complete || overflowed) {
+    // The held publications may start right after the last one passed on: then nothing was
+    // missed, whatever history keeps (a channel without history included).
+    let held_follows = match (&tracked.last, held.first()) {
+        (Some((offset, e)), Some(first)) => {
+            (e.is_empty() || *e == first.epoch) && first.offset == offset + 1
+        }
+        _ => false,
+    };
+    if had_start && held_follows && !overflowed {
+        let (offset, e) = (held[0].offset - 1, held[0].epoch.clone());
+        tracked.last = Some((offset, e));
+    } else if had_start && (!page.complete || overflowed) {
+        // Subscribers are told where the stream is, just before the first held publication
+        // of its epoch when there is one, so that the held ones still reach them.
+        let mut position = page.position.clone();
+        if let Some(first) = held.iter().find(|p| *p.epoch == *position.epoch) {
+            position.offset = position.offset.min(first.offset - 1);
+        }
         shared.counters.resets.fetch_add(1, Ordering::Relaxed);
         tracing::info!(channel = %tracked.channel, "gap not in history: subscribers reset");
-        sink.reset(&tracked.channel, page.position.clone());
-        tracked.last = Some((page.position.offset, epoch.clone()));
+        sink.reset(&tracked.channel, position.clone());
+        tracked.last = Some((position.offset, epoch.clone()));
     } else if had_start {
         for publication in page.publications {
             let newer = tracked
