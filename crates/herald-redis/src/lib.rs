@@ -31,16 +31,17 @@ mod wire;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use herald_core::engine::{
-    ClusterCommand, Engine, EngineCounters, HistoryPage, HistoryPolicy, HistoryQuery, NodeFigures,
-    NodeSink, PublishRequest,
+    new_epoch, ClusterCommand, Engine, EngineCounters, HistoryPage, HistoryPolicy, HistoryQuery,
+    NodeFigures, NodeSink, PublishRequest,
 };
 use herald_core::presence::{
     ChannelEvent, Presence, PresenceChange, PresenceCounts, PresenceMember,
 };
+use herald_core::publication::now_millis;
 use herald_core::{ChannelName, HeraldError, StreamPosition};
 use parking_lot::Mutex;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -165,18 +166,6 @@ pub(crate) struct Counters {
     pub(crate) resets: AtomicU64,
 }
 
-/// What the Redis engine's pub/sub links have been through since it started.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct LinkStats {
-    /// Times a pub/sub link came back after losing its connection.
-    pub reconnects: u64,
-    /// Publications a link missed while down and passed on from history afterwards.
-    pub repaired: u64,
-    /// Channels whose subscribers were told `recovered: false` because history no longer held
-    /// what a link missed.
-    pub resets: u64,
-}
-
 /// This node's users, as the hub reported them.
 #[derive(Default)]
 struct Users {
@@ -194,17 +183,6 @@ struct Users {
 pub struct RedisEngine {
     shared: Arc<Shared>,
     subscriber: Arc<Subscriber>,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-fn new_epoch() -> String {
-    let n: u64 = rand::random();
-    format!("{:010x}", n & 0xff_ffff_ffff)
 }
 
 /// `unavailable`, naming what failed.
@@ -261,7 +239,7 @@ impl Shared {
             .arg(since_epoch)
             .arg(limit)
             .arg(ttl.as_millis() as u64)
-            .arg(now_ms())
+            .arg(now_millis())
             .arg(new_epoch())
             .arg(STREAM_TTL.as_millis() as u64)
             .arg(if seen_by_this_node { "1" } else { "0" });
@@ -306,7 +284,7 @@ impl Shared {
             .key(&keys.presence_users)
             .key(&keys.presence_expiry)
             .arg(op)
-            .arg(now_ms())
+            .arg(now_millis())
             .arg(self.config.presence_ttl.as_millis() as u64);
         for arg in args {
             invocation.arg(*arg);
@@ -446,7 +424,7 @@ impl Shared {
         invocation
             .key(self.keys.live_nodes())
             .arg(op)
-            .arg(now_ms())
+            .arg(now_millis())
             .arg(self.keys.node_prefix());
         for arg in args {
             invocation.arg(arg);
@@ -549,16 +527,6 @@ impl RedisEngine {
         self.subscriber.all_up()
     }
 
-    /// What the pub/sub links have been through.
-    pub fn link_stats(&self) -> LinkStats {
-        let c = &self.shared.counters;
-        LinkStats {
-            reconnects: c.reconnects.load(Ordering::Relaxed),
-            repaired: c.repaired.load(Ordering::Relaxed),
-            resets: c.resets.load(Ordering::Relaxed),
-        }
-    }
-
     /// How many channels this node is subscribed to in Redis.
     pub fn subscribed_channels(&self) -> usize {
         self.subscriber.channel_count()
@@ -622,7 +590,7 @@ impl Engine for RedisEngine {
         invocation
             .arg(&keys.subject)
             .arg(body)
-            .arg(now_ms())
+            .arg(now_millis())
             .arg(request.history.size)
             .arg(request.history.ttl.as_millis() as u64)
             .arg(new_epoch())
@@ -808,12 +776,12 @@ impl Engine for RedisEngine {
     }
 
     fn counters(&self) -> EngineCounters {
-        let stats = self.link_stats();
+        let c = &self.shared.counters;
         EngineCounters {
-            link_reconnects: stats.reconnects,
+            link_reconnects: c.reconnects.load(Ordering::Relaxed),
             links_down: self.subscriber.links_down() as u64,
-            repaired_publications: stats.repaired,
-            stream_resets: stats.resets,
+            repaired_publications: c.repaired.load(Ordering::Relaxed),
+            stream_resets: c.resets.load(Ordering::Relaxed),
         }
     }
 
@@ -866,11 +834,5 @@ impl Engine for RedisEngine {
                 .await;
         }
         Ok(Some(total))
-    }
-}
-
-impl Drop for Shared {
-    fn drop(&mut self) {
-        tracing::debug!(node = %self.node_id, "redis engine dropped");
     }
 }

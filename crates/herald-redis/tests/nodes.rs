@@ -7,7 +7,7 @@ use std::time::Duration;
 use herald_core::engine::conformance::Node;
 use herald_core::engine::{ClusterCommand, HistoryPolicy, NodeFigures, PublishRequest};
 use herald_core::presence::PresenceMember;
-use herald_core::{ChannelName, ErrorCode};
+use herald_core::{ChannelName, Engine, ErrorCode};
 use herald_redis::testing::{self, RedisServer};
 use herald_redis::{RedisConfig, RedisEngine};
 use serde_json::value::RawValue;
@@ -257,14 +257,14 @@ async fn a_dropped_link_repairs_its_gap_from_history() {
             assert_eq!(r.sink.offsets(name), expected, "{name}, round {round}");
         }
     }
-    let stats = receiver.link_stats();
-    assert!(stats.reconnects >= 5, "{stats:?}");
+    let stats = receiver.counters();
+    assert!(stats.link_reconnects >= 5, "{stats:?}");
     assert_eq!(
-        stats.repaired,
+        stats.repaired_publications,
         5 * 40,
         "every missed one came from history: {stats:?}"
     );
-    assert_eq!(stats.resets, 0);
+    assert_eq!(stats.stream_resets, 0);
 }
 
 #[tokio::test]
@@ -296,7 +296,7 @@ async fn a_gap_history_no_longer_holds_resets_the_channel() {
         reset[0].offset, 11,
         "the stream's position when the link came back"
     );
-    assert_eq!(receiver.link_stats().resets, 1);
+    assert_eq!(receiver.counters().stream_resets, 1);
     p.engine
         .publish(request("small:1", 2))
         .await
@@ -405,10 +405,10 @@ async fn twenty_thousand_channels_resubscribe_in_seconds() {
         result.expect("subscribe");
     }
     assert_eq!(engine.subscribed_channels(), 20_000);
-    let before = engine.link_stats().reconnects;
+    let before = engine.counters().link_reconnects;
     drop_pubsub_links(&mut admin(&server.url).await).await;
     until("every link back", || {
-        engine.link_stats().reconnects >= before + 4 && engine.links_up()
+        engine.counters().link_reconnects >= before + 4 && engine.links_up()
     })
     .await;
     r.engine
@@ -535,7 +535,7 @@ async fn user_counts_come_back_after_redis_restarts_empty() {
     server.stop();
     server.restart();
     until("links back", || {
-        engine.links_up() && engine.link_stats().reconnects > 0
+        engine.links_up() && engine.counters().link_reconnects > 0
     })
     .await;
     let mut seen = None;
@@ -582,7 +582,7 @@ async fn channels_repaired_while_redis_loads_its_data_get_every_publication() {
     server.stop();
     server.restart_without_waiting();
     until("links back", || {
-        engine.links_up() && engine.link_stats().reconnects >= 4
+        engine.links_up() && engine.counters().link_reconnects >= 4
     })
     .await;
     for name in &names {

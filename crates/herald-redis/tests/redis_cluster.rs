@@ -23,6 +23,21 @@ fn config(name: &str) -> RedisConfig {
     config
 }
 
+/// A publication of `data` to `name`, which keeps ten.
+fn request(name: &str, data: &str) -> PublishRequest {
+    PublishRequest {
+        channel: ChannelName::parse(name).expect("channel"),
+        event: None,
+        data: RawValue::from_string(data.into()).expect("json"),
+        from: None,
+        history: HistoryPolicy {
+            size: 10,
+            ttl: Duration::from_secs(60),
+        },
+        idempotency: None,
+    }
+}
+
 async fn engine() -> Arc<dyn Engine> {
     Arc::new(
         RedisEngine::connect(config("cluster"))
@@ -59,18 +74,9 @@ async fn channels_on_every_master_reach_every_node_in_order() {
     }
     for round in 0..3 {
         for name in &names {
-            let request = PublishRequest {
-                channel: ChannelName::parse(name).expect("channel"),
-                event: None,
-                data: RawValue::from_string(format!("{round}")).expect("json"),
-                from: None,
-                history: HistoryPolicy {
-                    size: 10,
-                    ttl: Duration::from_secs(60),
-                },
-                idempotency: None,
-            };
-            a.publish(request).await.expect("publish");
+            a.publish(request(name, &round.to_string()))
+                .await
+                .expect("publish");
         }
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -106,17 +112,7 @@ async fn a_failed_over_master_s_channels_move_to_the_promoted_replica() {
             .await
             .expect("subscribe");
     }
-    let publish = |name: &str| PublishRequest {
-        channel: ChannelName::parse(name).expect("channel"),
-        event: None,
-        data: RawValue::from_string("1".into()).expect("json"),
-        from: None,
-        history: HistoryPolicy {
-            size: 10,
-            ttl: Duration::from_secs(60),
-        },
-        idempotency: None,
-    };
+    let publish = |name: &str| request(name, "1");
     for name in &names {
         publisher.publish(publish(name)).await.expect("publish");
     }

@@ -31,8 +31,8 @@ use tokio::sync::{oneshot, Notify};
 
 use super::store::{StoreWrite, StreamStore};
 use super::{
-    ClusterCommand, Engine, HistoryPage, HistoryPolicy, HistoryQuery, IdempotencyKey, NodeFigures,
-    NodeSink, PublishRequest,
+    new_epoch, ClusterCommand, Engine, HistoryPage, HistoryPolicy, HistoryQuery, IdempotencyKey,
+    NodeFigures, NodeSink, PublishRequest,
 };
 use crate::channel::ChannelName;
 use crate::error::HeraldError;
@@ -572,10 +572,6 @@ impl MemoryEngine {
 }
 
 /// A short random epoch, new for every stream.
-fn new_epoch() -> String {
-    let n: u64 = rand::random();
-    format!("{:010x}", n & 0xff_ffff_ffff)
-}
 
 #[async_trait]
 impl Engine for MemoryEngine {

@@ -16,9 +16,10 @@
 //! channel events (join, leave, typing): delivered like publications, but with no offset and no
 //! history.
 //!
-//! The `memory` engine does all of this in-process. A Redis engine fits the same trait: `publish`
-//! becomes an offset increment plus a `PUBLISH`, `node_subscribe` a `SUBSCRIBE`, and the sink is fed
-//! from the pub/sub connection. The hub does not change.
+//! The `memory` engine does all of this in-process. The Redis engine (crate `herald-redis`) fits
+//! the same trait: `publish` becomes a script that takes the next offset and `PUBLISH`es,
+//! `node_subscribe` a `SUBSCRIBE`, and the sink is fed from the pub/sub connection. The hub did
+//! not change.
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
@@ -37,6 +38,13 @@ use crate::presence::{ChannelEvent, Presence, PresenceChange, PresenceCounts, Pr
 use crate::publication::{Publication, Publisher, StreamPosition};
 
 pub use memory::MemoryEngine;
+
+/// A new stream's epoch: ten random hex digits, so that a position from a lost stream is never
+/// taken for one of its successor.
+pub fn new_epoch() -> String {
+    let n: u64 = rand::random();
+    format!("{:010x}", n & 0xff_ffff_ffff)
+}
 
 /// How much of a channel's stream is kept, from its namespace: at most `size` publications, none
 /// older than `ttl`. A stream itself (its epoch and last offset) lives while this node has
