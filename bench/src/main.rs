@@ -17,6 +17,7 @@ mod publish;
 mod report;
 mod scenarios;
 mod spawn;
+mod workers;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -132,6 +133,10 @@ struct Cli {
     /// on personal channels: idle, personal, resubscribe).
     #[arg(long, global = true, default_value_t = 0, value_name = "K")]
     user_offset: usize,
+    /// Run as one of several generator processes started by `mixed --processes` (meeting the
+    /// others over stdin and stdout between steps).
+    #[arg(long, global = true, hide = true)]
+    worker: bool,
     #[arg(long, global = true, env = "HERALD_BENCH_API_KEY", default_value = BENCH_KEY)]
     api_key: String,
     #[arg(long, global = true, env = "HERALD_BENCH_JWT_SECRET", default_value = BENCH_SECRET)]
@@ -218,6 +223,26 @@ enum Scenario {
         #[arg(long, default_value_t = 19_900)]
         connections: usize,
     },
+    /// Seed 003's clustered load: N users, each on their personal channel and in a chat room
+    /// (namespace `chat`, presence and typing on); at each rate, that many messages per second,
+    /// a share of them chat messages sent by members over their sockets and the rest personal
+    /// notifications over the HTTP API. Beyond one process's descriptor limit the connections
+    /// are split over several generator processes started by this one.
+    Mixed {
+        #[arg(long, default_value_t = 100_000)]
+        connections: usize,
+        #[arg(long, value_delimiter = ',', default_value = "2500,5000,10000")]
+        rates: Vec<f64>,
+        /// The share of the messages that are chat messages (0 to 1).
+        #[arg(long, default_value_t = 0.2)]
+        chat_share: f64,
+        /// Members per chat room.
+        #[arg(long, default_value_t = 10)]
+        room_size: usize,
+        /// Generator processes to split the connections over (default: one per 17,000).
+        #[arg(long)]
+        processes: Option<usize>,
+    },
     /// Every scenario with its defaults, plus personal with batches of 100.
     All,
     /// Every scenario with a few hundred connections for a few seconds (CI).
@@ -268,6 +293,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         redis,
         redis_pid: cli.redis_pid,
         step: cli.step,
+        worker: cli.worker,
     };
     let mut report = Report::new(cli.json.clone(), cli.markdown.clone());
     let result = run_scenario(&mut ctx, &cli.scenario, &mut report).await;
@@ -408,6 +434,29 @@ async fn run_scenario(
             connections,
             requests,
         } => steps.extend(scenarios::presence(ctx, *connections, *requests).await?),
+        Scenario::Mixed {
+            connections,
+            rates,
+            chat_share,
+            room_size,
+            processes,
+        } => {
+            let processes =
+                processes.unwrap_or_else(|| connections.div_ceil(workers::CONNECTIONS_PER_PROCESS));
+            if ctx.worker || processes <= 1 {
+                steps.extend(
+                    scenarios::mixed(ctx, *connections, rates, *chat_share, *room_size).await?,
+                )
+            } else {
+                let load = workers::MixedLoad {
+                    connections: *connections,
+                    rates,
+                    chat_share: *chat_share,
+                    room_size: *room_size,
+                };
+                steps.extend(workers::coordinate(ctx, processes, &load).await?)
+            }
+        }
         Scenario::Resubscribe { connections } => {
             steps.extend(scenarios::resubscribe(ctx, *connections).await?)
         }
@@ -453,6 +502,14 @@ async fn run_scenario(
             steps.extend(scenarios::slow(ctx, 300, 10.0, 1.0).await?);
             steps.extend(scenarios::chat(ctx, 300, &[100.0]).await?);
             steps.extend(scenarios::presence(ctx, 300, 50).await?);
+            steps.extend(scenarios::mixed(ctx, 300, &[200.0], 0.2, 10).await?);
+            let load = workers::MixedLoad {
+                connections: 300,
+                rates: &[200.0],
+                chat_share: 0.2,
+                room_size: 10,
+            };
+            steps.extend(workers::coordinate(ctx, 2, &load).await?);
             let lost: u64 = steps.iter().filter_map(|s| s.lost).sum();
             let duplicates: u64 = steps.iter().filter_map(|s| s.duplicates).sum();
             for step in &steps {

@@ -142,7 +142,7 @@ fn clock_ticks() -> f64 {
 }
 
 /// Resident memory of a process in KiB, from `/proc/PID/status`.
-fn rss_kib(pid: u32) -> Option<u64> {
+pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()

@@ -15,6 +15,7 @@ use crate::measure::{total_rss_kib, wait_until, CpuMeter, Recorder, SharedRecord
 use crate::publish::{Published, Publisher};
 use crate::report::Step;
 use crate::spawn::SpawnedRedis;
+use crate::workers::Barrier;
 use crate::Target;
 
 /// A step whose p99 passes this is saturated; the scenario stops raising the load.
@@ -31,10 +32,13 @@ pub struct Ctx {
     /// A Redis the generator did not start: its pid, for its CPU figure.
     pub redis_pid: Option<u32>,
     pub step: Duration,
+    /// This process is one of several generator processes that a coordinating process started
+    /// ([`crate::workers`]).
+    pub worker: bool,
 }
 
 impl Ctx {
-    fn server_rss_kib(&self) -> Option<u64> {
+    pub fn server_rss_kib(&self) -> Option<u64> {
         total_rss_kib(&self.server_pids)
     }
 
@@ -43,7 +47,7 @@ impl Ctx {
     }
 
     /// The Redis process now (a restart changes it).
-    fn current_redis_pid(&self) -> Option<u32> {
+    pub fn current_redis_pid(&self) -> Option<u32> {
         self.redis
             .as_ref()
             .and_then(SpawnedRedis::pid)
@@ -254,6 +258,12 @@ pub async fn broadcast(ctx: &Ctx, n: usize, rates: &[f64]) -> Result<Vec<Step>, 
     Ok(steps)
 }
 
+/// A publication to connection `index`'s personal channel, numbered `n` and stamped `t`.
+fn personal_publication(target: &Target, index: usize, n: u64, t: u64) -> String {
+    let user = target.user(index);
+    format!(r#"{{"channel":"user:{user}","data":{{"n":{n},"t":{t}}}}}"#)
+}
+
 /// Personal: `n` users, each publication to one user's channel (round robin), at each of
 /// `rates`; `batch` publications per HTTP request (1 = `/api/publish`, more = `/api/batch`).
 pub async fn personal(
@@ -280,9 +290,11 @@ pub async fn personal(
             for _ in 0..batch.max(1) {
                 let i = next.get();
                 next.set(i + 1);
-                let user = ctx.target.user((i % n as u64) as usize);
-                items.push(format!(
-                    r#"{{"channel":"user:{user}","data":{{"n":{i},"t":{t}}}}}"#
+                items.push(personal_publication(
+                    &ctx.target,
+                    (i % n as u64) as usize,
+                    i,
+                    t,
                 ));
             }
             let text = if batch > 1 {
@@ -464,104 +476,258 @@ async fn slow_consumers(ctx: &Ctx) -> Option<u64> {
     Some(total)
 }
 
-/// The chat rooms for `n` connections: sizes cycle through 10 to 50 members. Returns each
-/// connection's room.
-fn chat_rooms(n: usize) -> Vec<usize> {
-    let mut rooms = Vec::with_capacity(n);
-    let mut room = 0;
-    while rooms.len() < n {
-        let size = 10 + (room * 7) % 41;
-        rooms.extend(std::iter::repeat_n(room, size.min(n - rooms.len())));
-        room += 1;
+/// Chat rooms: each connection's room, and each room's name and size.
+struct Rooms {
+    /// Connection `i` is a member of room `member_of[i]`.
+    member_of: Vec<usize>,
+    names: Vec<String>,
+    sizes: Vec<u64>,
+}
+
+impl Rooms {
+    /// Rooms for `n` connections whose sizes cycle through 10 to 50 members (`chat:r{k}`).
+    fn varied(n: usize) -> Rooms {
+        let mut member_of = Vec::with_capacity(n);
+        let mut room = 0;
+        while member_of.len() < n {
+            let size = 10 + (room * 7) % 41;
+            member_of.extend(std::iter::repeat_n(room, size.min(n - member_of.len())));
+            room += 1;
+        }
+        Rooms::named(member_of, |k| format!("chat:r{k}"))
     }
-    rooms
+
+    /// Rooms of `size` members for users `first_user..first_user + n`: user `u` is in room
+    /// `chat:m{u / size}`, so that generator processes with their own ranges of users (each
+    /// starting at a multiple of `size`) share no room.
+    fn even(first_user: usize, n: usize, size: usize) -> Rooms {
+        let size = size.max(1);
+        let first_room = first_user / size;
+        Rooms::named((0..n).map(|i| i / size).collect(), |k| {
+            format!("chat:m{}", first_room + k)
+        })
+    }
+
+    fn named(member_of: Vec<usize>, name: impl Fn(usize) -> String) -> Rooms {
+        let count = member_of.last().map_or(0, |r| r + 1);
+        let mut sizes = vec![0u64; count];
+        for &room in &member_of {
+            sizes[room] += 1;
+        }
+        Rooms {
+            member_of,
+            names: (0..count).map(name).collect(),
+            sizes,
+        }
+    }
+
+    /// The room of connection `i`.
+    fn of(&self, i: usize) -> &str {
+        self.names[self.member_of[i]].as_str()
+    }
+}
+
+/// Opens connection `i` of `rooms` in its room, for each `i` in `0..n`, in order (`fleet[i]`
+/// must be connection `i`); connections can send. Returns the fleet and the seconds it took.
+async fn open_rooms(
+    ctx: &Ctx,
+    rooms: &Rooms,
+    recorder: &SharedRecorder,
+) -> Result<(Vec<Connection>, f64), String> {
+    let n = rooms.member_of.len();
+    recorder.borrow_mut().ensure(n);
+    let started = Instant::now();
+    let opened: Vec<Result<Connection, String>> = stream::iter(0..n)
+        .map(|i| {
+            let recorder = recorder.clone();
+            async move { fleet::open_in(&ctx.target, i, Some(rooms.of(i)), true, recorder).await }
+        })
+        .buffered(CONNECT_CONCURRENCY)
+        .collect()
+        .await;
+    let fleet = opened.into_iter().collect::<Result<_, _>>()?;
+    Ok((fleet, started.elapsed().as_secs_f64()))
+}
+
+/// What a run of chat messages sent: deliveries to expect (every member of the room, the sender
+/// included), messages queued, and messages the generator could not queue.
+#[derive(Default)]
+struct ChatSent {
+    expected: u64,
+    messages: u64,
+    not_sent: u64,
+}
+
+/// Sends chat messages at `rate` per second for `duration` over the members' own sockets, each
+/// preceded by a `typing` frame (throttled by the server to one per user per second), spread
+/// over every member (`next` carries the position from one run to the next).
+async fn send_chat(
+    fleet: &[Connection],
+    rooms: &Rooms,
+    rate: f64,
+    duration: Duration,
+    next: &Cell<usize>,
+    recorder: &SharedRecorder,
+) -> ChatSent {
+    let n = fleet.len();
+    let mut sent = ChatSent::default();
+    if n == 0 || rate <= 0.0 {
+        tokio::time::sleep(duration).await;
+        return sent;
+    }
+    let start = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    let mut count = 0u64;
+    while start.elapsed() < duration {
+        tick.tick().await;
+        let due = (start.elapsed().as_secs_f64() * rate) as u64;
+        while count < due {
+            // Spread over every client, so each sends rate / n messages per second.
+            let i = next.get() % n;
+            next.set(next.get() + 7919);
+            let room = rooms.of(i);
+            let t = recorder.borrow().now_us();
+            fleet[i].send(format!(r#"{{"type":"typing","channel":"{room}"}}"#));
+            let queued = fleet[i].send(format!(
+                r#"{{"type":"publish","channel":"{room}","event":"message","data":{{"n":{count},"t":{t}}},"id":{count}}}"#
+            ));
+            count += 1;
+            if queued {
+                sent.expected += rooms.sizes[rooms.member_of[i]];
+                sent.messages += 1;
+            } else {
+                sent.not_sent += 1;
+            }
+        }
+    }
+    sent
+}
+
+/// What the step's frames other than deliveries say: acks, errors (and the first), and channel
+/// events.
+fn frames_note(recorder: &SharedRecorder) -> String {
+    let r = recorder.borrow();
+    format!(
+        "{} acks, {} errors{}, {} join/leave/typing events",
+        r.replies,
+        r.errors,
+        r.first_error
+            .as_deref()
+            .map(|e| format!(" (first: {e})"))
+            .unwrap_or_default(),
+        r.events
+    )
 }
 
 /// Chat: `n` clients in rooms of 10 to 50 members (namespace `chat`: presence, join/leave and
 /// typing on); at each of `rates`, clients publish that many messages per second over their own
-/// WebSocket, each preceded by a `typing` frame (throttled by the server to one per user per
-/// second). Every member of the room, the sender included, receives each message.
+/// WebSocket, each preceded by a `typing` frame. Every member of the room, the sender included,
+/// receives each message.
 pub async fn chat(ctx: &Ctx, n: usize, rates: &[f64]) -> Result<Vec<Step>, String> {
     let recorder = Recorder::new(Instant::now(), n);
-    recorder.borrow_mut().ensure(n);
-    let rooms = chat_rooms(n);
-    let mut sizes = vec![0u64; rooms.last().map_or(0, |r| r + 1)];
-    for &room in &rooms {
-        sizes[room] += 1;
-    }
-    let started = Instant::now();
-    let opened: Vec<Result<Connection, String>> = stream::iter(0..n)
-        .map(|i| {
-            let channel = format!("chat:r{}", rooms[i]);
-            let recorder = recorder.clone();
-            async move { fleet::open_in(&ctx.target, i, Some(&channel), true, recorder).await }
-        })
-        // In order: `fleet[i]` must be connection `i`, a member of `rooms[i]`.
-        .buffered(CONNECT_CONCURRENCY)
-        .collect()
-        .await;
-    let fleet: Vec<Connection> = opened.into_iter().collect::<Result<_, _>>()?;
-    let join_seconds = started.elapsed().as_secs_f64();
+    let rooms = Rooms::varied(n);
+    let (fleet, join_seconds) = open_rooms(ctx, &rooms, &recorder).await?;
     let mut steps = Vec::new();
     let next = Cell::new(0usize);
     for &rate in rates {
-        let expected = Cell::new(0u64);
         let messages = Cell::new(0u64);
-        let not_sent = Cell::new(0u64);
         let send = async {
-            let start = Instant::now();
-            let mut tick = tokio::time::interval(Duration::from_millis(1));
-            let mut sent = 0u64;
-            while start.elapsed() < ctx.step {
-                tick.tick().await;
-                let due = (start.elapsed().as_secs_f64() * rate) as u64;
-                while sent < due {
-                    // Spread over every client, so each sends rate / n messages per second.
-                    let i = next.get() % n;
-                    next.set(next.get() + 7919);
-                    let room = rooms[i];
-                    let t = recorder.borrow().now_us();
-                    fleet[i].send(format!(r#"{{"type":"typing","channel":"chat:r{room}"}}"#));
-                    let queued = fleet[i].send(format!(
-                        r#"{{"type":"publish","channel":"chat:r{room}","event":"message","data":{{"n":{sent},"t":{t}}},"id":{sent}}}"#
-                    ));
-                    sent += 1;
-                    if queued {
-                        expected.set(expected.get() + sizes[room]);
-                        messages.set(messages.get() + 1);
-                    } else {
-                        not_sent.set(not_sent.get() + 1);
-                    }
-                }
-            }
+            let sent = send_chat(&fleet, &rooms, rate, ctx.step, &next, &recorder).await;
+            messages.set(sent.messages);
             Published {
-                accepted: expected.get(),
+                accepted: sent.expected,
                 failed: 0,
-                fell_behind: not_sent.get() > 0,
+                fell_behind: sent.not_sent > 0,
             }
         };
         let mut step =
             measure_step(ctx, &recorder, "chat", n, format!("{rate} msg/s"), 1, send).await;
-        let r = recorder.borrow();
         step.published = Some(messages.get());
         step.note = Some(format!(
-            "{} rooms of 10-50, joined in {join_seconds:.1}s; {} acks, {} errors{}, {} join/leave/typing events",
-            sizes.len(),
-            r.replies,
-            r.errors,
-            r.first_error
-                .as_deref()
-                .map(|e| format!(" (first: {e})"))
-                .unwrap_or_default(),
-            r.events
+            "{} rooms of 10-50, joined in {join_seconds:.1}s; {}",
+            rooms.sizes.len(),
+            frames_note(&recorder)
         ));
-        drop(r);
         let stop = saturated(&step);
         steps.push(step);
         if stop {
             break;
         }
     }
+    close_fleet(fleet).await;
+    Ok(steps)
+}
+
+/// Mixed, seed 003's load on one generator process: `n` users, each on their personal channel
+/// and in a chat room of `room_size` (namespace `chat`); at each of `rates`, that many messages
+/// per second, `chat_share` of them chat messages sent by members over their sockets (as in
+/// [`chat`]) and the rest personal notifications published over the HTTP API to one user each.
+/// A worker process (`--worker`, started by [`crate::workers::coordinate`]) meets the others
+/// before each step and after the last, so that every process's steps run at once.
+pub async fn mixed(
+    ctx: &Ctx,
+    n: usize,
+    rates: &[f64],
+    chat_share: f64,
+    room_size: usize,
+) -> Result<Vec<Step>, String> {
+    if !(0.0..=1.0).contains(&chat_share) {
+        return Err("--chat-share must be between 0 and 1".into());
+    }
+    if room_size == 0 || !ctx.target.user_offset.is_multiple_of(room_size) {
+        return Err("--room-size must be above 0 and divide --user-offset, so that rooms stay within one generator process".into());
+    }
+    let recorder = Recorder::new(Instant::now(), n);
+    let rooms = Rooms::even(ctx.target.user_offset, n, room_size);
+    let (fleet, join_seconds) = open_rooms(ctx, &rooms, &recorder).await?;
+    let mut barrier = Barrier::new(ctx.worker);
+    let publisher = Publisher::new(&ctx.target, "/api/publish");
+    let next_user = Cell::new(0u64);
+    let next_member = Cell::new(0usize);
+    let mut steps = Vec::new();
+    for &rate in rates {
+        barrier.wait().await?;
+        let chat_rate = rate * chat_share;
+        let personal_rate = rate - chat_rate;
+        let messages = Cell::new(0u64);
+        let load = async {
+            let body = |_| {
+                let i = next_user.get();
+                next_user.set(i + 1);
+                let t = recorder.borrow().now_us();
+                (
+                    personal_publication(&ctx.target, (i % n as u64) as usize, i, t),
+                    1,
+                )
+            };
+            let (personal, chat) = tokio::join!(
+                publisher.run(Some(personal_rate), ctx.step, body),
+                send_chat(&fleet, &rooms, chat_rate, ctx.step, &next_member, &recorder)
+            );
+            messages.set(personal.accepted + chat.messages);
+            Published {
+                accepted: personal.accepted + chat.expected,
+                failed: personal.failed,
+                fell_behind: personal.fell_behind || chat.not_sent > 0,
+            }
+        };
+        let mut step =
+            measure_step(ctx, &recorder, "mixed", n, format!("{rate} msg/s"), 1, load).await;
+        step.published = Some(messages.get());
+        let failed = step
+            .note
+            .take()
+            .map(|e| format!("; {e}"))
+            .unwrap_or_default();
+        step.note = Some(format!(
+            "{personal_rate:.0} personal + {chat_rate:.0} chat msg/s; {} rooms of {room_size}, joined in {join_seconds:.1}s; {}{failed}",
+            rooms.sizes.len(),
+            frames_note(&recorder)
+        ));
+        steps.push(step);
+    }
+    // Every process has finished its steps before any closes its connections.
+    barrier.wait().await?;
     close_fleet(fleet).await;
     Ok(steps)
 }
@@ -697,10 +863,7 @@ pub async fn resubscribe(ctx: &mut Ctx, n: usize) -> Result<Vec<Step>, String> {
             let t = recorder.borrow().now_us();
             let first = request as usize * RESUBSCRIBE_BATCH;
             let items: Vec<String> = (first..(first + RESUBSCRIBE_BATCH).min(n))
-                .map(|i| {
-                    let user = ctx.target.user(i);
-                    format!(r#"{{"channel":"user:{user}","data":{{"n":{i},"t":{t}}}}}"#)
-                })
+                .map(|i| personal_publication(&ctx.target, i, i as u64, t))
                 .collect();
             let count = items.len() as u64;
             (

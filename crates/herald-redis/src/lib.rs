@@ -50,7 +50,7 @@ use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use keys::{ChannelKeys, Keys};
+use keys::{ChannelKeys, Keys, PARTITIONS};
 use subscriber::Subscriber;
 
 /// How long a stream (its epoch and last offset) outlives its last publication or read, at least.
@@ -310,12 +310,14 @@ impl Shared {
         Ok((int(0), counts, members))
     }
 
-    /// Puts this node's presence entries back (and pushes their expiry on), channel by channel.
-    async fn refresh_presence(&self) {
+    /// Puts this node's presence entries in channels of `partition` back (and pushes their
+    /// expiry on), channel by channel.
+    async fn refresh_presence(&self, partition: usize) {
         let entries: Vec<(ChannelName, Vec<PresenceMember>)> = self
             .presence
             .lock()
             .iter()
+            .filter(|(c, _)| self.keys.partition(c.as_str()) == partition)
             .map(|(c, members)| (c.clone(), members.values().cloned().collect()))
             .collect();
         let mut refreshes = Vec::new();
@@ -333,7 +335,7 @@ impl Shared {
                     .collect();
                 refreshes.push(async move {
                     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                    if let Err(e) = self.presence_op(channel, "join", &args).await {
+                    if let Err(e) = self.presence_op(channel, "refresh", &args).await {
                         tracing::warn!(%channel, error = %e, "presence refresh failed");
                     }
                 });
@@ -535,16 +537,20 @@ impl RedisEngine {
     /// The tasks that keep this node's presence entries and user counts alive in Redis. They hold
     /// the engine weakly and end with it.
     fn spawn_upkeep(&self) {
+        // Every entry is refreshed once every third of the TTL, one partition of channels at a
+        // time: Redis sees an even trickle of refreshes, not every entry of every node at once
+        // (at 100,000 entries that burst kept Redis busy for seconds, and publications waited
+        // behind it).
         let weak = Arc::downgrade(&self.shared);
-        let every = self.shared.config.presence_ttl / 3;
+        let every = self.shared.config.presence_ttl / 3 / PARTITIONS as u32;
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
+            let mut tick = tokio::time::interval(every.max(Duration::from_millis(1)));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
-            loop {
+            for partition in (0..PARTITIONS).cycle() {
                 tick.tick().await;
                 let Some(shared) = weak.upgrade() else { return };
-                shared.refresh_presence().await;
+                shared.refresh_presence(partition).await;
             }
         });
         let weak = Arc::downgrade(&self.shared);

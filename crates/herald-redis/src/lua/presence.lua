@@ -2,8 +2,10 @@
 -- stopped refreshing them are swept first.
 -- KEYS: 1 clients (client -> "joined_at:user"), 2 users (user -> connections),
 --       3 expiry (client -> when its entry expires, ms)
--- ARGV: 1 op ('join', 'leave', 'read', 'counts'), 2 now (ms), 3 entry ttl (ms), then
---       join: client, user, joined_at, ... (one or more); leave: client
+-- ARGV: 1 op ('join', 'refresh', 'leave', 'read', 'counts'), 2 now (ms), 3 entry ttl (ms), then
+--       join and refresh: client, user, joined_at, ... (one or more); leave: client
+-- A refresh is a join that leaves the sweep to the next join or read: it runs for every entry
+-- of every node every third of the ttl, so it does no more than it must.
 -- Returns {changed, users, connections[, {client, member, ...}]}.
 local clients, users, expiry = KEYS[1], KEYS[2], KEYS[3]
 local op, now, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -18,10 +20,12 @@ local function drop(client)
   return 1
 end
 
-for _, client in ipairs(redis.call('ZRANGEBYSCORE', expiry, '-inf', now)) do drop(client) end
+if op ~= 'refresh' then
+  for _, client in ipairs(redis.call('ZRANGEBYSCORE', expiry, '-inf', now)) do drop(client) end
+end
 
 local changed = 0
-if op == 'join' then
+if op == 'join' or op == 'refresh' then
   for i = 4, #ARGV, 3 do
     local client, user, joined = ARGV[i], ARGV[i + 1], ARGV[i + 2]
     if redis.call('HSETNX', clients, client, joined .. ':' .. user) == 1 then
