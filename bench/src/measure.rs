@@ -23,6 +23,8 @@ pub enum Stream {
 pub struct Recorder {
     pub start: Instant,
     pub latency_us: Histogram<u64>,
+    /// The same latencies by stream (indexed by [`Stream`]), for loads that mix them.
+    pub latency_by_stream_us: [Histogram<u64>; 2],
     pub received: u64,
     pub gaps: u64,
     pub duplicates: u64,
@@ -44,6 +46,7 @@ impl Recorder {
         Rc::new(RefCell::new(Recorder {
             start,
             latency_us: new_histogram(),
+            latency_by_stream_us: [new_histogram(), new_histogram()],
             received: 0,
             gaps: 0,
             duplicates: 0,
@@ -60,11 +63,18 @@ impl Recorder {
         self.start.elapsed().as_micros() as u64
     }
 
+    /// The 99th percentile of the step's deliveries on `stream`, in milliseconds.
+    pub fn p99_ms(&self, stream: Stream) -> f64 {
+        self.latency_by_stream_us[stream as usize].value_at_quantile(0.99) as f64 / 1000.0
+    }
+
     /// Records a delivery at `offset`, stamped `t` (µs), to connection `conn`.
     pub fn record(&mut self, conn: usize, stream: Stream, offset: u64, t: u64) {
         let n = offset;
         let now = self.now_us();
-        let _ = self.latency_us.record(now.saturating_sub(t).max(1));
+        let latency = now.saturating_sub(t).max(1);
+        let _ = self.latency_us.record(latency);
+        let _ = self.latency_by_stream_us[stream as usize].record(latency);
         self.received += 1;
         let Some(next) = self.next.get_mut(conn).map(|n| &mut n[stream as usize]) else {
             return;
@@ -101,6 +111,7 @@ impl Recorder {
     /// Starts a new step: clears latencies and counts, keeps the sequence expectations.
     pub fn reset_step(&mut self) {
         self.latency_us = new_histogram();
+        self.latency_by_stream_us = [new_histogram(), new_histogram()];
         self.received = 0;
         self.gaps = 0;
         self.duplicates = 0;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use futures_util::stream::{self, StreamExt};
 
 use crate::fleet::{self, Connection, SHARED_CHANNEL};
-use crate::measure::{total_rss_kib, wait_until, CpuMeter, Recorder, SharedRecorder};
+use crate::measure::{total_rss_kib, wait_until, CpuMeter, Recorder, SharedRecorder, Stream};
 use crate::publish::{Published, Publisher};
 use crate::report::Step;
 use crate::spawn::SpawnedRedis;
@@ -720,7 +720,9 @@ pub async fn mixed(
             .map(|e| format!("; {e}"))
             .unwrap_or_default();
         step.note = Some(format!(
-            "{personal_rate:.0} personal + {chat_rate:.0} chat msg/s; {} rooms of {room_size}, joined in {join_seconds:.1}s; {}{failed}",
+            "{personal_rate:.0} personal + {chat_rate:.0} chat msg/s (p99 {:.1} and {:.1} ms); {} rooms of {room_size}, joined in {join_seconds:.1}s; {}{failed}",
+            recorder.borrow().p99_ms(Stream::Personal),
+            recorder.borrow().p99_ms(Stream::Shared),
             rooms.sizes.len(),
             frames_note(&recorder)
         ));
