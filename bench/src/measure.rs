@@ -211,3 +211,46 @@ pub async fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool
     }
     done()
 }
+
+/// How late the generator's own event loop runs: a task asks to wake every 10 ms and records by
+/// how much each wake-up came late. A delivery's latency includes this lag, so a step whose lag
+/// is high measured the generator as much as the server.
+pub struct LoopLag {
+    lag_us: Rc<RefCell<Histogram<u64>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LoopLag {
+    /// Starts measuring on the current `LocalSet`.
+    pub fn start() -> LoopLag {
+        let lag_us = Rc::new(RefCell::new(new_histogram()));
+        let record = lag_us.clone();
+        let task = tokio::task::spawn_local(async move {
+            let period = Duration::from_millis(10);
+            loop {
+                let asked = Instant::now() + period;
+                tokio::time::sleep_until(asked.into()).await;
+                let late = Instant::now().saturating_duration_since(asked);
+                let _ = record.borrow_mut().record(late.as_micros().max(1) as u64);
+            }
+        });
+        LoopLag { lag_us, task }
+    }
+
+    /// The lag's 99th percentile and maximum since the last call, in milliseconds; starts anew.
+    pub fn take_ms(&self) -> (f64, f64) {
+        let mut lag = self.lag_us.borrow_mut();
+        let figures = (
+            lag.value_at_quantile(0.99) as f64 / 1000.0,
+            lag.max() as f64 / 1000.0,
+        );
+        lag.reset();
+        figures
+    }
+}
+
+impl Drop for LoopLag {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

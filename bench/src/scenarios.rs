@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use futures_util::stream::{self, StreamExt};
 
 use crate::fleet::{self, Connection, SHARED_CHANNEL};
-use crate::measure::{total_rss_kib, wait_until, CpuMeter, Recorder, SharedRecorder, Stream};
+use crate::measure::{
+    total_rss_kib, wait_until, CpuMeter, LoopLag, Recorder, SharedRecorder, Stream,
+};
 use crate::publish::{Published, Publisher};
 use crate::report::Step;
 use crate::spawn::SpawnedRedis;
@@ -682,11 +684,13 @@ pub async fn mixed(
     let (fleet, join_seconds) = open_rooms(ctx, &rooms, &recorder).await?;
     let mut barrier = Barrier::new(ctx.worker);
     let publisher = Publisher::new(&ctx.target, "/api/publish");
+    let lag = LoopLag::start();
     let next_user = Cell::new(0u64);
     let next_member = Cell::new(0usize);
     let mut steps = Vec::new();
     for &rate in rates {
         barrier.wait().await?;
+        lag.take_ms();
         let chat_rate = rate * chat_share;
         let personal_rate = rate - chat_rate;
         let messages = Cell::new(0u64);
@@ -719,8 +723,9 @@ pub async fn mixed(
             .take()
             .map(|e| format!("; {e}"))
             .unwrap_or_default();
+        let (lag_p99, lag_max) = lag.take_ms();
         step.note = Some(format!(
-            "{personal_rate:.0} personal + {chat_rate:.0} chat msg/s (p99 {:.1} and {:.1} ms); {} rooms of {room_size}, joined in {join_seconds:.1}s; {}{failed}",
+            "{personal_rate:.0} personal + {chat_rate:.0} chat msg/s (p99 {:.1} and {:.1} ms); generator loop lag p99 {lag_p99:.1} ms, max {lag_max:.1} ms; {} rooms of {room_size}, joined in {join_seconds:.1}s; {}{failed}",
             recorder.borrow().p99_ms(Stream::Personal),
             recorder.borrow().p99_ms(Stream::Shared),
             rooms.sizes.len(),
