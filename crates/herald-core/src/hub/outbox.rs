@@ -104,8 +104,9 @@ struct State {
     close: Option<Box<Disconnect>>,
     /// The connection's task, when it is parked waiting on this queue.
     waker: Option<Waker>,
-    /// A channel being subscribed to, whose live publications are held until its history is in.
-    recovering: Option<Box<Recovering>>,
+    /// Recovered history joined with live publications (boxed: it exists only while a channel
+    /// is being recovered, or has just been).
+    joins: Option<Box<Joins>>,
     /// The transport's socket, when it accepts direct writes.
     writer: Option<Arc<dyn DirectWrite>>,
     /// Who may write to the socket now; changed only by [`State::hand_to_task`] and
@@ -127,8 +128,47 @@ enum Owner {
     FanOut,
 }
 
-/// Live publications of a channel held while the hub reads the channel's history, so that what
-/// history returned and what arrives live can be joined without a gap or a duplicate.
+/// How a channel's recovered history and its live publications are joined without a gap or a
+/// duplicate: while the history is read the live publications are held; once it is in, live
+/// publications it already covered are dropped. An engine may pass on a live publication after
+/// a history read that already returned it (Redis delivers pub/sub on a connection of its own,
+/// which a read on another connection can overtake), so a recovered position stays a floor
+/// until the live stream passes it.
+#[derive(Default)]
+struct Joins {
+    /// The channel being subscribed to, whose live publications are held.
+    recovering: Option<Recovering>,
+    /// Channels recovered up to a position the live stream has not passed yet.
+    floors: Vec<Floor>,
+}
+
+/// A recovered channel's position: its live publications up to it are duplicates.
+struct Floor {
+    channel: ChannelName,
+    position: StreamPosition,
+}
+
+impl Joins {
+    fn is_empty(&self) -> bool {
+        self.recovering.is_none() && self.floors.is_empty()
+    }
+
+    /// Whether `p` is a live publication that recovered history already returned. A live
+    /// publication past the floor (or of another epoch) ends the floor.
+    fn covered(&mut self, p: &Publication) -> bool {
+        let Some(at) = self.floors.iter().position(|f| f.channel == p.channel) else {
+            return false;
+        };
+        let floor = &self.floors[at].position;
+        if *p.epoch == *floor.epoch && p.offset <= floor.offset {
+            return true;
+        }
+        self.floors.swap_remove(at);
+        false
+    }
+}
+
+/// Live publications of a channel held while the hub reads the channel's history.
 struct Recovering {
     channel: ChannelName,
     held: Vec<Arc<Publication>>,
@@ -230,6 +270,8 @@ pub(crate) enum Pushed {
     Overflowed,
     /// The connection is already closing; the item was dropped.
     Closed,
+    /// A live publication that the channel's recovered history already delivered; dropped.
+    Covered,
 }
 
 impl Outbox {
@@ -263,7 +305,7 @@ impl Outbox {
             state.first = None;
             state.second = None;
             state.rest = VecDeque::new();
-            state.recovering = None;
+            state.joins = None;
             state.bytes = 0;
             state.close = Some(Box::new(Disconnect::new(
                 CloseCode::SlowConsumer,
@@ -274,17 +316,32 @@ impl Outbox {
             wake_after(state);
             return Pushed::Overflowed;
         }
-        if let Some(recovering) = &mut state.recovering {
+        if let Some(joins) = &mut state.joins {
             match &item {
-                Outbound::Publication(p) if p.channel == recovering.channel => {
-                    recovering.held.push(p.clone());
-                    state.bytes += size;
-                    return Pushed::Queued;
+                Outbound::Publication(p) => {
+                    if let Some(recovering) =
+                        joins.recovering.as_mut().filter(|r| r.channel == p.channel)
+                    {
+                        recovering.held.push(p.clone());
+                        state.bytes += size;
+                        return Pushed::Queued;
+                    }
+                    if joins.covered(p) {
+                        return Pushed::Covered;
+                    }
                 }
-                Outbound::Unsubscribed(channel) if *channel == recovering.channel => {
-                    recovering.cancelled = true;
+                Outbound::Unsubscribed(channel) => {
+                    if let Some(recovering) =
+                        joins.recovering.as_mut().filter(|r| r.channel == *channel)
+                    {
+                        recovering.cancelled = true;
+                    }
+                    joins.floors.retain(|f| f.channel != *channel);
                 }
                 _ => {}
+            }
+            if joins.is_empty() {
+                state.joins = None;
             }
         }
         let written = match state.fan_out_writer() {
@@ -330,14 +387,15 @@ impl Outbox {
     /// it). Returns false if another channel is being recovered on this connection.
     pub(crate) fn begin_recovery(&self, channel: &ChannelName) -> bool {
         let mut state = self.state.lock();
-        if state.recovering.is_some() {
+        let joins = state.joins.get_or_insert_with(Box::default);
+        if joins.recovering.is_some() {
             return false;
         }
-        state.recovering = Some(Box::new(Recovering {
+        joins.recovering = Some(Recovering {
             channel: channel.clone(),
             held: Vec::new(),
             cancelled: false,
-        }));
+        });
         true
     }
 
@@ -347,9 +405,28 @@ impl Outbox {
     /// the queue's byte limit, so that replaying a long history cannot close a healthy client.
     pub(crate) fn finish_recovery(&self, missed: Vec<Arc<Publication>>, position: &StreamPosition) {
         let mut state = self.state.lock();
-        let Some(recovering) = state.recovering.take() else {
+        let Some(joins) = state.joins.as_mut() else {
             return;
         };
+        let Some(recovering) = joins.recovering.take() else {
+            return;
+        };
+        // Until the live stream passes the position history was read at, what arrives live up to
+        // it was in the history (unless a held publication shows it has passed already).
+        joins.floors.retain(|f| f.channel != recovering.channel);
+        let passed = recovering
+            .held
+            .iter()
+            .any(|p| *p.epoch != *position.epoch || p.offset > position.offset);
+        if !recovering.cancelled && !passed {
+            joins.floors.push(Floor {
+                channel: recovering.channel.clone(),
+                position: position.clone(),
+            });
+        }
+        if joins.is_empty() {
+            state.joins = None;
+        }
         if state.close.is_some() {
             return;
         }
@@ -378,8 +455,14 @@ impl Outbox {
     /// Drops a recovery that failed, with what it held.
     pub(crate) fn abort_recovery(&self) {
         let mut state = self.state.lock();
-        if let Some(recovering) = state.recovering.take() {
+        let Some(joins) = state.joins.as_mut() else {
+            return;
+        };
+        if let Some(recovering) = joins.recovering.take() {
             let held: usize = recovering.held.iter().map(|p| p.queued_size()).sum();
+            if joins.is_empty() {
+                state.joins = None;
+            }
             state.bytes = state.bytes.saturating_sub(held);
         }
     }
@@ -691,6 +774,58 @@ mod tests {
 
     /// Held publications that history returned too are dropped with their bytes: the queue is
     /// empty again, and an item of any size still fits into it.
+    #[test]
+    fn live_publications_that_recovered_history_covered_are_dropped_when_they_arrive_late() {
+        let outbox = Outbox::new(1 << 20);
+        let channel = ChannelName::parse("a:1").expect("channel");
+        let offsets = |outbox: &Outbox| -> Vec<u64> {
+            let mut batch = Vec::new();
+            outbox.take(&mut batch);
+            batch
+                .iter()
+                .filter_map(|o| match o {
+                    Outbound::Publication(p) => Some(p.offset),
+                    _ => None,
+                })
+                .collect()
+        };
+        // History was read up to 3 before the live stream brought 2 and 3.
+        assert!(outbox.begin_recovery(&channel));
+        let position = StreamPosition {
+            offset: 3,
+            epoch: "e".into(),
+        };
+        outbox.finish_recovery(
+            vec![publication("a:1", 2), publication("a:1", 3)],
+            &position,
+        );
+        assert_eq!(offsets(&outbox), [2, 3]);
+        for late in [2, 3] {
+            let pushed = outbox.push(Outbound::Publication(publication("a:1", late)));
+            assert_eq!(pushed, Pushed::Covered, "offset {late}");
+        }
+        assert_eq!(
+            outbox.push(Outbound::Publication(publication("b:1", 1))),
+            Pushed::Queued,
+            "other channels pass"
+        );
+        outbox.push(Outbound::Publication(publication("a:1", 4)));
+        assert_eq!(offsets(&outbox), [1, 4]);
+        // Passed: the floor is gone, and with it the box.
+        assert!(outbox.state.lock().joins.is_none());
+
+        // A held publication past the position shows the live stream has passed it: no floor.
+        assert!(outbox.begin_recovery(&channel));
+        outbox.push(Outbound::Publication(publication("a:1", 5)));
+        let position = StreamPosition {
+            offset: 4,
+            epoch: "e".into(),
+        };
+        outbox.finish_recovery(Vec::new(), &position);
+        assert!(outbox.state.lock().joins.is_none());
+        assert_eq!(offsets(&outbox), [5]);
+    }
+
     #[test]
     fn a_recovery_leaves_no_bytes_behind() {
         let one = publication("a:1", 1).queued_size();

@@ -84,7 +84,8 @@ impl SessionInner {
                 tracing::info!(client = %self.client, user = %self.user, "slow consumer: closing");
                 false
             }
-            Pushed::Closed => false,
+            // Already delivered by the channel's recovery: not a delivery of its own.
+            Pushed::Closed | Pushed::Covered => false,
         }
     }
 }
