@@ -151,6 +151,10 @@ pub(crate) struct Shared {
     /// The presence entries this node put in Redis (channel → client → member), refreshed every
     /// third of the presence TTL so that they expire only when this node is gone.
     presence: Mutex<HashMap<ChannelName, HashMap<Arc<str>, PresenceMember>>>,
+    /// Leaves Redis did not take (it was down, or too busy to answer in time, as when every
+    /// client of a node disconnects at once): retried with their channel's refresh, so that the
+    /// entries go well before they would expire.
+    unsent_leaves: Mutex<HashMap<ChannelName, Vec<Arc<str>>>>,
     /// Users' connection counts on this node, and which changed since the last flush.
     users: Mutex<Users>,
     users_changed: Arc<Notify>,
@@ -365,9 +369,44 @@ impl Shared {
                 })
                 .collect()
         };
-        for (channel, client) in gone {
-            if let Err(e) = self.presence_op(&channel, "leave", &[&client]).await {
-                tracing::warn!(%channel, error = %e, "presence leave after refresh failed");
+        let unsent: Vec<(ChannelName, Vec<Arc<str>>)> = {
+            let mut unsent = self.unsent_leaves.lock();
+            let channels: Vec<ChannelName> = unsent
+                .keys()
+                .filter(|c| self.keys.partition(c.as_str()) == partition)
+                .cloned()
+                .collect();
+            channels
+                .into_iter()
+                .filter_map(|c| unsent.remove(&c).map(|clients| (c, clients)))
+                .collect()
+        };
+        let retried = unsent
+            .into_iter()
+            .flat_map(|(channel, clients)| clients.into_iter().map(move |c| (channel.clone(), c)));
+        for (channel, client) in gone.into_iter().chain(retried) {
+            // A failure is logged and kept for the next refresh.
+            let _ = self.leave_or_retry_later(&channel, &client).await;
+        }
+    }
+
+    /// Takes `client` out of `channel`'s presence in Redis; if Redis does not answer, the leave is
+    /// kept to be retried with the channel's next refresh.
+    async fn leave_or_retry_later(
+        &self,
+        channel: &ChannelName,
+        client: &Arc<str>,
+    ) -> Result<(usize, PresenceCounts), HeraldError> {
+        match self.presence_op(channel, "leave", &[client]).await {
+            Ok((changed, counts, _)) => Ok((changed, counts)),
+            Err(e) => {
+                tracing::warn!(%channel, error = %e, "presence leave failed; retried with the next refresh");
+                self.unsent_leaves
+                    .lock()
+                    .entry(channel.clone())
+                    .or_default()
+                    .push(client.clone());
+                Err(e)
             }
         }
     }
@@ -498,6 +537,7 @@ impl RedisEngine {
             sink: OnceLock::new(),
             node_id,
             presence: Mutex::default(),
+            unsent_leaves: Mutex::default(),
             users: Mutex::default(),
             users_changed: Arc::default(),
             counters: Counters::default(),
@@ -673,7 +713,8 @@ impl Engine for RedisEngine {
                 }
             }
         }
-        let (changed, counts, _) = self.shared.presence_op(channel, "leave", &[client]).await?;
+        let client: Arc<str> = client.into();
+        let (changed, counts) = self.shared.leave_or_retry_later(channel, &client).await?;
         Ok(PresenceChange {
             changed: changed > 0,
             counts,

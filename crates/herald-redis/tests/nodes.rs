@@ -395,6 +395,53 @@ async fn a_hung_redis_times_out_instead_of_hanging() {
 }
 
 #[tokio::test]
+async fn a_leave_redis_did_not_take_is_retried_long_before_the_entry_expires() {
+    let mut server = RedisServer::start();
+    let prefix = testing::unique_prefix("leave");
+    // Entries would live 30 s without a refresh; each channel is refreshed every 10 s.
+    let mut slow_expiry = config(&server.url, &prefix, "a");
+    slow_expiry.presence_ttl = Duration::from_secs(30);
+    let engine = RedisEngine::connect(slow_expiry).await.expect("connect");
+    let ch = channel("room:leave");
+    let member = |client: &str| PresenceMember {
+        user: "u".into(),
+        client: client.into(),
+        joined_at: 1,
+    };
+    for client in ["c1", "c2"] {
+        engine
+            .presence_join(&ch, member(client))
+            .await
+            .expect("join");
+    }
+    // Stopped (it writes its append-only file first), so that the leave never reaches it.
+    server.stop();
+    let refused = engine.presence_leave(&ch, "c1").await;
+    assert_eq!(
+        refused.map(|_| ()).map_err(|e| e.code),
+        Err(ErrorCode::Unavailable)
+    );
+    server.restart();
+    let left = tokio::time::Instant::now();
+    loop {
+        let Ok(presence) = engine.presence(&ch).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        if presence.counts.connections == 1 {
+            assert_eq!(presence.members[0].client.as_ref(), "c2");
+            break;
+        }
+        assert!(
+            left.elapsed() < Duration::from_secs(15),
+            "the leave was never retried: {} connections",
+            presence.counts.connections
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
 async fn twenty_thousand_channels_resubscribe_in_seconds() {
     let server = RedisServer::start();
     let prefix = testing::unique_prefix("many");
