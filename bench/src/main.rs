@@ -296,12 +296,32 @@ async fn run(cli: Cli) -> Result<(), String> {
         worker: cli.worker,
     };
     let mut report = Report::new(cli.json.clone(), cli.markdown.clone());
-    let result = run_scenario(&mut ctx, &cli.scenario, &mut report).await;
+    // A run stopped by hand still stops what it started (nodes, Redis, worker processes): they
+    // are dropped below either way.
+    let result = tokio::select! {
+        result = run_scenario(&mut ctx, &cli.scenario, &mut report) => result,
+        signal = interrupted() => Err(format!("stopped by {signal}")),
+    };
     report.finish();
     // The nodes stop first, while the Redis they use still answers.
     drop(nodes);
     drop(ctx);
     result
+}
+
+/// Resolves when the process is asked to stop (SIGINT or SIGTERM).
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut interrupt), Ok(mut terminate)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = interrupt.recv() => "SIGINT",
+        _ = terminate.recv() => "SIGTERM",
+    }
 }
 
 /// The target of servers already running (`--server`, `--publish-server`).
