@@ -612,6 +612,11 @@ impl RedisEngine {
 
 #[async_trait]
 impl Engine for RedisEngine {
+    /// Publications arrive on the pub/sub links; history is read on the command connection.
+    fn live_may_trail_reads(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &'static str {
         "redis"
     }

@@ -263,6 +263,14 @@ pub trait Engine: Send + Sync + 'static {
         let _ = (user, on_this_node);
     }
 
+    /// Whether a live publication may reach the node after a history read on this node already
+    /// returned it: live deliveries that travel on a link of their own, which a read on another
+    /// link can overtake. The hub then drops such late copies on each recovered subscription.
+    /// False where reads and live deliveries are ordered (the memory engine).
+    fn live_may_trail_reads(&self) -> bool {
+        false
+    }
+
     /// What the engine's links to the other nodes have been through.
     fn counters(&self) -> EngineCounters {
         EngineCounters::default()

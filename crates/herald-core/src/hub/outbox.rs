@@ -403,7 +403,12 @@ impl Outbox {
     /// the held live publications that came after `position` (the stream's position when history
     /// was read), in order. Missed publications are shared with history and not counted against
     /// the queue's byte limit, so that replaying a long history cannot close a healthy client.
-    pub(crate) fn finish_recovery(&self, missed: Vec<Arc<Publication>>, position: &StreamPosition) {
+    pub(crate) fn finish_recovery(
+        &self,
+        missed: Vec<Arc<Publication>>,
+        position: &StreamPosition,
+        live_may_trail: bool,
+    ) {
         let mut state = self.state.lock();
         let Some(joins) = state.joins.as_mut() else {
             return;
@@ -411,14 +416,15 @@ impl Outbox {
         let Some(recovering) = joins.recovering.take() else {
             return;
         };
-        // Until the live stream passes the position history was read at, what arrives live up to
-        // it was in the history (unless a held publication shows it has passed already).
+        // Where the engine's live stream may trail its reads, what arrives live up to the
+        // position history was read at was in the history, until the live stream passes it
+        // (unless a held publication shows it has passed already, or the stream is empty).
         joins.floors.retain(|f| f.channel != recovering.channel);
         let passed = recovering
             .held
             .iter()
             .any(|p| *p.epoch != *position.epoch || p.offset > position.offset);
-        if !recovering.cancelled && !passed {
+        if live_may_trail && position.offset > 0 && !recovering.cancelled && !passed {
             joins.floors.push(Floor {
                 channel: recovering.channel.clone(),
                 position: position.clone(),
@@ -755,6 +761,7 @@ mod tests {
         outbox.finish_recovery(
             vec![publication("a:1", 2), publication("a:1", 3)],
             &position,
+            false,
         );
         let mut batch = Vec::new();
         outbox.take(&mut batch);
@@ -798,6 +805,7 @@ mod tests {
         outbox.finish_recovery(
             vec![publication("a:1", 2), publication("a:1", 3)],
             &position,
+            true,
         );
         assert_eq!(offsets(&outbox), [2, 3]);
         for late in [2, 3] {
@@ -821,9 +829,14 @@ mod tests {
             offset: 4,
             epoch: "e".into(),
         };
-        outbox.finish_recovery(Vec::new(), &position);
+        outbox.finish_recovery(Vec::new(), &position, true);
         assert!(outbox.state.lock().joins.is_none());
         assert_eq!(offsets(&outbox), [5]);
+
+        // An engine whose live stream never trails its reads keeps nothing after a recovery.
+        assert!(outbox.begin_recovery(&channel));
+        outbox.finish_recovery(Vec::new(), &position, false);
+        assert!(outbox.state.lock().joins.is_none());
     }
 
     #[test]
@@ -840,7 +853,7 @@ mod tests {
             offset: 1,
             epoch: "e".into(),
         };
-        outbox.finish_recovery(vec![publication("a:1", 1)], &position);
+        outbox.finish_recovery(vec![publication("a:1", 1)], &position, false);
         let mut batch = Vec::new();
         outbox.take(&mut batch);
         assert_eq!(batch.len(), 1, "history's copy only");
@@ -895,7 +908,7 @@ mod tests {
             offset: 1,
             epoch: "e".into(),
         };
-        outbox.finish_recovery(vec![publication("a:1", 1)], &position);
+        outbox.finish_recovery(vec![publication("a:1", 1)], &position, false);
         let mut batch = Vec::new();
         outbox.take(&mut batch);
         assert!(

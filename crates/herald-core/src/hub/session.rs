@@ -347,7 +347,7 @@ impl Session {
         } else {
             Vec::new()
         };
-        outbox.finish_recovery(missed, &page.position);
+        outbox.finish_recovery(missed, &page.position, hub.engine.live_may_trail_reads());
         if namespace.presence {
             self.hub.sync_presence(channel, &self.inner).await;
         }
