@@ -22,9 +22,8 @@ pub enum Stream {
 /// Counts and latencies of the deliveries in one step.
 pub struct Recorder {
     pub start: Instant,
-    pub latency_us: Histogram<u64>,
-    /// The same latencies by stream (indexed by [`Stream`]), for loads that mix them.
-    pub latency_by_stream_us: [Histogram<u64>; 2],
+    /// Latencies by stream (indexed by [`Stream`]); [`Recorder::latency_us`] is both together.
+    latency_by_stream_us: [Histogram<u64>; 2],
     pub received: u64,
     pub gaps: u64,
     pub duplicates: u64,
@@ -45,7 +44,6 @@ impl Recorder {
     pub fn new(start: Instant, connections: usize) -> SharedRecorder {
         Rc::new(RefCell::new(Recorder {
             start,
-            latency_us: new_histogram(),
             latency_by_stream_us: [new_histogram(), new_histogram()],
             received: 0,
             gaps: 0,
@@ -63,6 +61,14 @@ impl Recorder {
         self.start.elapsed().as_micros() as u64
     }
 
+    /// The latencies of the step's deliveries on every stream.
+    pub fn latency_us(&self) -> Histogram<u64> {
+        let [shared, personal] = &self.latency_by_stream_us;
+        let mut all = shared.clone();
+        let _ = all.add(personal);
+        all
+    }
+
     /// The 99th percentile of the step's deliveries on `stream`, in milliseconds.
     pub fn p99_ms(&self, stream: Stream) -> f64 {
         self.latency_by_stream_us[stream as usize].value_at_quantile(0.99) as f64 / 1000.0
@@ -73,7 +79,6 @@ impl Recorder {
         let n = offset;
         let now = self.now_us();
         let latency = now.saturating_sub(t).max(1);
-        let _ = self.latency_us.record(latency);
         let _ = self.latency_by_stream_us[stream as usize].record(latency);
         self.received += 1;
         let Some(next) = self.next.get_mut(conn).map(|n| &mut n[stream as usize]) else {
@@ -110,7 +115,6 @@ impl Recorder {
 
     /// Starts a new step: clears latencies and counts, keeps the sequence expectations.
     pub fn reset_step(&mut self) {
-        self.latency_us = new_histogram();
         self.latency_by_stream_us = [new_histogram(), new_histogram()];
         self.received = 0;
         self.gaps = 0;

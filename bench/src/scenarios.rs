@@ -97,7 +97,8 @@ fn delivery_step(
     seconds: f64,
 ) -> Step {
     let r = recorder.borrow();
-    let quantile = |q: f64| Some(r.latency_us.value_at_quantile(q) as f64 / 1000.0);
+    let latency_us = r.latency_us();
+    let quantile = |q: f64| Some(latency_us.value_at_quantile(q) as f64 / 1000.0);
     let received = r.received - r.duplicates;
     Step {
         seconds,
@@ -108,7 +109,7 @@ fn delivery_step(
         p50_ms: quantile(0.5),
         p99_ms: quantile(0.99),
         p999_ms: quantile(0.999),
-        max_ms: Some(r.latency_us.max() as f64 / 1000.0),
+        max_ms: Some(latency_us.max() as f64 / 1000.0),
         ..meters.step(ctx)
     }
 }

@@ -148,13 +148,9 @@ pub(crate) struct Shared {
     /// This process's id in the registry and in users' connection counts: the name, made unique,
     /// so that a restarted node never inherits its previous life's counts.
     node_id: String,
-    /// The presence entries this node put in Redis (channel → client → member), refreshed every
-    /// third of the presence TTL so that they expire only when this node is gone.
-    presence: Mutex<HashMap<ChannelName, HashMap<Arc<str>, PresenceMember>>>,
-    /// Leaves Redis did not take (it was down, or too busy to answer in time, as when every
-    /// client of a node disconnects at once): retried with their channel's refresh, so that the
-    /// entries go well before they would expire.
-    unsent_leaves: Mutex<HashMap<ChannelName, Vec<Arc<str>>>>,
+    /// This node's presence in Redis, one entry per partition ([`PARTITIONS`]), so that a
+    /// refresh reads the channels of its partition and no others.
+    presence: Vec<Mutex<LocalPresence>>,
     /// Users' connection counts on this node, and which changed since the last flush.
     users: Mutex<Users>,
     users_changed: Arc<Notify>,
@@ -168,6 +164,18 @@ pub(crate) struct Counters {
     pub(crate) reconnects: AtomicU64,
     pub(crate) repaired: AtomicU64,
     pub(crate) resets: AtomicU64,
+}
+
+/// The presence this node keeps in Redis for the channels of one partition.
+#[derive(Default)]
+struct LocalPresence {
+    /// The entries this node put in Redis (channel → client → member), refreshed every third of
+    /// the presence TTL so that they expire only when this node is gone.
+    entries: HashMap<ChannelName, HashMap<Arc<str>, PresenceMember>>,
+    /// Leaves Redis did not take (it was down, or too busy to answer in time, as when every
+    /// client of a node disconnects at once): retried with their channel's refresh, so that the
+    /// entries go well before they would expire.
+    unsent_leaves: HashMap<ChannelName, Vec<Arc<str>>>,
 }
 
 /// This node's users, as the hub reported them.
@@ -314,16 +322,26 @@ impl Shared {
         Ok((int(0), counts, members))
     }
 
+    /// This node's presence for `channel`'s partition.
+    fn local_presence(&self, channel: &ChannelName) -> &Mutex<LocalPresence> {
+        &self.presence[self.keys.partition(channel.as_str())]
+    }
+
     /// Puts this node's presence entries in channels of `partition` back (and pushes their
-    /// expiry on), channel by channel.
+    /// expiry on), channel by channel, and retries the partition's leaves Redis did not take.
     async fn refresh_presence(&self, partition: usize) {
-        let entries: Vec<(ChannelName, Vec<PresenceMember>)> = self
-            .presence
-            .lock()
-            .iter()
-            .filter(|(c, _)| self.keys.partition(c.as_str()) == partition)
-            .map(|(c, members)| (c.clone(), members.values().cloned().collect()))
-            .collect();
+        let Some(local) = self.presence.get(partition) else {
+            return;
+        };
+        let (entries, unsent): (Vec<(ChannelName, Vec<PresenceMember>)>, _) = {
+            let mut local = local.lock();
+            let entries = local
+                .entries
+                .iter()
+                .map(|(c, members)| (c.clone(), members.values().cloned().collect()))
+                .collect();
+            (entries, std::mem::take(&mut local.unsent_leaves))
+        };
         let mut refreshes = Vec::new();
         for (channel, members) in &entries {
             for chunk in members.chunks(256) {
@@ -357,28 +375,16 @@ impl Shared {
         // A connection that left while the refresh ran may have been put back by it: take it
         // out again.
         let gone: Vec<(ChannelName, Arc<str>)> = {
-            let local = self.presence.lock();
+            let local = local.lock();
             entries
                 .iter()
                 .flat_map(|(channel, members)| {
-                    let here = local.get(channel);
+                    let here = local.entries.get(channel);
                     members
                         .iter()
                         .filter(move |m| here.is_none_or(|h| !h.contains_key(&m.client)))
                         .map(move |m| (channel.clone(), m.client.clone()))
                 })
-                .collect()
-        };
-        let unsent: Vec<(ChannelName, Vec<Arc<str>>)> = {
-            let mut unsent = self.unsent_leaves.lock();
-            let channels: Vec<ChannelName> = unsent
-                .keys()
-                .filter(|c| self.keys.partition(c.as_str()) == partition)
-                .cloned()
-                .collect();
-            channels
-                .into_iter()
-                .filter_map(|c| unsent.remove(&c).map(|clients| (c, clients)))
                 .collect()
         };
         let retried = unsent
@@ -401,8 +407,9 @@ impl Shared {
             Ok((changed, counts, _)) => Ok((changed, counts)),
             Err(e) => {
                 tracing::warn!(%channel, error = %e, "presence leave failed; retried with the next refresh");
-                self.unsent_leaves
+                self.local_presence(channel)
                     .lock()
+                    .unsent_leaves
                     .entry(channel.clone())
                     .or_default()
                     .push(client.clone());
@@ -536,8 +543,7 @@ impl RedisEngine {
             },
             sink: OnceLock::new(),
             node_id,
-            presence: Mutex::default(),
-            unsent_leaves: Mutex::default(),
+            presence: (0..PARTITIONS).map(|_| Mutex::default()).collect(),
             users: Mutex::default(),
             users_changed: Arc::default(),
             counters: Counters::default(),
@@ -693,8 +699,9 @@ impl Engine for RedisEngine {
             .presence_op(channel, "join", &[&member.client, &member.user, &joined_at])
             .await?;
         self.shared
-            .presence
+            .local_presence(channel)
             .lock()
+            .entries
             .entry(channel.clone())
             .or_default()
             .insert(member.client.clone(), member);
@@ -710,11 +717,11 @@ impl Engine for RedisEngine {
         client: &str,
     ) -> Result<PresenceChange, HeraldError> {
         {
-            let mut local = self.shared.presence.lock();
-            if let Some(members) = local.get_mut(channel) {
+            let mut local = self.shared.local_presence(channel).lock();
+            if let Some(members) = local.entries.get_mut(channel) {
                 members.remove(client);
                 if members.is_empty() {
-                    local.remove(channel);
+                    local.entries.remove(channel);
                 }
             }
         }

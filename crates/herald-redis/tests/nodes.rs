@@ -47,6 +47,23 @@ fn request(name: &str, size: usize) -> PublishRequest {
     }
 }
 
+/// Subscribes node `r` to every channel of `names`, then publishes one publication to each
+/// through node `p`, keeping `history` per channel.
+async fn subscribe_then_publish_once(r: &Node, p: &Node, names: &[String], history: usize) {
+    for name in names {
+        r.engine
+            .node_subscribe(&channel(name))
+            .await
+            .expect("subscribe");
+    }
+    for name in names {
+        p.engine
+            .publish(request(name, history))
+            .await
+            .expect("publish");
+    }
+}
+
 async fn until(what: &str, holds: impl Fn() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !holds() {
@@ -229,15 +246,7 @@ async fn a_dropped_link_repairs_its_gap_from_history() {
     let (receiver, r) = node(&server.url, &prefix, "r").await;
     let (_, p) = node(&server.url, &prefix, "p").await;
     let names: Vec<String> = (0..40).map(|i| format!("gap:{i}")).collect();
-    for name in &names {
-        r.engine
-            .node_subscribe(&channel(name))
-            .await
-            .expect("subscribe");
-    }
-    for name in &names {
-        p.engine.publish(request(name, 100)).await.expect("publish");
-    }
+    subscribe_then_publish_once(&r, &p, &names, 100).await;
     for round in 0..5 {
         // Published while r's links are down: r gets them from history once they are back.
         with_links_down(&server.url, async {
@@ -604,15 +613,7 @@ async fn channels_repaired_while_redis_loads_its_data_get_every_publication() {
     let (engine, r) = node(&server.url, &prefix, "r").await;
     let (_, p) = node(&server.url, &prefix, "p").await;
     let names: Vec<String> = (0..200).map(|i| format!("load:{i}")).collect();
-    for name in &names {
-        r.engine
-            .node_subscribe(&channel(name))
-            .await
-            .expect("subscribe");
-    }
-    for name in &names {
-        p.engine.publish(request(name, 10)).await.expect("publish");
-    }
+    subscribe_then_publish_once(&r, &p, &names, 10).await;
     // Enough data that loading it after the restart takes a while.
     let cli = |args: &[&str]| {
         let status = std::process::Command::new("redis-cli")

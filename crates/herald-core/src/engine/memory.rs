@@ -571,8 +571,6 @@ impl MemoryEngine {
     }
 }
 
-/// A short random epoch, new for every stream.
-
 #[async_trait]
 impl Engine for MemoryEngine {
     fn name(&self) -> &'static str {

@@ -779,8 +779,6 @@ mod tests {
         assert_eq!(got, expected.map(|(c, o)| (c.to_string(), o)));
     }
 
-    /// Held publications that history returned too are dropped with their bytes: the queue is
-    /// empty again, and an item of any size still fits into it.
     #[test]
     fn live_publications_that_recovered_history_covered_are_dropped_when_they_arrive_late() {
         let outbox = Outbox::new(1 << 20);
@@ -839,6 +837,8 @@ mod tests {
         assert!(outbox.state.lock().joins.is_none());
     }
 
+    /// Held publications that history returned too are dropped with their bytes: the queue is
+    /// empty again, and an item of any size still fits into it.
     #[test]
     fn a_recovery_leaves_no_bytes_behind() {
         let one = publication("a:1", 1).queued_size();
