@@ -1,0 +1,535 @@
+/**
+ * The connection to Herald over WebSocket: authentication, the connection state machine,
+ * reconnects with backoff and full jitter, token refresh before expiry, a watch on a silent
+ * link, and requests matched to answers by id. docs/client-guide.md describes the same state
+ * machine for clients in other languages.
+ */
+import { backoffDelay, type BackoffOptions } from "./backoff.js";
+import { Emitter } from "./emitter.js";
+import { HeraldError } from "./errors.js";
+import type { PresenceResult, HistoryResult, Publication, ServerFrame, StreamPosition } from "./protocol.js";
+import { Subscription, type EventMap, type SubscribeOptions, type SubscriptionLink } from "./subscription.js";
+
+export type ConnectionState = "disconnected" | "connecting" | "connected" | "failed";
+
+/** Why the link ended: the server's close code and reason, or one of the client's own. */
+export interface DisconnectInfo {
+  code: number;
+  reason: string;
+  /** Whether the client will reconnect by itself. */
+  reconnect: boolean;
+  /** Milliseconds until the next attempt, when it will. */
+  delay?: number;
+}
+
+export interface ConnectedInfo {
+  client: string;
+  user: string;
+  /** The server's heartbeat interval in seconds. */
+  heartbeat: number;
+  /** When the token expires (Unix seconds), if it does. */
+  expiresAt?: number;
+}
+
+/**
+ * Codes the client itself gives in `disconnected` and `failed` (the server's are 1000-4999 as
+ * docs/protocol.md lists them; these never travel on the wire).
+ */
+export const ClientCode = {
+  /** `disconnect()` was called. */
+  CLOSED: 1000,
+  /** The token getter threw or rejected; retried with backoff. */
+  TOKEN_UNAVAILABLE: 3000,
+  /** No `connected` frame within the request timeout. */
+  CONNECT_TIMEOUT: 3001,
+  /** The link went silent and a `ping` got no answer in time. */
+  NO_HEARTBEAT: 3002,
+  /** Reconnect attempts ran out (`backoff.attempts`). */
+  ATTEMPTS_EXHAUSTED: 3003,
+} as const;
+
+/** The token: a string, or a function that fetches a fresh one (null: the user is signed out). */
+export type TokenSource = string | (() => string | null | Promise<string | null>);
+
+/** The part of the WebSocket interface the client uses (browsers, Bun, Deno, Node 22, `ws`). */
+export interface WebSocketLike {
+  readyState: number;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+  onopen: ((event: unknown) => void) | null;
+  onclose: ((event: { code: number; reason: string }) => void) | null;
+  onmessage: ((event: { data: unknown }) => void) | null;
+  onerror: ((event: unknown) => void) | null;
+}
+export type WebSocketConstructor = new (url: string) => WebSocketLike;
+
+export interface ClientOptions {
+  /** The WebSocket endpoint, for example `wss://rt.example.com/ws`. */
+  url: string;
+  token: TokenSource;
+  /** A WebSocket implementation, where the platform has none (Node 20: `ws`). */
+  WebSocket?: WebSocketConstructor;
+  backoff?: BackoffOptions;
+  /** Milliseconds a request, or a connection attempt, may take (default 10000). */
+  timeout?: number;
+}
+
+interface ClientEvents {
+  state: (state: ConnectionState) => void;
+  connecting: () => void;
+  connected: (info: ConnectedInfo) => void;
+  disconnected: (info: DisconnectInfo) => void;
+  failed: (info: DisconnectInfo) => void;
+  /** Errors no request waits for: a failed token refresh, an `error` frame without an id. */
+  error: (error: HeraldError) => void;
+  /** Every publication delivered to any subscription. */
+  message: (publication: Publication) => void;
+}
+
+interface Pending {
+  resolve: (value: never) => void;
+  reject: (error: HeraldError) => void;
+  timer: ReturnType<typeof setTimeout>;
+  command: Record<string, unknown>;
+  sent: boolean;
+  /** Handles the answering frame synchronously (subscribe answers are followed by messages). */
+  onFrame?: (frame: ServerFrame) => void;
+}
+
+/** Close codes after which reconnecting cannot help, when no `disconnect` frame said otherwise. */
+const FINAL_CODES = [1002, 1007, 4001, 4008, 4009, 4011];
+
+export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionLink {
+  state: ConnectionState = "disconnected";
+  /** The last `connected` frame's details; kept while reconnecting. */
+  info?: ConnectedInfo;
+  private ws?: WebSocketLike;
+  private subs = new Map<string, Subscription<EventMap>>();
+  private pending = new Map<number, Pending>();
+  private nextId = 0;
+  private attempt = 0;
+  private generation = 0;
+  private token?: string;
+  private tokenFresh = false;
+  private serverDisconnect?: DisconnectInfo;
+  private lastFrameAt = 0;
+  private pinging = false;
+  private timers: Record<"retry" | "connect" | "refresh" | "watch", ReturnType<typeof setTimeout> | undefined> = {
+    retry: undefined,
+    connect: undefined,
+    refresh: undefined,
+    watch: undefined,
+  };
+  private readonly timeout: number;
+  private readonly WS: WebSocketConstructor;
+
+  constructor(private readonly options: ClientOptions) {
+    super();
+    this.timeout = options.timeout ?? 10000;
+    const WS = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+    if (!WS) throw new Error("no WebSocket on this platform: pass one as options.WebSocket");
+    this.WS = WS;
+  }
+
+  /** Starts connecting; the client then stays connected until `disconnect()` or `failed`. */
+  connect(): void {
+    if (this.state === "connecting" || this.state === "connected") return;
+    this.attempt = 0;
+    this.listenToPage(true);
+    void this.open();
+  }
+
+  /** Closes the link for good (until `connect()` again); requests waiting are rejected. */
+  disconnect(): void {
+    this.generation++;
+    this.closeLink(1000, "client closed");
+    this.listenToPage(false);
+    this.stopTimers();
+    this.rejectAll(new HeraldError("closed", "the client was closed"), true);
+    this.enter("disconnected", { code: ClientCode.CLOSED, reason: "client closed", reconnect: false });
+  }
+
+  /**
+   * The subscription to `channel`: the existing one, or a new one that subscribes as soon as the
+   * client is connected. `E` maps the channel's event names to the types of their data.
+   */
+  subscribe<E extends EventMap = EventMap>(channel: string, options?: SubscribeOptions): Subscription<E> {
+    const existing = this.subs.get(channel);
+    if (existing) return existing as unknown as Subscription<E>;
+    const sub = new Subscription<EventMap>(channel, this, options);
+    this.subs.set(channel, sub);
+    if (this.state === "connected") this.sendSubscribe(sub);
+    return sub as unknown as Subscription<E>;
+  }
+
+  /** The current subscription to `channel`, if any. */
+  getSubscription<E extends EventMap = EventMap>(channel: string): Subscription<E> | undefined {
+    return this.subs.get(channel) as unknown as Subscription<E> | undefined;
+  }
+
+  subscriptions(): Subscription<EventMap>[] {
+    return [...this.subs.values()];
+  }
+
+  publish(channel: string, event: string | undefined, data: unknown): Promise<StreamPosition> {
+    return this.request({ type: "publish", channel, event, data });
+  }
+
+  presence(channel: string, options: { countsOnly?: boolean } = {}): Promise<PresenceResult> {
+    return this.request({ type: "presence", channel, counts_only: options.countsOnly || undefined });
+  }
+
+  async history<T = unknown>(channel: string, options: { since?: StreamPosition; limit?: number } = {}): Promise<HistoryResult<T>> {
+    const result = await this.request<HistoryResult<T>>({ type: "history", channel, ...options });
+    for (const p of result.publications) p.epoch = result.epoch;
+    return result;
+  }
+
+  /** Round trip to the server; resolves with the server's clock (Unix milliseconds). */
+  async ping(): Promise<number> {
+    return (await this.request<{ pong: number }>({ type: "ping" })).pong;
+  }
+
+  /**
+   * Sends a command and resolves with the answer's `result` (or the answering frame for
+   * subscribe and unsubscribe). Waits for the connection if there is none yet; rejects with the
+   * server's error code, `timeout`, `disconnected` (the link dropped after it was sent) or
+   * `closed`.
+   */
+  request<T>(command: Record<string, unknown>, onFrame?: (frame: ServerFrame) => void, timeout = this.timeout): Promise<T> {
+    if (this.state === "failed" || (this.state === "disconnected" && !this.timers.retry))
+      return Promise.reject(new HeraldError("closed", "the client is not connected; call connect()"));
+    return new Promise<T>((resolve, reject) => {
+      const id = ++this.nextId;
+      const timer = setTimeout(() => {
+        this.pending.delete(id);
+        reject(new HeraldError("timeout", `no answer to ${String(command.type)} within ${timeout} ms`));
+      }, timeout);
+      const entry: Pending = { resolve: resolve as (v: never) => void, reject, timer, command: { ...command, id }, sent: false, onFrame };
+      this.pending.set(id, entry);
+      if (this.state === "connected") this.transmit(entry);
+    });
+  }
+
+  /** Sends a command that has no answer; false when there is no connection to send it on. */
+  send(command: Record<string, unknown>): boolean {
+    if (this.state !== "connected" || !this.ws) return false;
+    this.ws.send(JSON.stringify(command));
+    return true;
+  }
+
+  /** Called by a subscription that ended. */
+  release(sub: Subscription<EventMap>): void {
+    if (this.subs.get(sub.channel) === sub) this.subs.delete(sub.channel);
+  }
+
+  // ----- the connection -----
+
+  private async open(): Promise<void> {
+    const generation = ++this.generation;
+    this.enter("connecting");
+    let token: string | null;
+    try {
+      token = await this.currentToken();
+    } catch (error) {
+      if (generation === this.generation)
+        this.dropped({ code: ClientCode.TOKEN_UNAVAILABLE, reason: `token getter failed: ${describe(error)}`, reconnect: true });
+      return;
+    }
+    if (generation !== this.generation) return;
+    if (!token) return this.dropped({ code: 4001, reason: "no token: the token getter returned none", reconnect: false });
+    this.serverDisconnect = undefined;
+    let ws: WebSocketLike;
+    try {
+      ws = new this.WS(this.options.url);
+    } catch (error) {
+      return this.dropped({ code: 1006, reason: describe(error), reconnect: true });
+    }
+    this.ws = ws;
+    ws.onopen = () => {
+      const personal = [...this.subs.values()].find((s) => s.personal)?.position;
+      ws.send(JSON.stringify({ type: "auth", token, since: personal }));
+    };
+    ws.onmessage = (event) => this.receive(String(event.data));
+    ws.onerror = () => {};
+    ws.onclose = (event) => {
+      if (this.ws === ws) this.closed(event.code, event.reason);
+    };
+    this.timers.connect = setTimeout(() => {
+      if (this.ws === ws && this.state === "connecting")
+        this.dropped({ code: ClientCode.CONNECT_TIMEOUT, reason: "no connected frame in time", reconnect: true });
+    }, this.timeout);
+  }
+
+  private async currentToken(): Promise<string | null> {
+    const source = this.options.token;
+    if (typeof source === "string") return source;
+    const expires = this.info?.expiresAt;
+    if (this.token && !(expires && expires * 1000 <= Date.now())) {
+      this.tokenFresh = false;
+      return this.token;
+    }
+    this.token = (await source()) ?? undefined;
+    this.tokenFresh = true;
+    return this.token ?? null;
+  }
+
+  private receive(text: string): void {
+    let frame: ServerFrame;
+    try {
+      frame = JSON.parse(text) as ServerFrame;
+    } catch {
+      return;
+    }
+    this.lastFrameAt = Date.now();
+    const channel = frame.channel as string;
+    const pending = frame.id !== undefined ? this.pending.get(frame.id as number) : undefined;
+    switch (frame.type) {
+      case "connected":
+        return this.connected(frame);
+      case "message": {
+        const publication = this.subs.get(channel)?.deliver(frame);
+        if (publication) this.emit("message", publication);
+        return;
+      }
+      case "join":
+      case "leave":
+      case "typing":
+        return this.subs.get(channel)?.ephemeral(frame);
+      case "disconnect":
+        this.serverDisconnect = { code: frame.code as number, reason: frame.reason as string, reconnect: frame.reconnect !== false };
+        return;
+      case "error": {
+        const error = new HeraldError(frame.code as string, frame.message as string);
+        if (pending) return this.settle(frame, pending, error);
+        return this.emit("error", error);
+      }
+      case "subscribed": {
+        if (pending) return this.settle(frame, pending);
+        // Without an id: the personal channel the server subscribed on connect, or a gap notice.
+        let sub = this.subs.get(channel);
+        if (!sub && channel === `user:${this.info?.user}`) this.subs.set(channel, (sub = new Subscription(channel, this)));
+        if (sub && channel === `user:${this.info?.user}`) sub.personal = true;
+        return sub?.subscribed(frame);
+      }
+      case "unsubscribed":
+        if (pending) return this.settle(frame, pending);
+        return this.subs.get(channel)?.end({ channel, by: "server" });
+      case "reply":
+        if (pending) this.settle(frame, pending);
+    }
+  }
+
+  private settle(frame: ServerFrame, pending: Pending, error?: HeraldError): void {
+    this.pending.delete(frame.id as number);
+    clearTimeout(pending.timer);
+    pending.onFrame?.(frame);
+    if (error) pending.reject(error);
+    else pending.resolve((frame.type === "reply" ? frame.result : frame) as never);
+  }
+
+  private connected(frame: ServerFrame): void {
+    clearTimeout(this.timers.connect);
+    this.attempt = 0;
+    const info: ConnectedInfo = {
+      client: frame.client as string,
+      user: frame.user as string,
+      heartbeat: (frame.heartbeat_s as number) || 25,
+      expiresAt: frame.expires_at as number | undefined,
+    };
+    this.info = info;
+    this.enter("connected", info);
+    const personal = `user:${info.user}`;
+    for (const sub of this.subs.values()) {
+      if (sub.channel === personal) sub.personal = true;
+      else this.sendSubscribe(sub);
+    }
+    for (const entry of this.pending.values()) if (!entry.sent) this.transmit(entry);
+    this.scheduleRefresh();
+    this.watch();
+  }
+
+  private sendSubscribe(sub: Subscription<EventMap>): void {
+    this.request<ServerFrame>(sub.subscribeCommand(), (frame) => {
+      if (frame.type === "subscribed") sub.subscribed(frame);
+    }).catch((error: HeraldError) => {
+      if (this.subs.get(sub.channel) !== sub) return;
+      // Refusals end the subscription; a hook that could not answer, a rate limit or a lost
+      // answer are retried while connected (after a reconnect it is sent again anyway).
+      if (["unavailable", "rate_limited", "timeout"].includes(error.code)) {
+        setTimeout(() => this.subs.get(sub.channel) === sub && this.state === "connected" && this.sendSubscribe(sub), backoffDelay(1, this.options.backoff));
+      } else if (error.code !== "disconnected") sub.refused(error);
+    });
+  }
+
+  private transmit(entry: Pending): void {
+    entry.sent = true;
+    this.ws?.send(JSON.stringify(entry.command));
+  }
+
+  private closed(code: number, reason: string): void {
+    const told = this.serverDisconnect;
+    const info: DisconnectInfo = told ?? { code, reason, reconnect: !FINAL_CODES.includes(code) };
+    // A rejected token that was not fetched for this attempt may just be stale: one fresh try.
+    if (info.code === 4001 && typeof this.options.token === "function" && !this.tokenFresh) {
+      this.token = undefined;
+      info.reconnect = true;
+    }
+    if (info.code === 4002) this.token = undefined;
+    this.dropped({ ...info });
+  }
+
+  /** The link is gone: clean up, then reconnect after a backoff delay or fail. */
+  private dropped(info: DisconnectInfo): void {
+    this.closeLink(1000, "");
+    this.stopTimers();
+    this.rejectAll(new HeraldError("disconnected", `the connection dropped: ${info.reason || info.code}`), false);
+    for (const sub of this.subs.values()) sub.interrupted();
+    const limit = this.options.backoff?.attempts ?? Infinity;
+    if (!info.reconnect) return this.fail(info);
+    if (this.attempt >= limit) {
+      return this.fail({ code: ClientCode.ATTEMPTS_EXHAUSTED, reason: `gave up after ${this.attempt} attempts (last: ${info.reason || info.code})`, reconnect: false });
+    }
+    info.delay = backoffDelay(this.attempt++, this.options.backoff);
+    const generation = this.generation;
+    this.timers.retry = setTimeout(() => {
+      this.timers.retry = undefined;
+      if (generation === this.generation) void this.open();
+    }, info.delay);
+    this.enter("disconnected", info);
+  }
+
+  private fail(info: DisconnectInfo): void {
+    this.generation++;
+    this.listenToPage(false);
+    this.rejectAll(new HeraldError("closed", `the client failed: ${info.reason || info.code}`), true);
+    this.enter("failed", { ...info, reconnect: false });
+  }
+
+  private closeLink(code: number, reason: string): void {
+    const ws = this.ws;
+    this.ws = undefined;
+    if (!ws) return;
+    ws.onopen = ws.onmessage = ws.onclose = null;
+    ws.onerror = () => {};
+    try {
+      if (ws.readyState <= 1) ws.close(code, reason);
+    } catch {
+      // already closing
+    }
+  }
+
+  private enter(state: ConnectionState, detail?: DisconnectInfo | ConnectedInfo): void {
+    this.state = state;
+    this.emit("state", state);
+    if (state === "connected") this.emit("connected", detail as ConnectedInfo);
+    else if (state === "connecting") this.emit("connecting");
+    else this.emit(state, detail as DisconnectInfo);
+  }
+
+  private rejectAll(error: HeraldError, queuedToo: boolean): void {
+    for (const [id, entry] of this.pending) {
+      if (!entry.sent && !queuedToo) continue;
+      clearTimeout(entry.timer);
+      this.pending.delete(id);
+      entry.reject(error);
+    }
+  }
+
+  private stopTimers(): void {
+    for (const key of Object.keys(this.timers) as (keyof typeof this.timers)[]) {
+      clearTimeout(this.timers[key]);
+      this.timers[key] = undefined;
+    }
+    this.pinging = false;
+  }
+
+  // ----- token refresh -----
+
+  private scheduleRefresh(retry = false): void {
+    clearTimeout(this.timers.refresh);
+    const expires = this.info?.expiresAt;
+    if (!expires || typeof this.options.token !== "function") return;
+    const remaining = expires * 1000 - Date.now();
+    // A third of what is left, at most a minute, before expiry; a failed refresh is retried
+    // sooner, until the server closes the connection with 4002.
+    const delay = retry ? Math.min(5000, remaining / 4) : remaining - Math.min(60000, remaining / 3);
+    if (retry && remaining <= 0) return;
+    this.timers.refresh = setTimeout(() => void this.refresh(), Math.max(1000, delay));
+  }
+
+  private async refresh(): Promise<void> {
+    const generation = this.generation;
+    try {
+      const token = await (this.options.token as () => string | null | Promise<string | null>)();
+      if (generation !== this.generation) return;
+      if (!token) return this.fail({ code: 4001, reason: "no token: the token getter returned none", reconnect: false });
+      const result = await this.request<{ expires_at: number }>({ type: "refresh", token });
+      if (generation !== this.generation || !this.info) return;
+      this.token = token;
+      this.info.expiresAt = result.expires_at;
+      this.scheduleRefresh();
+    } catch (error) {
+      if (generation !== this.generation) return;
+      this.emit("error", error instanceof HeraldError ? error : new HeraldError("refresh_failed", `token getter failed: ${describe(error)}`));
+      this.scheduleRefresh(true);
+    }
+  }
+
+  // ----- a silent link -----
+
+  /**
+   * Browsers answer the server's WebSocket pings without showing them, so a dead link can look
+   * like a quiet one. When nothing has arrived for longer than the heartbeat interval, the
+   * client sends a `ping` command; no answer in time closes the link and reconnects.
+   */
+  private watch(): void {
+    const interval = (this.info?.heartbeat ?? 25) * 1000;
+    this.timers.watch = setTimeout(() => {
+      this.checkLink(interval);
+      if (this.state === "connected") this.watch();
+    }, interval / 2);
+  }
+
+  private checkLink(silence: number): void {
+    if (this.state !== "connected" || this.pinging || Date.now() - this.lastFrameAt < silence) return;
+    this.pinging = true;
+    const generation = this.generation;
+    this.request({ type: "ping" }, undefined, Math.min(this.timeout, (this.info?.heartbeat ?? 25) * 1000)).then(
+      () => (this.pinging = false),
+      (error: HeraldError) => {
+        this.pinging = false;
+        if (error.code === "timeout" && generation === this.generation && this.state === "connected")
+          this.dropped({ code: ClientCode.NO_HEARTBEAT, reason: "no answer to ping", reconnect: true });
+      },
+    );
+  }
+
+  // ----- the page: online and visibility -----
+
+  private readonly wake = (): void => {
+    const doc = (globalThis as { document?: { visibilityState?: string } }).document;
+    if (doc?.visibilityState === "hidden") return;
+    if (this.state === "disconnected" && this.timers.retry) {
+      clearTimeout(this.timers.retry);
+      this.timers.retry = undefined;
+      void this.open();
+    } else this.checkLink(0);
+  };
+
+  private listenToPage(on: boolean): void {
+    const g = globalThis as {
+      addEventListener?: (type: string, f: () => void) => void;
+      removeEventListener?: (type: string, f: () => void) => void;
+      document?: { addEventListener(type: string, f: () => void): void; removeEventListener(type: string, f: () => void): void };
+    };
+    if (!g.addEventListener || !g.removeEventListener || !g.document) return;
+    const method = on ? "addEventListener" : "removeEventListener";
+    g[method]!("online", this.wake);
+    g.document[method]("visibilitychange", this.wake);
+  }
+}
+
+function describe(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}

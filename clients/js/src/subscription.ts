@@ -1,0 +1,264 @@
+/**
+ * A subscription to one channel, as an object the application keeps. It outlives reconnects:
+ * the client restores it on every new connection with `since` its last offset, so its
+ * handlers see each publication once and in order, or a `subscribed` event with
+ * `recovered: false` when history could not fill the gap.
+ */
+import { Emitter } from "./emitter.js";
+import { HeraldError } from "./errors.js";
+import type {
+  HistoryResult,
+  PresenceEvent,
+  PresenceResult,
+  Publication,
+  ServerFrame,
+  StreamPosition,
+  TypingEvent,
+} from "./protocol.js";
+
+/** A map of a channel's event names to the type of their `data`. */
+export type EventMap = Record<string, unknown>;
+
+export type SubscriptionState = "subscribing" | "subscribed" | "unsubscribed";
+
+export interface SubscribeOptions {
+  /** Start after this position (for example one the application saved): missed ones first. */
+  since?: StreamPosition;
+  /** Replay the newest `last` publications history holds before live ones. */
+  last?: number;
+  /** Resubscribe with `since` after a reconnect (default true). */
+  recover?: boolean;
+}
+
+export interface SubscribedInfo extends StreamPosition {
+  channel: string;
+  /**
+   * Only when the client asked for missed publications. `false`: history no longer holds them;
+   * the application should reload the channel's state from its backend.
+   */
+  recovered?: boolean;
+  /** True when this restores the subscription after a reconnect (or a gap the server saw). */
+  resubscribed: boolean;
+}
+
+export interface UnsubscribedInfo {
+  channel: string;
+  /** Who ended it: the application, the server (`POST /api/unsubscribe`), or a refusal. */
+  by: "client" | "server" | "error";
+  error?: HeraldError;
+}
+
+interface LifecycleEvents<E extends EventMap> {
+  message: (publication: Publication<E[keyof E]>) => void;
+  subscribed: (info: SubscribedInfo) => void;
+  unsubscribed: (info: UnsubscribedInfo) => void;
+  error: (error: HeraldError) => void;
+  join: (event: PresenceEvent) => void;
+  leave: (event: PresenceEvent) => void;
+  typing: (event: TypingEvent) => void;
+}
+
+/** What a subscription needs from its client; implemented by `HeraldClient`. */
+export interface SubscriptionLink {
+  readonly state: string;
+  request<T>(command: Record<string, unknown>, onFrame?: (frame: ServerFrame) => void): Promise<T>;
+  send(command: Record<string, unknown>): boolean;
+  release(subscription: Subscription<EventMap>): void;
+}
+
+const TYPING_INTERVAL_MS = 1000;
+
+export class Subscription<E extends EventMap = EventMap> {
+  private lifecycle = new Emitter<LifecycleEvents<E>>();
+  private events = new Emitter<Record<string, (data: unknown, publication: Publication) => void>>();
+  private pos?: StreamPosition;
+  private replayLast?: number;
+  private waiters: { resolve: () => void; reject: (e: HeraldError) => void }[] = [];
+  private lastTyping = 0;
+  private subscribedOnce = false;
+  /** True for the user's personal channel, which the server subscribes on connect. */
+  personal = false;
+  state: SubscriptionState = "subscribing";
+
+  constructor(
+    readonly channel: string,
+    private link: SubscriptionLink,
+    private options: SubscribeOptions = {},
+  ) {
+    this.pos = options.since && { ...options.since };
+    this.replayLast = options.last;
+  }
+
+  /** The position of the last publication handled, to save and pass as `since` later. */
+  get position(): StreamPosition | undefined {
+    return this.pos && { ...this.pos };
+  }
+
+  /** Handles publications with this event name; returns a function that removes the handler. */
+  on<K extends keyof E & string>(event: K, handler: (data: E[K], publication: Publication<E[K]>) => void): () => void {
+    return this.events.on(event, handler as (data: unknown, publication: Publication) => void);
+  }
+
+  /** Handles every publication, whatever its event name. */
+  onMessage(handler: LifecycleEvents<E>["message"]): () => void {
+    return this.lifecycle.on("message", handler);
+  }
+  onSubscribed(handler: LifecycleEvents<E>["subscribed"]): () => void {
+    return this.lifecycle.on("subscribed", handler);
+  }
+  onUnsubscribed(handler: LifecycleEvents<E>["unsubscribed"]): () => void {
+    return this.lifecycle.on("unsubscribed", handler);
+  }
+  onError(handler: LifecycleEvents<E>["error"]): () => void {
+    return this.lifecycle.on("error", handler);
+  }
+  onJoin(handler: LifecycleEvents<E>["join"]): () => void {
+    return this.lifecycle.on("join", handler);
+  }
+  onLeave(handler: LifecycleEvents<E>["leave"]): () => void {
+    return this.lifecycle.on("leave", handler);
+  }
+  onTyping(handler: LifecycleEvents<E>["typing"]): () => void {
+    return this.lifecycle.on("typing", handler);
+  }
+
+  /** Handlers registered, all kinds together (for leak checks). */
+  listenerCount(): number {
+    return this.lifecycle.listenerCount() + this.events.listenerCount();
+  }
+
+  /** Resolves once subscribed; rejects if the server refuses or the subscription ends first. */
+  ready(): Promise<void> {
+    if (this.state === "subscribed") return Promise.resolve();
+    if (this.state === "unsubscribed")
+      return Promise.reject(new HeraldError("unsubscribed", `not subscribed to ${this.channel}`));
+    return new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
+  }
+
+  publish<K extends keyof E & string>(event: K, data: E[K]): Promise<StreamPosition> {
+    return this.link.request({ type: "publish", channel: this.channel, event, data });
+  }
+
+  presence(options: { countsOnly?: boolean } = {}): Promise<PresenceResult> {
+    return this.link.request({ type: "presence", channel: this.channel, counts_only: options.countsOnly || undefined });
+  }
+
+  /** A page of history: the newest `limit`, or up to `limit` after `since`. */
+  async history(options: { since?: StreamPosition; limit?: number } = {}): Promise<HistoryResult<E[keyof E]>> {
+    const result = await this.link.request<HistoryResult<E[keyof E]>>({
+      type: "history",
+      channel: this.channel,
+      since: options.since,
+      limit: options.limit,
+    });
+    for (const p of result.publications) p.epoch = result.epoch;
+    return result;
+  }
+
+  /**
+   * Tells the others this user is typing. Call it on every keystroke: at most one frame a
+   * second leaves the client (the server passes on at most one a second anyway). Returns
+   * whether a frame was sent.
+   */
+  typing(): boolean {
+    const now = Date.now();
+    if (this.state !== "subscribed" || now - this.lastTyping < TYPING_INTERVAL_MS) return false;
+    this.lastTyping = now;
+    return this.link.send({ type: "typing", channel: this.channel });
+  }
+
+  /** Ends the subscription; its handlers get no more events. */
+  unsubscribe(): Promise<void> {
+    if (this.state === "unsubscribed") return Promise.resolve();
+    const wasSubscribing = this.state === "subscribing";
+    this.end({ channel: this.channel, by: "client" });
+    // Without a connection there is nothing to undo: the next one will not subscribe it.
+    if (this.link.state !== "connected") return Promise.resolve();
+    const sent = this.link.request<ServerFrame>({ type: "unsubscribe", channel: this.channel });
+    // A subscribe still on its way (or never sent) makes `not_found` a normal answer.
+    return sent.then(
+      () => undefined,
+      (e: HeraldError) => {
+        if (!(wasSubscribing && e.code === "not_found") && e.code !== "disconnected" && e.code !== "closed") throw e;
+      },
+    );
+  }
+
+  // ----- called by the client -----
+
+  /** The `subscribe` command to send on a new connection, or undefined if it needs none. */
+  subscribeCommand(): Record<string, unknown> {
+    const recover = this.options.recover !== false;
+    if (this.pos && (recover || !this.subscribedOnce)) return { type: "subscribe", channel: this.channel, since: this.pos };
+    if (this.replayLast !== undefined && !this.subscribedOnce)
+      return { type: "subscribe", channel: this.channel, last: this.replayLast };
+    return { type: "subscribe", channel: this.channel };
+  }
+
+  /** Applies a `subscribed` frame: an answer, the personal channel's, or a gap notice. */
+  subscribed(frame: ServerFrame): void {
+    if (this.state === "unsubscribed") return;
+    if (this.state === "subscribed" && frame.id !== undefined) return; // an answer already applied
+    const position = { offset: frame.offset as number, epoch: frame.epoch as string };
+    const recovered = frame.recovered as boolean | undefined;
+    if (recovered === true && this.pos) this.pos.epoch = position.epoch;
+    else if (this.replayLast !== undefined && !this.subscribedOnce) this.pos = { offset: 0, epoch: position.epoch };
+    else this.pos = position;
+    const resubscribed = this.subscribedOnce;
+    this.subscribedOnce = true;
+    this.state = "subscribed";
+    this.lifecycle.emit("subscribed", { channel: this.channel, ...position, recovered, resubscribed });
+    for (const w of this.waiters.splice(0)) w.resolve();
+  }
+
+  /** The link dropped: the subscription waits to be restored. */
+  interrupted(): void {
+    if (this.state === "subscribed") this.state = "subscribing";
+  }
+
+  /** The server refused the subscribe. */
+  refused(error: HeraldError): void {
+    if (this.state === "unsubscribed") return;
+    this.lifecycle.emit("error", error);
+    this.end({ channel: this.channel, by: "error", error });
+  }
+
+  /** A publication frame; returns it as delivered, or undefined when it is not for us now. */
+  deliver(frame: ServerFrame): Publication | undefined {
+    if (this.state !== "subscribed" || !this.pos) return undefined;
+    const offset = frame.offset as number;
+    if (offset <= this.pos.offset) return undefined; // already handled
+    this.pos.offset = offset;
+    const publication: Publication = {
+      channel: this.channel,
+      event: frame.event as string | undefined,
+      data: frame.data,
+      offset,
+      epoch: this.pos.epoch,
+      ts: frame.ts as number,
+      from: frame.from as Publication["from"],
+    };
+    this.lifecycle.emit("message", publication as Publication<E[keyof E]>);
+    if (publication.event !== undefined) this.events.emit(publication.event, publication.data, publication);
+    return publication;
+  }
+
+  /** A `join`, `leave` or `typing` frame. */
+  ephemeral(frame: ServerFrame): void {
+    if (this.state !== "subscribed") return;
+    const type = frame.type as "join" | "leave" | "typing";
+    const { channel, user, client } = frame as unknown as PresenceEvent;
+    if (type === "typing") this.lifecycle.emit("typing", { channel, user });
+    else this.lifecycle.emit(type, { channel, user, client });
+  }
+
+  /** Ended by the application, the server or a refusal. */
+  end(info: UnsubscribedInfo): void {
+    if (this.state === "unsubscribed") return;
+    this.state = "unsubscribed";
+    this.link.release(this as unknown as Subscription<EventMap>);
+    const error = info.error ?? new HeraldError("unsubscribed", `unsubscribed from ${this.channel}`);
+    for (const w of this.waiters.splice(0)) w.reject(error);
+    this.lifecycle.emit("unsubscribed", info);
+  }
+}
