@@ -174,14 +174,19 @@ export async function eventually(check, { ms = 5000, what = "condition" } = {}) 
   }
 }
 
-/** Resolves with the first event `emitter.on(event)` gives, or rejects after `ms`. */
+/**
+ * Resolves with the first `event` of `target` (a client's `on(event)`, or a subscription's
+ * `onJoin`-style method), or rejects after `ms`.
+ */
 export function once(target, event, ms = 5000) {
+  const method = `on${event[0].toUpperCase()}${event.slice(1)}`;
+  const listen = typeof target[method] === "function" ? (f) => target[method](f) : (f) => target.on(event, f);
   return new Promise((done, fail) => {
     const timer = setTimeout(() => {
       off();
       fail(new Error(`no ${event} within ${ms} ms`));
     }, ms);
-    const off = target.on(event, (...args) => {
+    const off = listen((...args) => {
       clearTimeout(timer);
       off();
       done(args.length > 1 ? args : args[0]);

@@ -1,0 +1,229 @@
+// Reconnects against the real server: restarts with durable and memory history, token refresh,
+// a token getter that fails, and a thousand clients coming back after a crash.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { randomUUID } from "node:crypto";
+import WebSocket from "ws";
+import { HeraldClient, ClientCode } from "herald-client";
+import { Herald, API_KEY, token, eventually, once, unique, sleep } from "../harness.mjs";
+
+/** Publishes `count` numbered messages one after another, retrying each with its idempotency key. */
+async function publishSequence(server, channel, count, pauseMs) {
+  for (let n = 1; n <= count; n++) {
+    const key = randomUUID();
+    for (;;) {
+      try {
+        const response = await fetch(`${server.http}/api/publish`, {
+          method: "POST",
+          headers: { authorization: `Bearer ${API_KEY}` },
+          body: JSON.stringify({ channel, event: "n", data: n, idempotency_key: key }),
+        });
+        if (response.ok) break;
+      } catch {
+        // the server is restarting: try again with the same key
+      }
+      await sleep(50);
+    }
+    await sleep(pauseMs);
+  }
+}
+
+async function restartWhilePublishing({ durable }) {
+  const server = await Herald.start({ durable });
+  try {
+    const channel = unique("room:r");
+    const client = new HeraldClient({ url: server.ws, token: token("survivor"), WebSocket, backoff: { base: 200, cap: 1000 } });
+    const sub = client.subscribe(channel);
+    const seen = [];
+    const subscribed = [];
+    sub.on("n", (n, p) => seen.push({ n, offset: p.offset }));
+    sub.onSubscribed((info) => subscribed.push(info));
+    const drops = [];
+    client.on("disconnected", (info) => drops.push(info));
+    client.connect();
+    await sub.ready();
+    const count = 60;
+    const publishing = publishSequence(server, channel, count, 10);
+    await eventually(() => seen.length >= 15, { what: "the first publications" });
+    await server.restart({ signal: "SIGTERM", downMs: 500 });
+    await publishing;
+    await eventually(() => client.state === "connected" && subscribed.length === 2, { what: "the resubscribe" });
+    return { seen, subscribed, drops, client, count, sub };
+  } finally {
+    await server.close();
+  }
+}
+
+test("a restart with durable history: every publication once, in order", async () => {
+  const { seen, subscribed, drops, client, count } = await restartWhilePublishing({ durable: true });
+  client.disconnect();
+  assert.ok(drops.length >= 1 && drops[0].code === 1012, `dropped with 1012: ${JSON.stringify(drops)}`);
+  assert.equal(subscribed[1].resubscribed, true);
+  assert.equal(subscribed[1].recovered, true);
+  assert.deepEqual(seen.map((s) => s.n), Array.from({ length: count }, (_, i) => i + 1));
+  assert.deepEqual(seen.map((s) => s.offset), Array.from({ length: count }, (_, i) => i + 1));
+});
+
+test("a restart with memory history: the subscription says recovered:false", async () => {
+  const { subscribed, client } = await restartWhilePublishing({ durable: false });
+  client.disconnect();
+  assert.equal(subscribed[1].resubscribed, true);
+  assert.equal(subscribed[1].recovered, false, "the new epoch cannot recover the old one");
+});
+
+test("a token valid for a few seconds is refreshed in-band; the connection never closes", async () => {
+  const server = await Herald.start();
+  try {
+    let fetched = 0;
+    const client = new HeraldClient({
+      url: server.ws,
+      WebSocket,
+      token: async () => {
+        fetched++;
+        return token("short", { ttl: 3 });
+      },
+    });
+    const drops = [];
+    client.on("disconnected", (info) => drops.push(info));
+    client.connect();
+    const sub = client.subscribe("news:refresh");
+    await sub.ready();
+    const firstExpiry = client.info.expiresAt;
+    await sleep(7500);
+    assert.deepEqual(drops, [], "never disconnected");
+    assert.equal(client.state, "connected");
+    assert.ok(fetched >= 3, `the getter was asked again (${fetched} times)`);
+    assert.ok(client.info.expiresAt > firstExpiry + 3, "the expiry moved on");
+    const got = new Promise((done) => sub.on("still", done));
+    await server.publish("news:refresh", "here", "still");
+    assert.equal(await got, "here");
+    client.disconnect();
+  } finally {
+    await server.close();
+  }
+});
+
+test("a token getter that throws: disconnected with 3000 and retried, then failed when attempts run out", async () => {
+  const server = await Herald.start();
+  try {
+    let calls = 0;
+    const client = new HeraldClient({
+      url: server.ws,
+      WebSocket,
+      backoff: { base: 20, attempts: 2 },
+      token: async () => {
+        calls++;
+        throw new Error("auth service down");
+      },
+    });
+    const states = [];
+    client.on("state", (s) => states.push(s));
+    const drops = [];
+    client.on("disconnected", (info) => drops.push(info));
+    const failed = once(client, "failed");
+    client.connect();
+    const info = await failed;
+    assert.equal(info.code, ClientCode.ATTEMPTS_EXHAUSTED);
+    assert.equal(calls, 3, "the first try and two retries");
+    assert.deepEqual(drops.map((d) => d.code), [ClientCode.TOKEN_UNAVAILABLE, ClientCode.TOKEN_UNAVAILABLE]);
+    assert.match(drops[0].reason, /auth service down/);
+    assert.deepEqual(states, ["connecting", "disconnected", "connecting", "disconnected", "connecting", "failed"]);
+  } finally {
+    await server.close();
+  }
+});
+
+test("a getter that fails at refresh time: an error event, then 4002, then the documented retries", async () => {
+  const server = await Herald.start();
+  try {
+    let calls = 0;
+    const client = new HeraldClient({
+      url: server.ws,
+      WebSocket,
+      backoff: { base: 20, attempts: 2 },
+      token: async () => {
+        if (calls++ === 0) return token("brief", { ttl: 2 });
+        throw new Error("signed out elsewhere");
+      },
+    });
+    const errors = [];
+    client.on("error", (e) => errors.push(e));
+    const drops = [];
+    client.on("disconnected", (info) => drops.push(info));
+    client.connect();
+    const failed = await once(client, "failed", 8000);
+    assert.ok(errors.length >= 1 && /signed out elsewhere/.test(errors[0].message), "the refresh failure is reported");
+    assert.equal(drops[0].code, 4002, "the server closed the expired connection");
+    // The reconnect after 4002 asks the getter, which fails again: retried, then given up.
+    assert.deepEqual(drops.map((d) => d.code), [4002, ClientCode.TOKEN_UNAVAILABLE]);
+    assert.equal(failed.code, ClientCode.ATTEMPTS_EXHAUSTED);
+  } finally {
+    await server.close();
+  }
+});
+
+test("a getter that returns null ends in failed with 4001", async () => {
+  const server = await Herald.start();
+  try {
+    const client = new HeraldClient({ url: server.ws, WebSocket, token: async () => null });
+    const failed = once(client, "failed");
+    client.connect();
+    const info = await failed;
+    assert.equal(info.code, 4001);
+    assert.equal(info.reconnect, false);
+  } finally {
+    await server.close();
+  }
+});
+
+test("1,000 clients reconnecting after a crash spread over the backoff window", async () => {
+  const server = await Herald.start();
+  const clients = [];
+  try {
+    const backoff = { base: 500, cap: 4000 };
+    for (let i = 0; i < 1000; i++) {
+      const c = new HeraldClient({ url: server.ws, token: token(`herd${i}`), WebSocket, backoff });
+      c.subscribe("news:herd");
+      c.connect();
+      clients.push(c);
+    }
+    await eventually(() => clients.every((c) => c.state === "connected"), { ms: 30000, what: "1,000 connections" });
+    await eventually(async () => (await server.subscribers("news:herd")) === 1000, { ms: 30000, what: "1,000 subscribers" });
+
+    const reconnectedAt = new Array(clients.length);
+    let attempts = 0;
+    clients.forEach((c, i) => {
+      c.on("connected", () => (reconnectedAt[i] ??= Date.now()));
+      c.on("connecting", () => attempts++);
+    });
+    const failures = [];
+    clients.forEach((c) => c.on("failed", (info) => failures.push(info)));
+    await server.stop("SIGKILL");
+    const down = Date.now();
+    await sleep(1000);
+    await server.restart({ downMs: 0 });
+    const up = Date.now();
+    await eventually(() => clients.every((c) => c.state === "connected"), { ms: 30000, what: "every client back" });
+    await eventually(async () => (await server.subscribers("news:herd")) === 1000, { ms: 30000, what: "every subscription back" });
+
+    assert.deepEqual(failures, [], "none gave up");
+    const delays = reconnectedAt.map((t) => t - up).sort((a, b) => a - b);
+    const bucketMs = 250;
+    const histogram = new Map();
+    for (const d of delays) {
+      const bucket = Math.floor(d / bucketMs) * bucketMs;
+      histogram.set(bucket, (histogram.get(bucket) ?? 0) + 1);
+    }
+    const lines = [...histogram].map(([from, n]) => `${String(from).padStart(5)}-${String(from + bucketMs).padEnd(5)} ms ${String(n).padStart(4)} ${"#".repeat(Math.ceil(n / 10))}`);
+    console.log(`reconnects after the server came back (down ${up - down} ms, ${attempts} attempts in all):\n${lines.join("\n")}`);
+    const quantile = (q) => delays[Math.floor(q * (delays.length - 1))];
+    console.log(`p10 ${quantile(0.1)} ms, p50 ${quantile(0.5)} ms, p90 ${quantile(0.9)} ms, max ${quantile(1)} ms`);
+    // Full jitter spreads the herd: no quarter second takes half of the clients,
+    // and the reconnects are spread over more than a second.
+    assert.ok(Math.max(...histogram.values()) < 450, `the busiest ${bucketMs} ms took ${Math.max(...histogram.values())}`);
+    assert.ok(quantile(0.9) - quantile(0.1) > 1000, "spread over more than a second");
+  } finally {
+    clients.forEach((c) => c.disconnect());
+    await server.close();
+  }
+});
