@@ -8,7 +8,7 @@ import { backoffDelay, type BackoffOptions } from "./backoff.js";
 import { Emitter } from "./emitter.js";
 import { HeraldError } from "./errors.js";
 import type { PresenceResult, HistoryResult, Publication, ServerFrame, StreamPosition } from "./protocol.js";
-import { Subscription, type EventMap, type SubscribeOptions, type SubscriptionLink } from "./subscription.js";
+import { Subscription, type EventMap, type SubscribeOptions, type SubscriptionLink, type UntypedEvents } from "./subscription.js";
 
 export type ConnectionState = "disconnected" | "connecting" | "connected" | "failed";
 
@@ -134,6 +134,8 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionL
   /** Starts connecting; the client then stays connected until `disconnect()` or `failed`. */
   connect(): void {
     if (this.state === "connecting" || this.state === "connected") return;
+    clearTimeout(this.timers.retry);
+    this.timers.retry = undefined;
     this.attempt = 0;
     this.listenToPage(true);
     void this.open();
@@ -153,7 +155,7 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionL
    * The subscription to `channel`: the existing one, or a new one that subscribes as soon as the
    * client is connected. `E` maps the channel's event names to the types of their data.
    */
-  subscribe<E extends EventMap = EventMap>(channel: string, options?: SubscribeOptions): Subscription<E> {
+  subscribe<E extends EventMap = UntypedEvents>(channel: string, options?: SubscribeOptions): Subscription<E> {
     const existing = this.subs.get(channel);
     if (existing) return existing as unknown as Subscription<E>;
     const sub = new Subscription<EventMap>(channel, this, options);
@@ -163,7 +165,7 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionL
   }
 
   /** The current subscription to `channel`, if any. */
-  getSubscription<E extends EventMap = EventMap>(channel: string): Subscription<E> | undefined {
+  getSubscription<E extends EventMap = UntypedEvents>(channel: string): Subscription<E> | undefined {
     return this.subs.get(channel) as unknown as Subscription<E> | undefined;
   }
 
@@ -354,11 +356,15 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionL
       if (frame.type === "subscribed") sub.subscribed(frame);
     }).catch((error: HeraldError) => {
       if (this.subs.get(sub.channel) !== sub) return;
-      // Refusals end the subscription; a hook that could not answer, a rate limit or a lost
-      // answer are retried while connected (after a reconnect it is sent again anyway).
-      if (["unavailable", "rate_limited", "timeout"].includes(error.code)) {
-        setTimeout(() => this.subs.get(sub.channel) === sub && this.state === "connected" && this.sendSubscribe(sub), backoffDelay(1, this.options.backoff));
-      } else if (error.code !== "disconnected") sub.refused(error);
+      // Refusals end the subscription. A hook that could not answer or a rate limit is retried
+      // while connected. A late answer is still applied when it comes (and a link that stays
+      // silent is caught by the heartbeat watch); a reconnect sends the subscribe again anyway.
+      if (error.code === "unavailable" || error.code === "rate_limited") {
+        const generation = this.generation;
+        setTimeout(() => {
+          if (generation === this.generation && this.subs.get(sub.channel) === sub && sub.state === "subscribing") this.sendSubscribe(sub);
+        }, backoffDelay(1, this.options.backoff));
+      } else if (error.code !== "disconnected" && error.code !== "timeout") sub.refused(error);
     });
   }
 

@@ -19,7 +19,7 @@ export type {
   WebSocketLike,
 } from "./client.js";
 export { Subscription } from "./subscription.js";
-export type { EventMap, SubscribeOptions, SubscribedInfo, SubscriptionState, UnsubscribedInfo } from "./subscription.js";
+export type { EventMap, UntypedEvents, SubscribeOptions, SubscribedInfo, SubscriptionState, UnsubscribedInfo } from "./subscription.js";
 export { HeraldError } from "./errors.js";
 export { backoffDelay } from "./backoff.js";
 export type { BackoffOptions } from "./backoff.js";

@@ -16,8 +16,15 @@ import type {
   TypingEvent,
 } from "./protocol.js";
 
-/** A map of a channel's event names to the type of their `data`. */
-export type EventMap = Record<string, unknown>;
+/**
+ * A map of a channel's event names to the type of their `data`, for example
+ * `{ TELEMETRY: { t: number }; ALERT: { level: string } }` (an interface works too).
+ */
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+export type EventMap = Record<string, any>;
+
+/** The event map of a channel whose events the application has not typed. */
+export type UntypedEvents = Record<string, unknown>;
 
 export type SubscriptionState = "subscribing" | "subscribed" | "unsubscribed";
 
@@ -68,7 +75,7 @@ export interface SubscriptionLink {
 
 const TYPING_INTERVAL_MS = 1000;
 
-export class Subscription<E extends EventMap = EventMap> {
+export class Subscription<E extends EventMap = UntypedEvents> {
   private lifecycle = new Emitter<LifecycleEvents<E>>();
   private events = new Emitter<Record<string, (data: unknown, publication: Publication) => void>>();
   private pos?: StreamPosition;

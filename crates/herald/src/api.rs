@@ -292,6 +292,9 @@ pub struct BroadcastBody {
     channels: Vec<String>,
     event: Option<String>,
     data: Box<RawValue>,
+    /// Keys are per channel, so one key serves every channel: a retried broadcast publishes
+    /// nothing again on the channels the first attempt reached.
+    idempotency_key: Option<String>,
 }
 
 /// `POST /api/broadcast` → `{results: [...]}`, one per channel, in order.
@@ -304,7 +307,14 @@ pub async fn broadcast(
     }
     let mut results = Vec::with_capacity(body.channels.len());
     for name in body.channels {
-        let result = publish_one(&app, &name, body.event.clone(), body.data.clone(), None).await;
+        let result = publish_one(
+            &app,
+            &name,
+            body.event.clone(),
+            body.data.clone(),
+            body.idempotency_key.clone(),
+        )
+        .await;
         results.push(outcome(&app, name, result));
     }
     Ok(Json(protocol::publish_results(results)))

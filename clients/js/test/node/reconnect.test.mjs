@@ -2,28 +2,19 @@
 // a token getter that fails, and a thousand clients coming back after a crash.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { randomUUID } from "node:crypto";
 import WebSocket from "ws";
 import { HeraldClient, ClientCode } from "herald-client";
+import { HeraldServer } from "herald-client/server";
 import { Herald, API_KEY, token, eventually, once, unique, sleep } from "../harness.mjs";
 
-/** Publishes `count` numbered messages one after another, retrying each with its idempotency key. */
+/**
+ * Publishes `count` numbered messages one after another with the SDK's backend client, whose
+ * retries (with one idempotency key per publication) carry it across the restart.
+ */
 async function publishSequence(server, channel, count, pauseMs) {
+  const backend = new HeraldServer({ url: server.http, apiKey: API_KEY, retries: 100, timeout: 2000, backoff: { base: 50, cap: 200 } });
   for (let n = 1; n <= count; n++) {
-    const key = randomUUID();
-    for (;;) {
-      try {
-        const response = await fetch(`${server.http}/api/publish`, {
-          method: "POST",
-          headers: { authorization: `Bearer ${API_KEY}` },
-          body: JSON.stringify({ channel, event: "n", data: n, idempotency_key: key }),
-        });
-        if (response.ok) break;
-      } catch {
-        // the server is restarting: try again with the same key
-      }
-      await sleep(50);
-    }
+    await backend.publish(channel, "n", n);
     await sleep(pauseMs);
   }
 }

@@ -298,6 +298,59 @@ async fn a_retried_publish_with_the_same_key_is_stored_and_delivered_once() {
     );
 }
 
+/// A broadcast's key applies to each channel: a retry publishes nothing again where the first
+/// attempt published, and still publishes on a channel that attempt did not reach.
+#[tokio::test]
+async fn a_retried_broadcast_with_the_same_key_is_stored_and_delivered_once_per_channel() {
+    let server = TestServer::start_default().await;
+    let mut client = server.connect("jay").await;
+    client.subscribed("room:7").await;
+    client.subscribed("room:8").await;
+    client.subscribed("room:9").await;
+    let body =
+        json!({"channels": ["room:7", "room:8"], "data": "ping", "idempotency_key": "alarm-3"});
+    let (s1, first) = server.post("/api/broadcast", body.clone()).await;
+    let (s2, again) = server.post("/api/broadcast", body).await;
+    assert_eq!((s1, s2), (200, 200), "{first} {again}");
+    assert_eq!(first, again);
+    assert_eq!(first["results"][0]["offset"], 1);
+    assert_eq!(first["results"][1]["offset"], 1);
+
+    let (_, wider) = server
+        .post(
+            "/api/broadcast",
+            json!({"channels": ["room:7", "room:8", "room:9"], "data": "ping", "idempotency_key": "alarm-3"}),
+        )
+        .await;
+    assert_eq!(wider["results"][0], first["results"][0]);
+    assert_eq!(wider["results"][1], first["results"][1]);
+    assert_eq!(wider["results"][2]["offset"], 1);
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let message = client.next_message().await;
+        seen.push((message["channel"].clone(), message["offset"].clone()));
+    }
+    seen.sort_by_key(|(channel, _)| channel.to_string());
+    assert_eq!(
+        seen,
+        [
+            (json!("room:7"), json!(1)),
+            (json!("room:8"), json!(1)),
+            (json!("room:9"), json!(1))
+        ]
+    );
+    client.assert_silent(QUIET).await;
+
+    let (status, body) = server
+        .post(
+            "/api/broadcast",
+            json!({"channels": ["room:7"], "data": 1, "idempotency_key": ""}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["results"][0]["error"]["code"], "bad_request");
+}
+
 /// 10,000 numbered publications at full speed while 50 clients keep dropping and resubscribing
 /// with `since`: each ends with exactly offsets 1..=10,000, in order, with no gap or duplicate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
