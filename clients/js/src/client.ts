@@ -66,7 +66,11 @@ export type WebSocketConstructor = new (url: string) => WebSocketLike;
 export interface ClientOptions {
   /** The WebSocket endpoint, for example `wss://rt.example.com/ws`. */
   url: string;
-  token: TokenSource;
+  /**
+   * The token. Leave it out where the server's connect hook authenticates the client by its
+   * cookie: no `auth` frame is sent then.
+   */
+  token?: TokenSource;
   /** A WebSocket implementation, where the platform has none (Node 20: `ws`). */
   WebSocket?: WebSocketConstructor;
   backoff?: BackoffOptions;
@@ -89,12 +93,23 @@ interface ClientEvents {
 interface Pending {
   resolve: (value: never) => void;
   reject: (error: HeraldError) => void;
-  timer: ReturnType<typeof setTimeout>;
+  timer?: ReturnType<typeof setTimeout>;
   command: Record<string, unknown>;
   sent: boolean;
   /** Handles the answering frame synchronously (subscribe answers are followed by messages). */
   onFrame?: (frame: ServerFrame) => void;
 }
+
+/**
+ * Requests sent and not yet answered, at most. The server refuses commands past its rate limit
+ * and closes a connection that keeps sending after `commands_burst` refusals in a row (4008,
+ * default burst 20); a window smaller than any sensible burst means the client hears its first
+ * refusal before it could have sent that many, and pauses.
+ */
+const WINDOW = 8;
+
+/** A connection that lasted this long resets the reconnect attempts (milliseconds). */
+const STABLE_MS = 10000;
 
 /** Close codes after which reconnecting cannot help, when no `disconnect` frame said otherwise. */
 const FINAL_CODES = [1002, 1007, 4001, 4008, 4009, 4011];
@@ -113,12 +128,21 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionL
   private tokenFresh = false;
   private serverDisconnect?: DisconnectInfo;
   private lastFrameAt = 0;
+  private connectedAt = 0;
   private pinging = false;
-  private timers: Record<"retry" | "connect" | "refresh" | "watch", ReturnType<typeof setTimeout> | undefined> = {
+  /** The server's clock minus ours, in milliseconds, measured with a `ping`. */
+  private clockOffset = 0;
+  /** Requests waiting for the window or for the pause after a `rate_limited` refusal to end. */
+  private outbox: Pending[] = [];
+  private inFlight = 0;
+  private pausedUntil = 0;
+  private pauses = 0;
+  private timers: Record<"retry" | "connect" | "refresh" | "watch" | "pause", ReturnType<typeof setTimeout> | undefined> = {
     retry: undefined,
     connect: undefined,
     refresh: undefined,
     watch: undefined,
+    pause: undefined,
   };
   private readonly timeout: number;
   private readonly WS: WebSocketConstructor;
@@ -203,13 +227,19 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionL
       return Promise.reject(new HeraldError("closed", "the client is not connected; call connect()"));
     return new Promise<T>((resolve, reject) => {
       const id = ++this.nextId;
-      const timer = setTimeout(() => {
-        this.pending.delete(id);
+      const entry: Pending = { resolve: resolve as (v: never) => void, reject, command: { ...command, id }, sent: false, onFrame };
+      entry.timer = setTimeout(() => {
         reject(new HeraldError("timeout", `no answer to ${String(command.type)} within ${timeout} ms`));
+        // Subscription commands stay registered: a late answer is still applied when it comes.
+        if (bound(entry)) return;
+        this.pending.delete(id);
+        this.outbox = this.outbox.filter((e) => e !== entry);
+        if (entry.sent) this.inFlight--;
+        this.pump();
       }, timeout);
-      const entry: Pending = { resolve: resolve as (v: never) => void, reject, timer, command: { ...command, id }, sent: false, onFrame };
       this.pending.set(id, entry);
-      if (this.state === "connected") this.transmit(entry);
+      this.outbox.push(entry);
+      this.pump();
     });
   }
 
@@ -230,27 +260,33 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionL
   private async open(): Promise<void> {
     const generation = ++this.generation;
     this.enter("connecting");
-    let token: string | null;
+    let token: string | null | undefined;
     try {
-      token = await this.currentToken();
+      token = this.options.token === undefined ? undefined : await this.currentToken();
     } catch (error) {
       if (generation === this.generation)
         this.dropped({ code: ClientCode.TOKEN_UNAVAILABLE, reason: `token getter failed: ${describe(error)}`, reconnect: true });
       return;
     }
     if (generation !== this.generation) return;
-    if (!token) return this.dropped({ code: 4001, reason: "no token: the token getter returned none", reconnect: false });
+    if (token === null || token === "") return this.dropped({ code: 4001, reason: "no token: the token getter returned none", reconnect: false });
     this.serverDisconnect = undefined;
     let ws: WebSocketLike;
     try {
       ws = new this.WS(this.options.url);
     } catch (error) {
-      return this.dropped({ code: 1006, reason: describe(error), reconnect: true });
+      // An invalid URL: no retry can fix it.
+      return this.dropped({ code: 1006, reason: describe(error), reconnect: false });
     }
     this.ws = ws;
     ws.onopen = () => {
-      const personal = [...this.subs.values()].find((s) => s.personal)?.position;
-      ws.send(JSON.stringify({ type: "auth", token, since: personal }));
+      // The personal channel's position (or `last`) goes with the token, and the server
+      // recovers it on connect. Before the first connect the user is not known yet, but only
+      // the user's own `user:` channel can be subscribed, so any is the personal one.
+      const personal = this.info
+        ? this.subs.get(`user:${this.info.user}`)
+        : [...this.subs.values()].find((s) => s.channel.startsWith("user:"));
+      if (token !== undefined) ws.send(JSON.stringify({ type: "auth", token, ...personal?.connectFields() }));
     };
     ws.onmessage = (event) => this.receive(String(event.data));
     ws.onerror = () => {};
@@ -267,13 +303,30 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionL
     const source = this.options.token;
     if (typeof source === "string") return source;
     const expires = this.info?.expiresAt;
-    if (this.token && !(expires && expires * 1000 <= Date.now())) {
+    if (this.token && !(expires && expires * 1000 <= this.serverNow())) {
       this.tokenFresh = false;
       return this.token;
     }
-    this.token = (await source()) ?? undefined;
+    this.token = (await this.fetchToken()) ?? undefined;
     this.tokenFresh = true;
     return this.token ?? null;
+  }
+
+  /** Asks the token getter, within the request timeout: a getter that hangs counts as failing. */
+  private fetchToken(): Promise<string | null> {
+    const getter = this.options.token as () => string | null | Promise<string | null>;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`no token within ${this.timeout} ms`)), this.timeout);
+      Promise.resolve()
+        .then(getter)
+        .then(resolve, reject)
+        .finally(() => clearTimeout(timer));
+    });
+  }
+
+  /** Our estimate of the server's clock, for comparing with `expires_at`. */
+  private serverNow(): number {
+    return Date.now() + this.clockOffset;
   }
 
   private receive(text: string): void {
@@ -286,6 +339,9 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionL
     this.lastFrameAt = Date.now();
     const channel = frame.channel as string;
     const pending = frame.id !== undefined ? this.pending.get(frame.id as number) : undefined;
+    // An answer nobody waits for any more (its request timed out, or belonged to an earlier
+    // connection) changes nothing.
+    if (frame.id !== undefined && !pending) return;
     switch (frame.type) {
       case "connected":
         return this.connected(frame);
@@ -303,6 +359,7 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionL
         return;
       case "error": {
         const error = new HeraldError(frame.code as string, frame.message as string);
+        if (error.code === "rate_limited") this.pause();
         if (pending) return this.settle(frame, pending, error);
         return this.emit("error", error);
       }
@@ -325,6 +382,9 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionL
   private settle(frame: ServerFrame, pending: Pending, error?: HeraldError): void {
     this.pending.delete(frame.id as number);
     clearTimeout(pending.timer);
+    this.inFlight--;
+    if (error?.code !== "rate_limited") this.pauses = 0;
+    this.pump();
     pending.onFrame?.(frame);
     if (error) pending.reject(error);
     else pending.resolve((frame.type === "reply" ? frame.result : frame) as never);
@@ -332,7 +392,7 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionL
 
   private connected(frame: ServerFrame): void {
     clearTimeout(this.timers.connect);
-    this.attempt = 0;
+    this.connectedAt = Date.now();
     const info: ConnectedInfo = {
       client: frame.client as string,
       user: frame.user as string,
@@ -342,13 +402,29 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionL
     this.info = info;
     this.enter("connected", info);
     const personal = `user:${info.user}`;
+    // Restored subscriptions go first, then the requests that waited for the connection.
+    const waiting = this.outbox;
+    this.outbox = [];
     for (const sub of this.subs.values()) {
       if (sub.channel === personal) sub.personal = true;
       else this.sendSubscribe(sub);
     }
-    for (const entry of this.pending.values()) if (!entry.sent) this.transmit(entry);
-    this.scheduleRefresh();
+    this.outbox.push(...waiting);
+    this.pump();
     this.watch();
+    if (info.expiresAt && typeof this.options.token === "function") void this.measureClock().then(() => this.scheduleRefresh());
+  }
+
+  /** Measures the offset between the server's clock and ours (refresh times are the server's). */
+  private async measureClock(): Promise<void> {
+    const generation = this.generation;
+    try {
+      const sent = Date.now();
+      const pong = await this.ping();
+      if (generation === this.generation) this.clockOffset = pong - (sent + Date.now()) / 2;
+    } catch {
+      // keep the last estimate
+    }
   }
 
   private sendSubscribe(sub: Subscription<EventMap>): void {
@@ -368,9 +444,28 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionL
     });
   }
 
-  private transmit(entry: Pending): void {
-    entry.sent = true;
-    this.ws?.send(JSON.stringify(entry.command));
+  /** Sends what the window and the rate-limit pause allow, in order. */
+  private pump(): void {
+    if (this.state !== "connected" || !this.ws) return;
+    const wait = this.pausedUntil - Date.now();
+    if (wait > 0) {
+      this.timers.pause ??= setTimeout(() => {
+        this.timers.pause = undefined;
+        this.pump();
+      }, wait);
+      return;
+    }
+    while (this.inFlight < WINDOW && this.outbox.length > 0) {
+      const entry = this.outbox.shift()!;
+      entry.sent = true;
+      this.inFlight++;
+      this.ws.send(JSON.stringify(entry.command));
+    }
+  }
+
+  /** The server refused a command for its rate: send nothing more for a while. */
+  private pause(): void {
+    this.pausedUntil = Date.now() + backoffDelay(this.pauses++, { base: 1000, cap: 10000 }) + 500;
   }
 
   private closed(code: number, reason: string): void {
@@ -390,6 +485,10 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionL
     this.closeLink(1000, "");
     this.stopTimers();
     this.rejectAll(new HeraldError("disconnected", `the connection dropped: ${info.reason || info.code}`), false);
+    // A connection that lasted starts the backoff again; one dropped at once keeps counting, so
+    // a server that accepts and then closes is not hammered.
+    if (this.connectedAt && Date.now() - this.connectedAt > STABLE_MS) this.attempt = 0;
+    this.connectedAt = 0;
     for (const sub of this.subs.values()) sub.interrupted();
     const limit = this.options.backoff?.attempts ?? Infinity;
     if (!info.reconnect) return this.fail(info);
@@ -407,6 +506,8 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionL
 
   private fail(info: DisconnectInfo): void {
     this.generation++;
+    this.closeLink(1000, "");
+    this.stopTimers();
     this.listenToPage(false);
     this.rejectAll(new HeraldError("closed", `the client failed: ${info.reason || info.code}`), true);
     this.enter("failed", { ...info, reconnect: false });
@@ -435,11 +536,16 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionL
 
   private rejectAll(error: HeraldError, queuedToo: boolean): void {
     for (const [id, entry] of this.pending) {
-      if (!entry.sent && !queuedToo) continue;
+      // Other requests waiting to be sent wait for the next connection.
+      if (!entry.sent && !queuedToo && !bound(entry)) continue;
       clearTimeout(entry.timer);
       this.pending.delete(id);
       entry.reject(error);
     }
+    this.outbox = queuedToo ? [] : this.outbox.filter((entry) => !bound(entry));
+    this.inFlight = 0;
+    this.pausedUntil = 0;
+    this.pauses = 0;
   }
 
   private stopTimers(): void {
@@ -456,7 +562,7 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionL
     clearTimeout(this.timers.refresh);
     const expires = this.info?.expiresAt;
     if (!expires || typeof this.options.token !== "function") return;
-    const remaining = expires * 1000 - Date.now();
+    const remaining = expires * 1000 - this.serverNow();
     // A third of what is left, at most a minute, before expiry; a failed refresh is retried
     // sooner, until the server closes the connection with 4002.
     const delay = retry ? Math.min(5000, remaining / 4) : remaining - Math.min(60000, remaining / 3);
@@ -467,7 +573,7 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionL
   private async refresh(): Promise<void> {
     const generation = this.generation;
     try {
-      const token = await (this.options.token as () => string | null | Promise<string | null>)();
+      const token = await this.fetchToken();
       if (generation !== this.generation) return;
       if (!token) return this.fail({ code: 4001, reason: "no token: the token getter returned none", reconnect: false });
       const result = await this.request<{ expires_at: number }>({ type: "refresh", token });
@@ -534,6 +640,14 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionL
     g[method]!("online", this.wake);
     g.document[method]("visibilitychange", this.wake);
   }
+}
+
+/**
+ * Subscribe and unsubscribe belong to the connection they were sent on: after a drop the client
+ * restores subscriptions itself, and a stale command would undo a newer one.
+ */
+function bound(entry: Pending): boolean {
+  return entry.command.type === "subscribe" || entry.command.type === "unsubscribe";
 }
 
 function describe(error: unknown): string {

@@ -80,6 +80,8 @@ export class Subscription<E extends EventMap = UntypedEvents> {
   private events = new Emitter<Record<string, (data: unknown, publication: Publication) => void>>();
   private pos?: StreamPosition;
   private replayLast?: number;
+  /** While a `last` replay runs: the offset below which publications were already handled. */
+  private replayFloor?: number;
   private waiters: { resolve: () => void; reject: (e: HeraldError) => void }[] = [];
   private lastTyping = 0;
   private subscribedOnce = false;
@@ -193,13 +195,16 @@ export class Subscription<E extends EventMap = UntypedEvents> {
 
   // ----- called by the client -----
 
-  /** The `subscribe` command to send on a new connection, or undefined if it needs none. */
+  /** The `subscribe` command to send on a new connection. */
   subscribeCommand(): Record<string, unknown> {
-    const recover = this.options.recover !== false;
-    if (this.pos && (recover || !this.subscribedOnce)) return { type: "subscribe", channel: this.channel, since: this.pos };
-    if (this.replayLast !== undefined && !this.subscribedOnce)
-      return { type: "subscribe", channel: this.channel, last: this.replayLast };
-    return { type: "subscribe", channel: this.channel };
+    return { type: "subscribe", channel: this.channel, ...this.connectFields() };
+  }
+
+  /** Where to start: `since` the position to recover, or `last` for the first subscribe. */
+  connectFields(): { since?: StreamPosition; last?: number } {
+    if (this.pos && (this.options.recover !== false || !this.subscribedOnce)) return { since: { ...this.pos } };
+    if (this.replayLast !== undefined && !this.subscribedOnce) return { last: this.replayLast };
+    return {};
   }
 
   /** Applies a `subscribed` frame: an answer, the personal channel's, or a gap notice. */
@@ -209,8 +214,10 @@ export class Subscription<E extends EventMap = UntypedEvents> {
     const position = { offset: frame.offset as number, epoch: frame.epoch as string };
     const recovered = frame.recovered as boolean | undefined;
     if (recovered === true && this.pos) this.pos.epoch = position.epoch;
-    else if (this.replayLast !== undefined && !this.subscribedOnce) this.pos = { offset: 0, epoch: position.epoch };
     else this.pos = position;
+    // The newest `last` publications, all at or below the position, follow this frame.
+    if (this.replayLast !== undefined && !this.subscribedOnce && recovered === undefined)
+      this.replayFloor = Math.max(0, position.offset - this.replayLast);
     const resubscribed = this.subscribedOnce;
     this.subscribedOnce = true;
     this.state = "subscribed";
@@ -221,6 +228,7 @@ export class Subscription<E extends EventMap = UntypedEvents> {
   /** The link dropped: the subscription waits to be restored. */
   interrupted(): void {
     if (this.state === "subscribed") this.state = "subscribing";
+    this.replayFloor = undefined;
   }
 
   /** The server refused the subscribe. */
@@ -234,8 +242,9 @@ export class Subscription<E extends EventMap = UntypedEvents> {
   deliver(frame: ServerFrame): Publication | undefined {
     if (this.state !== "subscribed" || !this.pos) return undefined;
     const offset = frame.offset as number;
-    if (offset <= this.pos.offset) return undefined; // already handled
-    this.pos.offset = offset;
+    if (offset <= (this.replayFloor ?? this.pos.offset)) return undefined; // already handled
+    if (this.replayFloor !== undefined) this.replayFloor = offset < this.pos.offset ? offset : undefined;
+    this.pos.offset = Math.max(this.pos.offset, offset);
     const publication: Publication = {
       channel: this.channel,
       event: frame.event as string | undefined,

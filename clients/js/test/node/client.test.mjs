@@ -246,3 +246,39 @@ test("a request sent while connecting waits for the connection", async () => {
   assert.equal(c.state, "connecting");
   assert.equal(typeof (await c.ping()), "number");
 });
+
+test("a saved position of the personal channel is recovered on the first connect", async () => {
+  const first = await server.publish("user:away", { n: 1 }, "note");
+  await server.publish("user:away", { n: 2 }, "note");
+  await server.publish("user:away", { n: 3 }, "note");
+  const c = new HeraldClient({ url: server.ws, token: token("away"), WebSocket });
+  clients.push(c);
+  const personal = c.subscribe("user:away", { since: first });
+  const seen = [];
+  personal.on("note", (data) => seen.push(data.n));
+  const info = once(personal, "subscribed");
+  c.connect();
+  assert.equal((await info).recovered, true);
+  await eventually(() => seen.length === 2, { what: "the two missed" });
+  assert.deepEqual(seen, [2, 3]);
+});
+
+test("restoring more subscriptions than the server's burst is paced, never closed with 4008", async () => {
+  const strict = await Herald.start({ limits: "commands_burst = 20\ncommands_per_minute = 600" });
+  try {
+    const c = new HeraldClient({ url: strict.ws, token: token("many"), WebSocket });
+    const subs = Array.from({ length: 45 }, (_, i) => c.subscribe(`news:many${i}`));
+    const errors = [];
+    subs.forEach((s) => s.onError((e) => errors.push(e)));
+    const failed = [];
+    c.on("failed", (info) => failed.push(info));
+    c.connect();
+    await Promise.all(subs.map((s) => s.ready()));
+    assert.deepEqual(failed, []);
+    assert.deepEqual(errors, []);
+    assert.equal(c.state, "connected");
+    c.disconnect();
+  } finally {
+    await strict.close();
+  }
+});

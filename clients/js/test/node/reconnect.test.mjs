@@ -218,3 +218,51 @@ test("1,000 clients reconnecting after a crash spread over the backoff window", 
     await server.close();
   }
 });
+
+test("a getter that returns null at refresh time closes the connection and fails with 4001", async () => {
+  const server = await Herald.start();
+  try {
+    let calls = 0;
+    const client = new HeraldClient({ url: server.ws, WebSocket, token: async () => (calls++ === 0 ? token("leaving", { ttl: 2 }) : null) });
+    const sub = client.subscribe("news:leaving");
+    client.connect();
+    await sub.ready();
+    const failed = await once(client, "failed", 5000);
+    assert.equal(failed.code, 4001);
+    await eventually(async () => (await server.subscribers("news:leaving")) === 0, { what: "the socket closed" });
+    await sleep(2500); // past the token's expiry: nothing brings the client back
+    assert.equal(client.state, "failed");
+  } finally {
+    await server.close();
+  }
+});
+
+test("a device clock two hours ahead still refreshes once per token lifetime", async () => {
+  const server = await Herald.start();
+  const realNow = Date.now;
+  try {
+    let fetched = 0;
+    const issue = () => {
+      fetched++;
+      // Signed by the backend, whose clock is right.
+      Date.now = realNow;
+      const t = token("skewed", { ttl: 4 });
+      Date.now = () => realNow() + 2 * 3600 * 1000;
+      return t;
+    };
+    Date.now = () => realNow() + 2 * 3600 * 1000;
+    const client = new HeraldClient({ url: server.ws, WebSocket, token: async () => issue() });
+    const drops = [];
+    client.on("disconnected", (info) => drops.push(info));
+    client.connect();
+    await once(client, "connected");
+    await sleep(6000);
+    assert.deepEqual(drops, []);
+    // One token to connect, then one refresh every two to three seconds: not one a second.
+    assert.ok(fetched >= 2 && fetched <= 5, `the getter was asked ${fetched} times`);
+    client.disconnect();
+  } finally {
+    Date.now = realNow;
+    await server.close();
+  }
+});
