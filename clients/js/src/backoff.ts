@@ -17,3 +17,17 @@ export function backoffDelay(attempt: number, options: BackoffOptions = {}, rand
   const cap = options.cap ?? 30000;
   return Math.floor(random() * Math.min(cap, base * 2 ** Math.min(attempt, 30)));
 }
+
+/** A connection that lasted this long starts the reconnect attempts again (milliseconds). */
+export const STABLE_MS = 10000;
+
+/** Resolves as `f()` does, or rejects after `ms`: a token getter that hangs counts as failing. */
+export function withTimeout<T>(f: () => T | Promise<T>, ms: number): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms);
+    Promise.resolve()
+      .then(f)
+      .then(resolve, reject)
+      .finally(() => clearTimeout(timer));
+  });
+}

@@ -4,7 +4,7 @@
  * link, and requests matched to answers by id. docs/client-guide.md describes the same state
  * machine for clients in other languages.
  */
-import { backoffDelay, type BackoffOptions } from "./backoff.js";
+import { backoffDelay, STABLE_MS, withTimeout, type BackoffOptions } from "./backoff.js";
 import { Emitter } from "./emitter.js";
 import { HeraldError } from "./errors.js";
 import type { PresenceResult, HistoryResult, Publication, ServerFrame, StreamPosition } from "./protocol.js";
@@ -90,14 +90,24 @@ interface ClientEvents {
   message: (publication: Publication) => void;
 }
 
+/** How `request` sends a command. */
+export interface RequestOptions {
+  /** Handles the answering frame synchronously (subscribe answers are followed by messages). */
+  onFrame?: (frame: ServerFrame) => void;
+  /** Milliseconds to wait for the answer (default: the client's `timeout`). */
+  timeout?: number;
+  /** Sent at once, ahead of the queue and through a rate-limit pause (pings that probe the link). */
+  urgent?: boolean;
+}
+
 interface Pending {
   resolve: (value: never) => void;
   reject: (error: HeraldError) => void;
   timer?: ReturnType<typeof setTimeout>;
   command: Record<string, unknown>;
   sent: boolean;
-  /** Handles the answering frame synchronously (subscribe answers are followed by messages). */
   onFrame?: (frame: ServerFrame) => void;
+  urgent: boolean;
 }
 
 /**
@@ -107,9 +117,6 @@ interface Pending {
  * refusal before it could have sent that many, and pauses.
  */
 const WINDOW = 8;
-
-/** A connection that lasted this long resets the reconnect attempts (milliseconds). */
-const STABLE_MS = 10000;
 
 /** Close codes after which reconnecting cannot help, when no `disconnect` frame said otherwise. */
 const FINAL_CODES = [1002, 1007, 4001, 4008, 4009, 4011];
@@ -167,11 +174,8 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionL
 
   /** Closes the link for good (until `connect()` again); requests waiting are rejected. */
   disconnect(): void {
-    this.generation++;
-    this.closeLink(1000, "client closed");
+    this.teardown(new HeraldError("closed", "the client was closed"), true);
     this.listenToPage(false);
-    this.stopTimers();
-    this.rejectAll(new HeraldError("closed", "the client was closed"), true);
     this.enter("disconnected", { code: ClientCode.CLOSED, reason: "client closed", reconnect: false });
   }
 
@@ -222,12 +226,13 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionL
    * server's error code, `timeout`, `disconnected` (the link dropped after it was sent) or
    * `closed`.
    */
-  request<T>(command: Record<string, unknown>, onFrame?: (frame: ServerFrame) => void, timeout = this.timeout): Promise<T> {
+  request<T>(command: Record<string, unknown>, options: RequestOptions = {}): Promise<T> {
     if (this.state === "failed" || (this.state === "disconnected" && !this.timers.retry))
       return Promise.reject(new HeraldError("closed", "the client is not connected; call connect()"));
+    const { onFrame, timeout = this.timeout, urgent = false } = options;
     return new Promise<T>((resolve, reject) => {
       const id = ++this.nextId;
-      const entry: Pending = { resolve: resolve as (v: never) => void, reject, command: { ...command, id }, sent: false, onFrame };
+      const entry: Pending = { resolve: resolve as (v: never) => void, reject, command: { ...command, id }, sent: false, onFrame, urgent };
       entry.timer = setTimeout(() => {
         reject(new HeraldError("timeout", `no answer to ${String(command.type)} within ${timeout} ms`));
         // Subscription commands stay registered: a late answer is still applied when it comes.
@@ -238,14 +243,15 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionL
         this.pump();
       }, timeout);
       this.pending.set(id, entry);
-      this.outbox.push(entry);
+      if (urgent) this.outbox.unshift(entry);
+      else this.outbox.push(entry);
       this.pump();
     });
   }
 
   /** Sends a command that has no answer; false when there is no connection to send it on. */
   send(command: Record<string, unknown>): boolean {
-    if (this.state !== "connected" || !this.ws) return false;
+    if (this.state !== "connected" || !this.ws || this.pausedUntil > Date.now()) return false;
     this.ws.send(JSON.stringify(command));
     return true;
   }
@@ -271,22 +277,28 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionL
     if (generation !== this.generation) return;
     if (token === null || token === "") return this.dropped({ code: 4001, reason: "no token: the token getter returned none", reconnect: false });
     this.serverDisconnect = undefined;
+    // The personal channel's position (or `last`) goes with the token, and the server
+    // recovers it on connect. Before the first connect the user is not known yet, but only the
+    // user's own `user:` channel can be subscribed, so any is the personal one.
+    const personal = (
+      this.info ? this.subs.get(`user:${this.info.user}`) : [...this.subs.values()].find((s) => s.channel.startsWith("user:"))
+    )?.connectFields();
+    let url = this.options.url;
+    if (token === undefined && personal && (personal.since || personal.last !== undefined)) {
+      // No `auth` frame (the connect hook authenticates): the position goes in the URL.
+      const value = personal.since ? `since=${personal.since.offset}:${encodeURIComponent(personal.since.epoch)}` : `last=${personal.last}`;
+      url += `${url.includes("?") ? "&" : "?"}${value}`;
+    }
     let ws: WebSocketLike;
     try {
-      ws = new this.WS(this.options.url);
+      ws = new this.WS(url);
     } catch (error) {
       // An invalid URL: no retry can fix it.
       return this.dropped({ code: 1006, reason: describe(error), reconnect: false });
     }
     this.ws = ws;
     ws.onopen = () => {
-      // The personal channel's position (or `last`) goes with the token, and the server
-      // recovers it on connect. Before the first connect the user is not known yet, but only
-      // the user's own `user:` channel can be subscribed, so any is the personal one.
-      const personal = this.info
-        ? this.subs.get(`user:${this.info.user}`)
-        : [...this.subs.values()].find((s) => s.channel.startsWith("user:"));
-      if (token !== undefined) ws.send(JSON.stringify({ type: "auth", token, ...personal?.connectFields() }));
+      if (token !== undefined) ws.send(JSON.stringify({ type: "auth", token, ...personal }));
     };
     ws.onmessage = (event) => this.receive(String(event.data));
     ws.onerror = () => {};
@@ -314,14 +326,7 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionL
 
   /** Asks the token getter, within the request timeout: a getter that hangs counts as failing. */
   private fetchToken(): Promise<string | null> {
-    const getter = this.options.token as () => string | null | Promise<string | null>;
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`no token within ${this.timeout} ms`)), this.timeout);
-      Promise.resolve()
-        .then(getter)
-        .then(resolve, reject)
-        .finally(() => clearTimeout(timer));
-    });
+    return withTimeout(this.options.token as () => string | null | Promise<string | null>, this.timeout);
   }
 
   /** Our estimate of the server's clock, for comparing with `expires_at`. */
@@ -400,19 +405,23 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionL
       expiresAt: frame.expires_at as number | undefined,
     };
     this.info = info;
-    this.enter("connected", info);
-    const personal = `user:${info.user}`;
-    // Restored subscriptions go first, then the requests that waited for the connection.
+    // The queue, in order: the clock measurement, restored subscriptions, the requests that
+    // waited for the connection, then what the `connected` handlers ask for.
+    this.state = "connected";
     const waiting = this.outbox;
     this.outbox = [];
+    const generation = this.generation;
+    if (info.expiresAt && typeof this.options.token === "function")
+      void this.measureClock().then(() => generation === this.generation && this.scheduleRefresh());
+    const personal = `user:${info.user}`;
     for (const sub of this.subs.values()) {
       if (sub.channel === personal) sub.personal = true;
       else this.sendSubscribe(sub);
     }
     this.outbox.push(...waiting);
+    this.enter("connected", info);
     this.pump();
     this.watch();
-    if (info.expiresAt && typeof this.options.token === "function") void this.measureClock().then(() => this.scheduleRefresh());
   }
 
   /** Measures the offset between the server's clock and ours (refresh times are the server's). */
@@ -420,17 +429,16 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionL
     const generation = this.generation;
     try {
       const sent = Date.now();
-      const pong = await this.ping();
+      const { pong } = await this.request<{ pong: number }>({ type: "ping" }, { urgent: true });
       if (generation === this.generation) this.clockOffset = pong - (sent + Date.now()) / 2;
     } catch {
       // keep the last estimate
     }
   }
 
-  private sendSubscribe(sub: Subscription<EventMap>): void {
-    this.request<ServerFrame>(sub.subscribeCommand(), (frame) => {
-      if (frame.type === "subscribed") sub.subscribed(frame);
-    }).catch((error: HeraldError) => {
+  private sendSubscribe(sub: Subscription<EventMap>, retries = 0): void {
+    const onFrame = (frame: ServerFrame) => frame.type === "subscribed" && sub.subscribed(frame);
+    this.request<ServerFrame>(sub.subscribeCommand(), { onFrame }).catch((error: HeraldError) => {
       if (this.subs.get(sub.channel) !== sub) return;
       // Refusals end the subscription. A hook that could not answer or a rate limit is retried
       // while connected. A late answer is still applied when it comes (and a link that stays
@@ -438,9 +446,10 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionL
       if (error.code === "unavailable" || error.code === "rate_limited") {
         const generation = this.generation;
         setTimeout(() => {
-          if (generation === this.generation && this.subs.get(sub.channel) === sub && sub.state === "subscribing") this.sendSubscribe(sub);
-        }, backoffDelay(1, this.options.backoff));
-      } else if (error.code !== "disconnected" && error.code !== "timeout") sub.refused(error);
+          const current = generation === this.generation && this.state === "connected";
+          if (current && this.subs.get(sub.channel) === sub && sub.state === "subscribing") this.sendSubscribe(sub, retries + 1);
+        }, backoffDelay(retries, this.options.backoff));
+      } else if (!["disconnected", "timeout", "closed"].includes(error.code)) sub.refused(error);
     });
   }
 
@@ -448,19 +457,19 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionL
   private pump(): void {
     if (this.state !== "connected" || !this.ws) return;
     const wait = this.pausedUntil - Date.now();
-    if (wait > 0) {
-      this.timers.pause ??= setTimeout(() => {
-        this.timers.pause = undefined;
-        this.pump();
-      }, wait);
-      return;
-    }
-    while (this.inFlight < WINDOW && this.outbox.length > 0) {
+    // After a refusal, one command at a time until one is taken.
+    const window = this.pauses > 0 ? 1 : WINDOW;
+    while (this.outbox.length > 0 && (this.outbox[0].urgent || (wait <= 0 && this.inFlight < window))) {
       const entry = this.outbox.shift()!;
       entry.sent = true;
       this.inFlight++;
       this.ws.send(JSON.stringify(entry.command));
     }
+    if (wait > 0 && this.outbox.length > 0)
+      this.timers.pause ??= setTimeout(() => {
+        this.timers.pause = undefined;
+        this.pump();
+      }, wait);
   }
 
   /** The server refused a command for its rate: send nothing more for a while. */
@@ -482,14 +491,11 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionL
 
   /** The link is gone: clean up, then reconnect after a backoff delay or fail. */
   private dropped(info: DisconnectInfo): void {
-    this.closeLink(1000, "");
-    this.stopTimers();
-    this.rejectAll(new HeraldError("disconnected", `the connection dropped: ${info.reason || info.code}`), false);
+    this.teardown(new HeraldError("disconnected", `the connection dropped: ${info.reason || info.code}`), false);
     // A connection that lasted starts the backoff again; one dropped at once keeps counting, so
     // a server that accepts and then closes is not hammered.
     if (this.connectedAt && Date.now() - this.connectedAt > STABLE_MS) this.attempt = 0;
     this.connectedAt = 0;
-    for (const sub of this.subs.values()) sub.interrupted();
     const limit = this.options.backoff?.attempts ?? Infinity;
     if (!info.reconnect) return this.fail(info);
     if (this.attempt >= limit) {
@@ -505,12 +511,21 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionL
   }
 
   private fail(info: DisconnectInfo): void {
+    this.teardown(new HeraldError("closed", `the client failed: ${info.reason || info.code}`), true);
+    this.listenToPage(false);
+    this.enter("failed", { ...info, reconnect: false });
+  }
+
+  /**
+   * Ends the current connection: everything it started (timers, async work, answers still
+   * awaited) is let go, and the subscriptions wait to be restored on the next one.
+   */
+  private teardown(error: HeraldError, queuedToo: boolean): void {
     this.generation++;
     this.closeLink(1000, "");
     this.stopTimers();
-    this.listenToPage(false);
-    this.rejectAll(new HeraldError("closed", `the client failed: ${info.reason || info.code}`), true);
-    this.enter("failed", { ...info, reconnect: false });
+    this.rejectAll(error, queuedToo);
+    for (const sub of this.subs.values()) sub.interrupted();
   }
 
   private closeLink(code: number, reason: string): void {
@@ -607,11 +622,14 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionL
     if (this.state !== "connected" || this.pinging || Date.now() - this.lastFrameAt < silence) return;
     this.pinging = true;
     const generation = this.generation;
-    this.request({ type: "ping" }, undefined, Math.min(this.timeout, (this.info?.heartbeat ?? 25) * 1000)).then(
+    const sent = Date.now();
+    const timeout = Math.min(this.timeout, (this.info?.heartbeat ?? 25) * 1000);
+    this.request({ type: "ping" }, { timeout, urgent: true }).then(
       () => (this.pinging = false),
       (error: HeraldError) => {
         this.pinging = false;
-        if (error.code === "timeout" && generation === this.generation && this.state === "connected")
+        // Any frame that arrived meanwhile shows the link is alive.
+        if (error.code === "timeout" && generation === this.generation && this.lastFrameAt < sent)
           this.dropped({ code: ClientCode.NO_HEARTBEAT, reason: "no answer to ping", reconnect: true });
       },
     );

@@ -17,7 +17,7 @@
  * channel from there. Publications are also filtered by their offset in each channel, so the
  * application sees each one once and in order.
  */
-import { backoffDelay, type BackoffOptions } from "./backoff.js";
+import { backoffDelay, STABLE_MS, withTimeout, type BackoffOptions } from "./backoff.js";
 import { ClientCode, type ConnectedInfo, type ConnectionState, type DisconnectInfo, type TokenSource } from "./client.js";
 import { Emitter } from "./emitter.js";
 import { HeraldError } from "./errors.js";
@@ -162,6 +162,9 @@ export class EventSourceChannel<E extends EventMap = EventMap> {
 /** EventSource's readyState once it has given up (an HTTP error, or `close()`). */
 const CLOSED = 2;
 
+/** How long a token getter may take before the attempt counts as failed. */
+const TOKEN_TIMEOUT_MS = 10000;
+
 export class HeraldEventSource extends Emitter<SourceEvents> {
   state: ConnectionState = "disconnected";
   /** The last event id: the stream's position on every channel, to save and resume from. */
@@ -170,6 +173,7 @@ export class HeraldEventSource extends Emitter<SourceEvents> {
   private channels = new Map<string, EventSourceChannel<EventMap>>();
   private requested: Set<string>;
   private attempt = 0;
+  private connectedAt = 0;
   private generation = 0;
   private retry?: ReturnType<typeof setTimeout>;
   private readonly ES: EventSourceConstructor;
@@ -220,7 +224,7 @@ export class HeraldEventSource extends Emitter<SourceEvents> {
     for (const channel of this.requested) query.append("channel", channel);
     try {
       const getter = this.options.token;
-      const token = typeof getter === "function" ? await getter() : getter;
+      const token = typeof getter === "function" ? await withTimeout(getter, TOKEN_TIMEOUT_MS) : getter;
       if (generation !== this.generation) return;
       if (token === null) return this.dropped({ code: 4001, reason: "no token: the token getter returned none", reconnect: false });
       if (token !== undefined) query.set("token", token);
@@ -235,7 +239,8 @@ export class HeraldEventSource extends Emitter<SourceEvents> {
     try {
       source = new this.ES(url);
     } catch (error) {
-      return this.dropped({ code: 1006, reason: describe(error), reconnect: true });
+      // An invalid URL: no retry can fix it.
+      return this.dropped({ code: 1006, reason: describe(error), reconnect: false });
     }
     this.source = source;
     const listen = (type: string, handle: (frame: ServerFrame) => void) =>
@@ -255,7 +260,7 @@ export class HeraldEventSource extends Emitter<SourceEvents> {
       if (publication) this.emit("message", publication);
     });
     listen("connected", (frame) => {
-      this.attempt = 0;
+      this.connectedAt = Date.now();
       const info: ConnectedInfo = {
         client: frame.client as string,
         user: frame.user as string,
@@ -284,6 +289,9 @@ export class HeraldEventSource extends Emitter<SourceEvents> {
   /** The stream is gone: close it, then open a new one after a backoff delay, or fail. */
   private dropped(info: DisconnectInfo): void {
     this.closeSource();
+    // As for the WebSocket client: only a stream that lasted starts the backoff again.
+    if (this.connectedAt && Date.now() - this.connectedAt > STABLE_MS) this.attempt = 0;
+    this.connectedAt = 0;
     if (!info.reconnect) return this.fail(info);
     const limit = this.options.backoff?.attempts ?? Infinity;
     if (this.attempt >= limit)

@@ -68,7 +68,7 @@ interface LifecycleEvents<E extends EventMap> {
 /** What a subscription needs from its client; implemented by `HeraldClient`. */
 export interface SubscriptionLink {
   readonly state: string;
-  request<T>(command: Record<string, unknown>, onFrame?: (frame: ServerFrame) => void): Promise<T>;
+  request<T>(command: Record<string, unknown>): Promise<T>;
   send(command: Record<string, unknown>): boolean;
   release(subscription: Subscription<EventMap>): void;
 }

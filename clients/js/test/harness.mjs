@@ -92,8 +92,11 @@ ${NAMESPACES}`;
   async launch(port) {
     const path = join(this.dir, "herald.toml");
     writeFileSync(path, this.config(port));
+    // Herald refuses HERALD_* variables it does not know (such as the tests' HERALD_BIN), and
+    // the test configuration is the file alone.
+    const env = Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith("HERALD_")));
     const child = spawn(BIN, ["serve", "--config", path], {
-      env: { ...process.env, HERALD_LOG: process.env.HERALD_LOG ?? "herald=info" },
+      env: { ...env, HERALD_LOG: process.env.HERALD_LOG ?? "herald=info" },
       stdio: ["ignore", "pipe", "inherit"],
     });
     this.child = child;

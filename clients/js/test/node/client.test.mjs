@@ -2,6 +2,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { createServer } from "node:net";
+import { createServer as createHttpServer } from "node:http";
 import WebSocket from "ws";
 import { HeraldClient, HeraldError, ClientCode } from "herald-client";
 import { Herald, token, eventually, once, unique, sleep } from "../harness.mjs";
@@ -281,4 +282,55 @@ test("restoring more subscriptions than the server's burst is paced, never close
   } finally {
     await strict.close();
   }
+});
+
+test("without a token the server's connect hook decides, by the request's cookie", async () => {
+  const hook = createHttpServer((req, res) => {
+    // Herald forwards the request's cookie to the hook as a header.
+    req.resume();
+    req.on("end", () => {
+      res.writeHead(200, { "content-type": "application/json" });
+      res.end(JSON.stringify(req.headers.cookie === "session=s1" ? { allow: true, user: "cookie-user" } : { allow: false }));
+    });
+  });
+  await new Promise((ready) => hook.listen(0, "127.0.0.1", ready));
+  const hooked = await Herald.start({ top: `[proxy]\nconnect_url = "http://127.0.0.1:${hook.address().port}/connect"\n` });
+  try {
+    // A browser sends the page's cookie by itself; here the `ws` package is given it.
+    class CookieWebSocket extends WebSocket {
+      constructor(url) {
+        super(url, { headers: { cookie: "session=s1" } });
+      }
+    }
+    const c = new HeraldClient({ url: hooked.ws, WebSocket: CookieWebSocket });
+    c.connect();
+    const info = await once(c, "connected");
+    assert.equal(info.user, "cookie-user");
+    assert.equal(info.expiresAt, undefined);
+    await c.subscribe("news:hooked").ready();
+    c.disconnect();
+  } finally {
+    await hooked.close();
+    hook.close();
+  }
+});
+
+test("disconnect() and connect() again restore every subscription, one still on its way too", async () => {
+  const c = client("again");
+  const settled = await subscribed(c, "room:again1");
+  const missed = [];
+  settled.on("n", (n) => missed.push(n));
+  const onItsWay = c.subscribe("room:again2");
+  c.disconnect(); // before room:again2's answer could arrive
+  assert.equal(settled.state, "subscribing");
+  assert.equal(onItsWay.state, "subscribing");
+  await server.publish("room:again1", 1, "n");
+  const restored = once(settled, "subscribed");
+  c.connect();
+  const info = await restored;
+  assert.equal(info.resubscribed, true);
+  assert.equal(info.recovered, true);
+  await onItsWay.ready();
+  await eventually(() => missed.length === 1, { what: "the publication made while disconnected" });
+  await eventually(async () => (await server.subscribers("room:again2")) === 1, { what: "the second subscription" });
 });

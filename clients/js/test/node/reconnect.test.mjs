@@ -2,6 +2,7 @@
 // a token getter that fails, and a thousand clients coming back after a crash.
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { createServer, connect } from "node:net";
 import WebSocket from "ws";
 import { HeraldClient, ClientCode } from "herald-client";
 import { HeraldServer } from "herald-client/server";
@@ -263,6 +264,43 @@ test("a device clock two hours ahead still refreshes once per token lifetime", a
     client.disconnect();
   } finally {
     Date.now = realNow;
+    await server.close();
+  }
+});
+
+test("a link that goes silent is found out with a ping and replaced", async () => {
+  const server = await Herald.start({ limits: 'heartbeat_interval = "1s"' });
+  // A TCP relay in front of the server that can stop passing bytes, as a dead NAT entry or a
+  // suspended laptop's Wi-Fi does: neither end sees a close.
+  let frozen = false;
+  const links = [];
+  const relay = createServer((inbound) => {
+    const outbound = connect(server.port, "127.0.0.1");
+    links.push(inbound, outbound);
+    inbound.on("data", (chunk) => frozen || outbound.write(chunk));
+    outbound.on("data", (chunk) => frozen || inbound.write(chunk));
+    inbound.on("error", () => outbound.destroy());
+    outbound.on("error", () => inbound.destroy());
+    inbound.on("close", () => outbound.destroy());
+    outbound.on("close", () => inbound.destroy());
+  });
+  await new Promise((ready) => relay.listen(0, "127.0.0.1", ready));
+  try {
+    const client = new HeraldClient({ url: `ws://127.0.0.1:${relay.address().port}/ws`, token: token("sleeper"), WebSocket, backoff: { base: 100 } });
+    const sub = client.subscribe("news:sleep");
+    client.connect();
+    await sub.ready();
+    const dropped = once(client, "disconnected", 8000);
+    frozen = true;
+    const info = await dropped;
+    assert.equal(info.code, ClientCode.NO_HEARTBEAT);
+    frozen = false;
+    const back = await once(sub, "subscribed", 8000);
+    assert.equal(back.resubscribed, true);
+    client.disconnect();
+  } finally {
+    links.forEach((s) => s.destroy());
+    relay.close();
     await server.close();
   }
 });
