@@ -137,6 +137,10 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionL
   private lastFrameAt = 0;
   private connectedAt = 0;
   private pinging = false;
+  /** Whether this connection's personal `subscribed` frame has come. */
+  private personalSeen = false;
+  /** Subscribe retries waiting for their delay; cleared with the connection. */
+  private retries = new Set<ReturnType<typeof setTimeout>>();
   /** The server's clock minus ours, in milliseconds, measured with a `ping`. */
   private clockOffset = 0;
   /** Requests waiting for the window or for the pause after a `rate_limited` refusal to end. */
@@ -188,7 +192,18 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionL
     if (existing) return existing as unknown as Subscription<E>;
     const sub = new Subscription<EventMap>(channel, this, options);
     this.subs.set(channel, sub);
-    if (this.state === "connected") this.sendSubscribe(sub);
+    if (this.state === "connected") {
+      const personal = channel === `user:${this.info?.user}`;
+      sub.personal = personal;
+      // The server subscribes the personal channel itself on connect. Until its frame has come,
+      // the subscription waits for it; one that wants a position of its own is taken back and
+      // made again with it (the server refuses `since` on a channel already subscribed).
+      if (personal && !this.personalSeen) {
+        if (!options?.since && options?.last === undefined) return sub as unknown as Subscription<E>;
+        this.request({ type: "unsubscribe", channel }).catch(() => undefined);
+      }
+      this.sendSubscribe(sub);
+    }
     return sub as unknown as Subscription<E>;
   }
 
@@ -371,9 +386,14 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionL
       case "subscribed": {
         if (pending) return this.settle(frame, pending);
         // Without an id: the personal channel the server subscribed on connect, or a gap notice.
+        const personal = channel === `user:${this.info?.user}`;
+        if (personal) this.personalSeen = true;
         let sub = this.subs.get(channel);
-        if (!sub && channel === `user:${this.info?.user}`) this.subs.set(channel, (sub = new Subscription(channel, this)));
-        if (sub && channel === `user:${this.info?.user}`) sub.personal = true;
+        if (!sub && personal) this.subs.set(channel, (sub = new Subscription(channel, this)));
+        if (sub && personal) sub.personal = true;
+        // One whose own subscribe is on its way takes only that answer: this frame is about the
+        // subscription before it.
+        if (sub?.asking) return;
         return sub?.subscribed(frame);
       }
       case "unsubscribed":
@@ -408,6 +428,7 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionL
     // The queue, in order: the clock measurement, restored subscriptions, the requests that
     // waited for the connection, then what the `connected` handlers ask for.
     this.state = "connected";
+    this.personalSeen = false;
     const waiting = this.outbox;
     this.outbox = [];
     const generation = this.generation;
@@ -420,6 +441,8 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionL
     }
     this.outbox.push(...waiting);
     this.enter("connected", info);
+    // A handler may have disconnected the client already.
+    if (generation !== this.generation) return;
     this.pump();
     this.watch();
   }
@@ -436,22 +459,33 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionL
     }
   }
 
+  /**
+   * Sends `subscribe` and acts on its answer when it comes, however late: the request's own
+   * timeout only gives up waiting, the server still answers. Refusals end the subscription; a
+   * rate limit is asked again behind the paused queue, a hook that could not answer after
+   * growing delays, while this connection lasts. After a drop the reconnect subscribes again.
+   */
   private sendSubscribe(sub: Subscription<EventMap>, retries = 0): void {
-    const onFrame = (frame: ServerFrame) => frame.type === "subscribed" && sub.subscribed(frame);
-    this.request<ServerFrame>(sub.subscribeCommand(), { onFrame }).catch((error: HeraldError) => {
-      if (this.subs.get(sub.channel) !== sub) return;
-      // Refusals end the subscription. A hook that could not answer or a rate limit is retried
-      // while connected. A late answer is still applied when it comes (and a link that stays
-      // silent is caught by the heartbeat watch); a reconnect sends the subscribe again anyway.
-      if (error.code === "unavailable" || error.code === "rate_limited") {
-        const generation = this.generation;
-        setTimeout(() => {
-          const current = generation === this.generation && this.state === "connected";
-          if (current && this.subs.get(sub.channel) === sub && sub.state === "subscribing") this.sendSubscribe(sub, retries + 1);
-        }, backoffDelay(retries, this.options.backoff));
-      } else if (!["disconnected", "timeout", "closed"].includes(error.code)) sub.refused(error);
-    });
+    const generation = this.generation;
+    sub.asking = true;
+    const onFrame = (frame: ServerFrame) => {
+      sub.asking = false;
+      if (frame.type === "subscribed") return sub.subscribed(frame);
+      if (frame.type !== "error" || this.subs.get(sub.channel) !== sub) return;
+      const error = new HeraldError(frame.code as string, frame.message as string);
+      if (error.code !== "unavailable" && error.code !== "rate_limited") return sub.refused(error);
+      // A rate limit already holds the whole queue back (see `pause`): ask again behind it.
+      if (error.code === "rate_limited") return this.sendSubscribe(sub, retries);
+      const timer = setTimeout(() => {
+        this.retries.delete(timer);
+        const current = generation === this.generation && this.state === "connected";
+        if (current && this.subs.get(sub.channel) === sub && sub.state === "subscribing") this.sendSubscribe(sub, retries + 1);
+      }, backoffDelay(retries, this.options.backoff));
+      this.retries.add(timer);
+    };
+    this.request<ServerFrame>(sub.subscribeCommand(), { onFrame }).catch(() => undefined);
   }
+
 
   /** Sends what the window and the rate-limit pause allow, in order. */
   private pump(): void {
@@ -544,6 +578,7 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionL
   private enter(state: ConnectionState, detail?: DisconnectInfo | ConnectedInfo): void {
     this.state = state;
     this.emit("state", state);
+    if (this.state !== state) return; // a handler moved the client on already
     if (state === "connected") this.emit("connected", detail as ConnectedInfo);
     else if (state === "connecting") this.emit("connecting");
     else this.emit(state, detail as DisconnectInfo);
@@ -568,6 +603,8 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionL
       clearTimeout(this.timers[key]);
       this.timers[key] = undefined;
     }
+    for (const timer of this.retries) clearTimeout(timer);
+    this.retries.clear();
     this.pinging = false;
   }
 
@@ -661,11 +698,11 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionL
 }
 
 /**
- * Subscribe and unsubscribe belong to the connection they were sent on: after a drop the client
- * restores subscriptions itself, and a stale command would undo a newer one.
+ * Subscribe, unsubscribe and refresh belong to the connection they were sent on: after a drop the
+ * client restores subscriptions itself, and a stale command would undo a newer one.
  */
 function bound(entry: Pending): boolean {
-  return entry.command.type === "subscribe" || entry.command.type === "unsubscribe";
+  return entry.command.type === "subscribe" || entry.command.type === "unsubscribe" || entry.command.type === "refresh";
 }
 
 function describe(error: unknown): string {

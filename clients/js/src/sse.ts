@@ -226,7 +226,7 @@ export class HeraldEventSource extends Emitter<SourceEvents> {
       const getter = this.options.token;
       const token = typeof getter === "function" ? await withTimeout(getter, TOKEN_TIMEOUT_MS) : getter;
       if (generation !== this.generation) return;
-      if (token === null) return this.dropped({ code: 4001, reason: "no token: the token getter returned none", reconnect: false });
+      if (token === null || token === "") return this.dropped({ code: 4001, reason: "no token: the token getter returned none", reconnect: false });
       if (token !== undefined) query.set("token", token);
     } catch (error) {
       if (generation !== this.generation) return;

@@ -87,6 +87,8 @@ export class Subscription<E extends EventMap = UntypedEvents> {
   private subscribedOnce = false;
   /** True for the user's personal channel, which the server subscribes on connect. */
   personal = false;
+  /** @internal True while a `subscribe` of this object's is waiting for its answer. */
+  asking = false;
   state: SubscriptionState = "subscribing";
 
   constructor(
@@ -172,8 +174,9 @@ export class Subscription<E extends EventMap = UntypedEvents> {
   typing(): boolean {
     const now = Date.now();
     if (this.state !== "subscribed" || now - this.lastTyping < TYPING_INTERVAL_MS) return false;
+    if (!this.link.send({ type: "typing", channel: this.channel })) return false;
     this.lastTyping = now;
-    return this.link.send({ type: "typing", channel: this.channel });
+    return true;
   }
 
   /** Ends the subscription; its handlers get no more events. */
@@ -228,6 +231,7 @@ export class Subscription<E extends EventMap = UntypedEvents> {
   /** The link dropped: the subscription waits to be restored. */
   interrupted(): void {
     if (this.state === "subscribed") this.state = "subscribing";
+    this.asking = false;
     this.replayFloor = undefined;
   }
 

@@ -264,11 +264,13 @@ test("a saved position of the personal channel is recovered on the first connect
   assert.deepEqual(seen, [2, 3]);
 });
 
-test("restoring more subscriptions than the server's burst is paced, never closed with 4008", async () => {
+test("restoring more subscriptions than the server's burst is paced, never closed with 4008, none left behind", async () => {
   const strict = await Herald.start({ limits: "commands_burst = 20\ncommands_per_minute = 600" });
   try {
-    const c = new HeraldClient({ url: strict.ws, token: token("many"), WebSocket });
-    const subs = Array.from({ length: 45 }, (_, i) => c.subscribe(`news:many${i}`));
+    // A short request timeout: many subscribes wait in the queue longer than that, and their
+    // answers, refusals included, still count when they come.
+    const c = new HeraldClient({ url: strict.ws, token: token("many"), WebSocket, timeout: 500 });
+    const subs = Array.from({ length: 60 }, (_, i) => c.subscribe(`news:many${i}`));
     const errors = [];
     subs.forEach((s) => s.onError((e) => errors.push(e)));
     const failed = [];
@@ -278,6 +280,7 @@ test("restoring more subscriptions than the server's burst is paced, never close
     assert.deepEqual(failed, []);
     assert.deepEqual(errors, []);
     assert.equal(c.state, "connected");
+    await eventually(async () => (await strict.subscribers("news:many59")) === 1, { what: "the last one on the server" });
     c.disconnect();
   } finally {
     await strict.close();
@@ -333,4 +336,24 @@ test("disconnect() and connect() again restore every subscription, one still on 
   await onItsWay.ready();
   await eventually(() => missed.length === 1, { what: "the publication made while disconnected" });
   await eventually(async () => (await server.subscribers("room:again2")) === 1, { what: "the second subscription" });
+});
+
+test("the personal channel subscribed with a position in a connected handler recovers it", async () => {
+  const first = await server.publish("user:late", 1, "n");
+  await server.publish("user:late", 2, "n");
+  await server.publish("user:late", 3, "n");
+  const c = new HeraldClient({ url: server.ws, token: token("late"), WebSocket });
+  clients.push(c);
+  const seen = [];
+  let personal;
+  c.on("connected", () => {
+    personal = c.subscribe("user:late", { since: first });
+    personal.on("n", (n) => seen.push(n));
+  });
+  c.connect();
+  await eventually(() => personal?.state === "subscribed", { what: "the personal subscription" });
+  await server.publish("user:late", 4, "n");
+  await eventually(() => seen.length === 3, { what: "recovered and live" });
+  assert.deepEqual(seen, [2, 3, 4]);
+  assert.equal(personal.state, "subscribed");
 });
