@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { HeraldClient } from "herald-client";
 import { Herald, token, once } from "../harness.mjs";
 
-test("connects, recovers and receives with the global WebSocket", { skip: typeof globalThis.WebSocket !== "function" && "no global WebSocket" }, async () => {
+test("connects, recovers and receives with the global WebSocket", { timeout: 20000, skip: typeof globalThis.WebSocket !== "function" && "no global WebSocket" }, async () => {
   const server = await Herald.start();
   try {
     const client = new HeraldClient({ url: server.ws, token: token("native"), backoff: { base: 50 } });
@@ -20,8 +20,8 @@ test("connects, recovers and receives with the global WebSocket", { skip: typeof
     await server.api("POST", "/api/disconnect", { user: "native" });
     await server.publish("room:native", 2, "n");
     assert.equal((await back).recovered, true);
-    await server.publish("room:native", 3, "n");
     const last = new Promise((done) => sub.on("n", (n) => n === 3 && done()));
+    await server.publish("room:native", 3, "n");
     await last;
     assert.deepEqual(seen, [1, 2, 3]);
     client.disconnect();
