@@ -21,13 +21,13 @@ import { backoffDelay, STABLE_MS, withTimeout, type BackoffOptions } from "./bac
 import { ClientCode, type ConnectedInfo, type ConnectionState, type DisconnectInfo, type TokenSource } from "./client.js";
 import { Emitter } from "./emitter.js";
 import { HeraldError } from "./errors.js";
-import type { PresenceEvent, Publication, ServerFrame, StreamPosition, TypingEvent } from "./protocol.js";
-import type { EventMap, SubscribedInfo, UnsubscribedInfo } from "./subscription.js";
+import type { Publication, ServerFrame, StreamPosition } from "./protocol.js";
+import { ChannelHandlers, type EventMap, type UntypedEvents } from "./channel.js";
 
 export { HeraldError } from "./errors.js";
 export type { BackoffOptions } from "./backoff.js";
 export type { ConnectedInfo, ConnectionState, DisconnectInfo, TokenSource } from "./client.js";
-export type { EventMap, SubscribedInfo, UnsubscribedInfo } from "./subscription.js";
+export type { EventMap, SubscribedInfo, UnsubscribedInfo, UntypedEvents } from "./channel.js";
 export type { PresenceEvent, Publication, StreamPosition, TypingEvent } from "./protocol.js";
 
 /** The part of the `EventSource` interface the helper uses. */
@@ -68,54 +68,20 @@ interface SourceEvents {
   message: (publication: Publication) => void;
 }
 
-interface ChannelEvents<E extends EventMap> {
-  message: (publication: Publication<E[keyof E]>) => void;
-  subscribed: (info: SubscribedInfo) => void;
-  unsubscribed: (info: UnsubscribedInfo) => void;
-  join: (event: PresenceEvent) => void;
-  leave: (event: PresenceEvent) => void;
-  typing: (event: TypingEvent) => void;
-}
-
 /** One channel of the stream: its handlers, and its position for deduplication. */
-export class EventSourceChannel<E extends EventMap = EventMap> {
-  private lifecycle = new Emitter<ChannelEvents<E>>();
-  private events = new Emitter<Record<string, (data: unknown, publication: Publication) => void>>();
+export class EventSourceChannel<E extends EventMap = UntypedEvents> extends ChannelHandlers<E> {
   private subscribedOnce = false;
 
   constructor(
-    readonly channel: string,
+    channel: string,
     private pos?: StreamPosition,
-  ) {}
+  ) {
+    super(channel);
+  }
 
   /** The position of the last publication handled. */
   get position(): StreamPosition | undefined {
     return this.pos && { ...this.pos };
-  }
-
-  /** Handles publications with this event name; returns a function that removes the handler. */
-  on<K extends keyof E & string>(event: K, handler: (data: E[K], publication: Publication<E[K]>) => void): () => void {
-    return this.events.on(event, handler as (data: unknown, publication: Publication) => void);
-  }
-  onMessage(handler: ChannelEvents<E>["message"]): () => void {
-    return this.lifecycle.on("message", handler);
-  }
-  /** Each stream's `subscribed` event; after a resume, `recovered` says whether nothing was lost. */
-  onSubscribed(handler: ChannelEvents<E>["subscribed"]): () => void {
-    return this.lifecycle.on("subscribed", handler);
-  }
-  /** The server API removed the user from the channel; later streams leave it out. */
-  onUnsubscribed(handler: ChannelEvents<E>["unsubscribed"]): () => void {
-    return this.lifecycle.on("unsubscribed", handler);
-  }
-  onJoin(handler: ChannelEvents<E>["join"]): () => void {
-    return this.lifecycle.on("join", handler);
-  }
-  onLeave(handler: ChannelEvents<E>["leave"]): () => void {
-    return this.lifecycle.on("leave", handler);
-  }
-  onTyping(handler: ChannelEvents<E>["typing"]): () => void {
-    return this.lifecycle.on("typing", handler);
   }
 
   // ----- called by HeraldEventSource -----
@@ -136,26 +102,12 @@ export class EventSourceChannel<E extends EventMap = EventMap> {
     const offset = frame.offset as number;
     if (!this.pos || offset <= this.pos.offset) return undefined;
     this.pos.offset = offset;
-    const publication: Publication = {
-      channel: this.channel,
-      event: frame.event as string | undefined,
-      data: frame.data,
-      offset,
-      epoch: this.pos.epoch,
-      ts: frame.ts as number,
-      from: frame.from as Publication["from"],
-    };
-    this.lifecycle.emit("message", publication as Publication<E[keyof E]>);
-    if (publication.event !== undefined) this.events.emit(publication.event, publication.data, publication);
-    return publication;
+    return this.dispatch(frame, this.pos.epoch);
   }
 
-  /** @internal A `join`, `leave`, `typing` or `unsubscribed` event. */
-  notify(type: string, frame: ServerFrame): void {
-    const { user, client } = frame as unknown as PresenceEvent;
-    if (type === "typing") this.lifecycle.emit("typing", { channel: this.channel, user });
-    else if (type === "join" || type === "leave") this.lifecycle.emit(type, { channel: this.channel, user, client });
-    else if (type === "unsubscribed") this.lifecycle.emit("unsubscribed", { channel: this.channel, by: "server" });
+  /** @internal The server API removed the user from the channel; later streams leave it out. */
+  unsubscribed(): void {
+    this.lifecycle.emit("unsubscribed", { channel: this.channel, by: "server" });
   }
 }
 
@@ -271,10 +223,10 @@ export class HeraldEventSource extends Emitter<SourceEvents> {
     });
     // Every channel gets an object, so that positions are kept even for one without handlers.
     listen("subscribed", (frame) => this.channel(frame.channel as string).subscribed(frame));
-    for (const type of ["join", "leave", "typing"]) listen(type, (frame) => this.channels.get(frame.channel as string)?.notify(type, frame));
+    for (const type of ["join", "leave", "typing"]) listen(type, (frame) => this.channels.get(frame.channel as string)?.ephemeral(frame));
     listen("unsubscribed", (frame) => {
       this.requested.delete(frame.channel as string);
-      this.channels.get(frame.channel as string)?.notify("unsubscribed", frame);
+      this.channels.get(frame.channel as string)?.unsubscribed();
     });
     listen("disconnect", (frame) =>
       this.dropped({ code: frame.code as number, reason: frame.reason as string, reconnect: frame.reconnect !== false }),

@@ -4,27 +4,12 @@
  * handlers see each publication once and in order, or a `subscribed` event with
  * `recovered: false` when history could not fill the gap.
  */
-import { Emitter } from "./emitter.js";
+import { ChannelHandlers, type ChannelEvents, type EventMap, type UnsubscribedInfo, type UntypedEvents } from "./channel.js";
 import { HeraldError } from "./errors.js";
-import type {
-  HistoryResult,
-  PresenceEvent,
-  PresenceResult,
-  Publication,
-  ServerFrame,
-  StreamPosition,
-  TypingEvent,
-} from "./protocol.js";
+import type { HistoryResult, PresenceResult, Publication, ServerFrame, StreamPosition } from "./protocol.js";
 
-/**
- * A map of a channel's event names to the type of their `data`, for example
- * `{ TELEMETRY: { t: number }; ALERT: { level: string } }` (an interface works too).
- */
-// eslint-disable-next-line @typescript-eslint/no-explicit-any
-export type EventMap = Record<string, any>;
+export type { EventMap, SubscribedInfo, UnsubscribedInfo, UntypedEvents } from "./channel.js";
 
-/** The event map of a channel whose events the application has not typed. */
-export type UntypedEvents = Record<string, unknown>;
 
 export type SubscriptionState = "subscribing" | "subscribed" | "unsubscribed";
 
@@ -37,33 +22,6 @@ export interface SubscribeOptions {
   recover?: boolean;
 }
 
-export interface SubscribedInfo extends StreamPosition {
-  channel: string;
-  /**
-   * Only when the client asked for missed publications. `false`: history no longer holds them;
-   * the application should reload the channel's state from its backend.
-   */
-  recovered?: boolean;
-  /** True when this restores the subscription after a reconnect (or a gap the server saw). */
-  resubscribed: boolean;
-}
-
-export interface UnsubscribedInfo {
-  channel: string;
-  /** Who ended it: the application, the server (`POST /api/unsubscribe`), or a refusal. */
-  by: "client" | "server" | "error";
-  error?: HeraldError;
-}
-
-interface LifecycleEvents<E extends EventMap> {
-  message: (publication: Publication<E[keyof E]>) => void;
-  subscribed: (info: SubscribedInfo) => void;
-  unsubscribed: (info: UnsubscribedInfo) => void;
-  error: (error: HeraldError) => void;
-  join: (event: PresenceEvent) => void;
-  leave: (event: PresenceEvent) => void;
-  typing: (event: TypingEvent) => void;
-}
 
 /** What a subscription needs from its client; implemented by `HeraldClient`. */
 export interface SubscriptionLink {
@@ -75,9 +33,7 @@ export interface SubscriptionLink {
 
 const TYPING_INTERVAL_MS = 1000;
 
-export class Subscription<E extends EventMap = UntypedEvents> {
-  private lifecycle = new Emitter<LifecycleEvents<E>>();
-  private events = new Emitter<Record<string, (data: unknown, publication: Publication) => void>>();
+export class Subscription<E extends EventMap = UntypedEvents> extends ChannelHandlers<E> {
   private pos?: StreamPosition;
   private replayLast?: number;
   /** While a `last` replay runs: the offset below which publications were already handled. */
@@ -92,10 +48,11 @@ export class Subscription<E extends EventMap = UntypedEvents> {
   state: SubscriptionState = "subscribing";
 
   constructor(
-    readonly channel: string,
+    channel: string,
     private link: SubscriptionLink,
     private options: SubscribeOptions = {},
   ) {
+    super(channel);
     this.pos = options.since && { ...options.since };
     this.replayLast = options.last;
   }
@@ -105,37 +62,9 @@ export class Subscription<E extends EventMap = UntypedEvents> {
     return this.pos && { ...this.pos };
   }
 
-  /** Handles publications with this event name; returns a function that removes the handler. */
-  on<K extends keyof E & string>(event: K, handler: (data: E[K], publication: Publication<E[K]>) => void): () => void {
-    return this.events.on(event, handler as (data: unknown, publication: Publication) => void);
-  }
-
-  /** Handles every publication, whatever its event name. */
-  onMessage(handler: LifecycleEvents<E>["message"]): () => void {
-    return this.lifecycle.on("message", handler);
-  }
-  onSubscribed(handler: LifecycleEvents<E>["subscribed"]): () => void {
-    return this.lifecycle.on("subscribed", handler);
-  }
-  onUnsubscribed(handler: LifecycleEvents<E>["unsubscribed"]): () => void {
-    return this.lifecycle.on("unsubscribed", handler);
-  }
-  onError(handler: LifecycleEvents<E>["error"]): () => void {
+  /** The server refused the subscription (`forbidden`, `not_found`, ...). */
+  onError(handler: ChannelEvents<E>["error"]): () => void {
     return this.lifecycle.on("error", handler);
-  }
-  onJoin(handler: LifecycleEvents<E>["join"]): () => void {
-    return this.lifecycle.on("join", handler);
-  }
-  onLeave(handler: LifecycleEvents<E>["leave"]): () => void {
-    return this.lifecycle.on("leave", handler);
-  }
-  onTyping(handler: LifecycleEvents<E>["typing"]): () => void {
-    return this.lifecycle.on("typing", handler);
-  }
-
-  /** Handlers registered, all kinds together (for leak checks). */
-  listenerCount(): number {
-    return this.lifecycle.listenerCount() + this.events.listenerCount();
   }
 
   /** Resolves once subscribed; rejects if the server refuses or the subscription ends first. */
@@ -249,27 +178,12 @@ export class Subscription<E extends EventMap = UntypedEvents> {
     if (offset <= (this.replayFloor ?? this.pos.offset)) return undefined; // already handled
     if (this.replayFloor !== undefined) this.replayFloor = offset < this.pos.offset ? offset : undefined;
     this.pos.offset = Math.max(this.pos.offset, offset);
-    const publication: Publication = {
-      channel: this.channel,
-      event: frame.event as string | undefined,
-      data: frame.data,
-      offset,
-      epoch: this.pos.epoch,
-      ts: frame.ts as number,
-      from: frame.from as Publication["from"],
-    };
-    this.lifecycle.emit("message", publication as Publication<E[keyof E]>);
-    if (publication.event !== undefined) this.events.emit(publication.event, publication.data, publication);
-    return publication;
+    return this.dispatch(frame, this.pos.epoch);
   }
 
-  /** A `join`, `leave` or `typing` frame. */
+  /** A `join`, `leave` or `typing` frame, while subscribed. */
   ephemeral(frame: ServerFrame): void {
-    if (this.state !== "subscribed") return;
-    const type = frame.type as "join" | "leave" | "typing";
-    const { channel, user, client } = frame as unknown as PresenceEvent;
-    if (type === "typing") this.lifecycle.emit("typing", { channel, user });
-    else this.lifecycle.emit(type, { channel, user, client });
+    if (this.state === "subscribed") super.ephemeral(frame);
   }
 
   /** Ended by the application, the server or a refusal. */
