@@ -10,9 +10,17 @@
 //! anything: what to answer is the caller's, how it is spelt is this module's.
 //! `docs/protocol.md` is the reference for every frame, `docs/configuration.md` for the API's
 //! bodies.
+//!
+//! The HTTP API's bodies are named types deriving [`utoipa::ToSchema`], so the OpenAPI document
+//! (`GET /api/openapi.json`) is derived from the very types that write them; the core's values
+//! that appear inside them (positions, publishers, presence members, error codes) describe their
+//! wire shape here too, beside their `Serialize`.
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::openapi::RefOr;
+use utoipa::{PartialSchema, ToSchema};
 
 use crate::channel::ChannelName;
 use crate::engine::{HistoryPage, HistoryQuery, NodeFigures};
@@ -374,20 +382,28 @@ pub fn subscribed(id: Option<&RequestId>, subscribed: &Subscribed) -> String {
 /// The result of a `history` command or `GET /api/channels/{channel}/history`: the channel's
 /// position, whether everything after `since` was still there (when `since` was given), and the
 /// publications, each shaped like a `message` frame.
+#[derive(Serialize, ToSchema)]
+pub struct HistoryResult<'a> {
+    /// The channel.
+    #[schema(value_type = ChannelName)]
+    channel: &'a ChannelName,
+    /// The stream's last offset.
+    offset: u64,
+    /// The stream's epoch.
+    epoch: &'a str,
+    /// Present when `since` was given: whether every publication after it was still kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recovered: Option<bool>,
+    /// Oldest first.
+    publications: Vec<MessageFrame<'a>>,
+}
+
+/// The [`HistoryResult`] of `page`.
 pub fn history_result<'a>(
     channel: &'a ChannelName,
     page: &'a HistoryPage,
     since_given: bool,
-) -> impl Serialize + 'a {
-    #[derive(Serialize)]
-    struct HistoryResult<'a> {
-        channel: &'a ChannelName,
-        offset: u64,
-        epoch: &'a str,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        recovered: Option<bool>,
-        publications: Vec<MessageFrame<'a>>,
-    }
+) -> HistoryResult<'a> {
     HistoryResult {
         channel,
         offset: page.position.offset,
@@ -403,19 +419,27 @@ pub fn history_result<'a>(
 
 /// The result of a `presence` command or `GET /api/channels/{channel}/presence`: the counts of
 /// users and connections, and (unless only the counts were asked for) every connection.
+#[derive(Serialize, ToSchema)]
+pub struct PresenceResult<'a> {
+    /// The channel.
+    #[schema(value_type = ChannelName)]
+    channel: &'a ChannelName,
+    /// Distinct users present.
+    users: usize,
+    /// Connections present.
+    connections: usize,
+    /// Every connection present, unless only the counts were asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<PresenceMember>>)]
+    clients: Option<&'a [PresenceMember]>,
+}
+
+/// The [`PresenceResult`] of `presence`.
 pub fn presence_result<'a>(
     channel: &'a ChannelName,
     presence: &'a Presence,
     counts_only: bool,
-) -> impl Serialize + 'a {
-    #[derive(Serialize)]
-    struct PresenceResult<'a> {
-        channel: &'a ChannelName,
-        users: usize,
-        connections: usize,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        clients: Option<&'a [PresenceMember]>,
-    }
+) -> PresenceResult<'a> {
     PresenceResult {
         channel,
         users: presence.counts.users,
@@ -524,10 +548,19 @@ pub fn error(id: Option<&RequestId>, code: ErrorCode, message: &str) -> String {
 
 /// `{"code","message"}`: what went wrong, as the HTTP API writes it: the `error` of every HTTP error
 /// body ([`http_error`]) and of a failed item in a broadcast or batch result.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
+    /// What kind of error; the HTTP status follows from it.
+    #[schema(value_type = ErrorCode)]
     code: &'static str,
+    /// What went wrong, for people.
     message: String,
+}
+
+/// `{"error":{"code","message"}}`: the body of every HTTP error.
+#[derive(Serialize, ToSchema)]
+pub struct HttpError {
+    error: ErrorDetail,
 }
 
 impl From<HeraldError> for ErrorDetail {
@@ -543,10 +576,6 @@ impl From<HeraldError> for ErrorDetail {
 /// and `/sse` before they open, `/ready`, unknown paths and methods). The status is
 /// [`ErrorCode::http_status`].
 pub fn http_error(error: HeraldError) -> String {
-    #[derive(Serialize)]
-    struct HttpError {
-        error: ErrorDetail,
-    }
     encode(&HttpError {
         error: error.into(),
     })
@@ -575,16 +604,29 @@ pub fn message(p: &Publication) -> String {
     encode(&MessageFrame::of(p))
 }
 
-#[derive(Serialize)]
+/// A publication as clients and the history API see it: `{"type":"message","channel","event"?,
+/// "data","offset","ts","from"?}`.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Message)]
 struct MessageFrame<'a> {
+    /// Always `message`.
+    #[schema(value_type = String, pattern = "^message$")]
     r#type: &'static str,
+    #[schema(value_type = ChannelName)]
     channel: &'a ChannelName,
+    /// The publisher's event name, when it gave one.
     #[serde(skip_serializing_if = "Option::is_none")]
     event: Option<&'a str>,
+    /// The JSON the publisher sent, unchanged.
+    #[schema(value_type = serde_json::Value)]
     data: &'a RawValue,
+    /// Its place in the channel's stream.
     offset: u64,
+    /// When the server accepted it, Unix milliseconds.
     ts: u64,
+    /// The client that published it, for publications from clients.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Publisher>)]
     from: Option<&'a Publisher>,
 }
 
@@ -608,20 +650,32 @@ impl<'a> MessageFrame<'a> {
 // names are written here, not on the types, so that this module stays the one that knows them.
 // Fields keep the order in which they have always been written.
 
+/// A place in a channel's stream: `{"offset","epoch"}`.
+#[derive(Serialize, ToSchema)]
+struct PositionWire<'a> {
+    /// The publication's offset (or the stream's last one).
+    offset: u64,
+    /// The stream's epoch; a new epoch means the stream began again.
+    epoch: &'a str,
+}
+
 impl Serialize for StreamPosition {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        #[derive(Serialize)]
-        struct Wire<'a> {
-            offset: u64,
-            epoch: &'a str,
-        }
-        Wire {
+        PositionWire {
             offset: self.offset,
             epoch: &self.epoch,
         }
         .serialize(s)
     }
 }
+
+impl PartialSchema for StreamPosition {
+    fn schema() -> RefOr<Schema> {
+        PositionWire::schema()
+    }
+}
+
+impl ToSchema for StreamPosition {}
 
 impl<'de> Deserialize<'de> for StreamPosition {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -635,14 +689,16 @@ impl<'de> Deserialize<'de> for StreamPosition {
     }
 }
 
+/// The client that published: `{"user","client"}`.
+#[derive(Serialize, ToSchema)]
+struct PublisherWire<'a> {
+    user: &'a str,
+    client: &'a str,
+}
+
 impl Serialize for Publisher {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        #[derive(Serialize)]
-        struct Wire<'a> {
-            user: &'a str,
-            client: &'a str,
-        }
-        Wire {
+        PublisherWire {
             user: &self.user,
             client: &self.client,
         }
@@ -650,15 +706,26 @@ impl Serialize for Publisher {
     }
 }
 
+impl PartialSchema for Publisher {
+    fn schema() -> RefOr<Schema> {
+        PublisherWire::schema()
+    }
+}
+
+impl ToSchema for Publisher {}
+
+/// One connection in a channel's presence: `{"user","client","joined_at"}`.
+#[derive(Serialize, ToSchema)]
+struct MemberWire<'a> {
+    user: &'a str,
+    client: &'a str,
+    /// When it joined, Unix milliseconds.
+    joined_at: u64,
+}
+
 impl Serialize for PresenceMember {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        #[derive(Serialize)]
-        struct Wire<'a> {
-            user: &'a str,
-            client: &'a str,
-            joined_at: u64,
-        }
-        Wire {
+        MemberWire {
             user: &self.user,
             client: &self.client,
             joined_at: self.joined_at,
@@ -667,6 +734,42 @@ impl Serialize for PresenceMember {
     }
 }
 
+impl PartialSchema for PresenceMember {
+    fn schema() -> RefOr<Schema> {
+        MemberWire::schema()
+    }
+}
+
+impl ToSchema for PresenceMember {}
+
+/// A channel's name: `namespace:name` (or a bare name), of the characters
+/// [`ChannelName::parse`] takes.
+impl PartialSchema for ChannelName {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .max_length(Some(crate::channel::MAX_CHANNEL_BYTES))
+            .pattern(Some("^[A-Za-z0-9_:.@=-]+$"))
+            .examples(["chat:lobby"])
+            .into()
+    }
+}
+
+impl ToSchema for ChannelName {}
+
+/// An error code's wire name, one of [`ErrorCode::ALL`].
+impl PartialSchema for ErrorCode {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(ErrorCode::ALL.map(ErrorCode::as_str)))
+            .into()
+    }
+}
+
+impl ToSchema for ErrorCode {}
+
 // === HTTP API bodies ===
 //
 // The bodies of the HTTP API's successful answers. Their fields are written in the order the API
@@ -674,7 +777,7 @@ impl Serialize for PresenceMember {
 
 /// One publication's outcome in a `POST /api/broadcast` or `POST /api/batch` answer:
 /// `{"channel","epoch","offset"}` where it landed, or `{"channel","error":{"code","message"}}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum PublishOutcome {
     /// Published at `offset` in `epoch`.
@@ -714,37 +817,33 @@ impl PublishOutcome {
 
 /// `{"results":[...]}`: the answer to `POST /api/broadcast` and `POST /api/batch`, one
 /// [`PublishOutcome`] per publication, in the request's order.
-pub fn publish_results(results: Vec<PublishOutcome>) -> impl Serialize {
-    #[derive(Serialize)]
-    struct PublishResults {
-        results: Vec<PublishOutcome>,
-    }
+pub fn publish_results(results: Vec<PublishOutcome>) -> PublishResults {
     PublishResults { results }
+}
+
+/// See [`publish_results`].
+#[derive(Serialize, ToSchema)]
+pub struct PublishResults {
+    /// One per publication, in the request's order.
+    results: Vec<PublishOutcome>,
 }
 
 /// `{}`: the answer to an API call that has nothing to report (`POST /api/disconnect`,
 /// `POST /api/unsubscribe`).
-pub fn empty_body() -> impl Serialize {
-    #[derive(Serialize)]
-    struct Empty {}
+pub fn empty_body() -> Empty {
     Empty {}
 }
 
+/// See [`empty_body`].
+#[derive(Serialize, ToSchema)]
+pub struct Empty {}
+
 /// `{"channels":[{"channel","subscribers"}]}`: the answer to `GET /api/channels`.
-pub fn channel_list(channels: Vec<ChannelInfo>) -> impl Serialize {
-    #[derive(Serialize)]
-    struct Entry {
-        channel: ChannelName,
-        subscribers: usize,
-    }
-    #[derive(Serialize)]
-    struct ChannelList {
-        channels: Vec<Entry>,
-    }
+pub fn channel_list(channels: Vec<ChannelInfo>) -> ChannelList {
     ChannelList {
         channels: channels
             .into_iter()
-            .map(|c| Entry {
+            .map(|c| ChannelEntry {
                 channel: c.channel,
                 subscribers: c.subscribers,
             })
@@ -752,19 +851,38 @@ pub fn channel_list(channels: Vec<ChannelInfo>) -> impl Serialize {
     }
 }
 
+/// See [`channel_list`].
+#[derive(Serialize, ToSchema)]
+pub struct ChannelList {
+    channels: Vec<ChannelEntry>,
+}
+
+/// A channel with subscribers on this node.
+#[derive(Serialize, ToSchema)]
+pub struct ChannelEntry {
+    #[schema(value_type = ChannelName)]
+    channel: ChannelName,
+    /// Connections subscribed on this node.
+    subscribers: usize,
+}
+
 /// `{"connections","online","user"}`: the answer to `GET /api/users/{user}`.
-pub fn user_status(user: String, connections: usize) -> impl Serialize {
-    #[derive(Serialize)]
-    struct UserStatus {
-        connections: usize,
-        online: bool,
-        user: String,
-    }
+pub fn user_status(user: String, connections: usize) -> UserStatus {
     UserStatus {
         connections,
         online: connections > 0,
         user,
     }
+}
+
+/// See [`user_status`].
+#[derive(Serialize, ToSchema)]
+pub struct UserStatus {
+    /// The user's connections on every node.
+    connections: usize,
+    /// Whether it has any.
+    online: bool,
+    user: String,
 }
 
 /// What `GET /api/stats` reports beside the hub's own figures: the server's counters and how
@@ -780,7 +898,7 @@ pub struct ServerFigures {
 }
 
 /// What `GET /api/stats` reports of the whole cluster: `{"connections","nodes","users"}`.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
 pub struct ClusterFigures {
     /// Connections on every node.
     pub connections: usize,
@@ -809,45 +927,13 @@ pub fn node_stats<'a>(
     node: &HubSnapshot,
     server: ServerFigures,
     nodes: &'a [NodeFigures],
-) -> impl Serialize + 'a {
-    #[derive(Serialize)]
-    struct Listed<'a> {
-        connections: u64,
-        messages_in: u64,
-        messages_out: u64,
-        name: &'a str,
-        subscriptions: u64,
-        uptime_s: u64,
-        users: u64,
-    }
-    #[derive(Serialize)]
-    struct Node<'a> {
-        channels: usize,
-        connections: usize,
-        deliveries_queued: u64,
-        events: u64,
-        messages_in: u64,
-        messages_out: u64,
-        name: &'a str,
-        queued_bytes: usize,
-        slow_consumers: u64,
-        subscriptions: usize,
-        uptime_s: u64,
-        users: usize,
-    }
-    #[derive(Serialize)]
-    struct Stats<'a> {
-        cluster: ClusterFigures,
-        engine: &'static str,
-        node: Node<'a>,
-        nodes: Vec<Listed<'a>>,
-    }
+) -> Stats<'a> {
     Stats {
         cluster: ClusterFigures::of(nodes),
         engine,
         nodes: nodes
             .iter()
-            .map(|n| Listed {
+            .map(|n| ListedNode {
                 connections: n.connections,
                 messages_in: n.messages_in,
                 messages_out: n.messages_out,
@@ -857,7 +943,7 @@ pub fn node_stats<'a>(
                 users: n.users,
             })
             .collect(),
-        node: Node {
+        node: NodeStats {
             name,
             channels: node.channels,
             connections: node.connections,
@@ -874,22 +960,67 @@ pub fn node_stats<'a>(
     }
 }
 
+/// See [`node_stats`].
+#[derive(Serialize, ToSchema)]
+pub struct Stats<'a> {
+    cluster: ClusterFigures,
+    /// `memory` or `redis`.
+    engine: &'static str,
+    /// This node, in detail.
+    node: NodeStats<'a>,
+    /// Every live node of the cluster (this one included), by name.
+    nodes: Vec<ListedNode<'a>>,
+}
+
+/// A node as the registry lists it.
+#[derive(Serialize, ToSchema)]
+pub struct ListedNode<'a> {
+    connections: u64,
+    messages_in: u64,
+    messages_out: u64,
+    name: &'a str,
+    subscriptions: u64,
+    uptime_s: u64,
+    users: u64,
+}
+
+/// This node's own figures.
+#[derive(Serialize, ToSchema)]
+pub struct NodeStats<'a> {
+    /// Channels with subscribers here.
+    channels: usize,
+    connections: usize,
+    /// Publications queued for a subscriber, since start.
+    deliveries_queued: u64,
+    /// Ephemeral events (join, leave, typing) that reached this node, since start.
+    events: u64,
+    messages_in: u64,
+    messages_out: u64,
+    name: &'a str,
+    /// Bytes waiting in connections' outboxes now.
+    queued_bytes: usize,
+    /// Connections closed because they fell too far behind, since start.
+    slow_consumers: u64,
+    subscriptions: usize,
+    uptime_s: u64,
+    users: usize,
+}
+
 /// `{"status":"ok"}`: the answer to `GET /health`.
-pub fn health() -> impl Serialize {
-    status("ok")
+pub fn health() -> Status {
+    Status { status: "ok" }
 }
 
 /// `{"status":"ready"}`: the answer to `GET /ready` when the node can take traffic.
-pub fn ready() -> impl Serialize {
-    status("ready")
+pub fn ready() -> Status {
+    Status { status: "ready" }
 }
 
-fn status(status: &'static str) -> impl Serialize {
-    #[derive(Serialize)]
-    struct Status {
-        status: &'static str,
-    }
-    Status { status }
+/// See [`health`] and [`ready`].
+#[derive(Serialize, ToSchema)]
+pub struct Status {
+    /// `ok` (`/health`) or `ready` (`/ready`).
+    status: &'static str,
 }
 
 #[cfg(test)]

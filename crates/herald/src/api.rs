@@ -24,14 +24,21 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use herald_core::engine::HistoryQuery;
-use herald_core::protocol::{PublishOutcome, ServerFigures};
+use herald_core::protocol::{
+    ChannelList, Empty, HistoryResult, PresenceResult, PublishOutcome, PublishResults,
+    ServerFigures, Stats, Status, UserStatus,
+};
 use herald_core::{protocol, ChannelName, ErrorCode, HeraldError, StreamPosition};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 use subtle::ConstantTimeEq;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::bearer_token;
+use crate::openapi::{
+    self, ChannelErrors, KeyErrors, MethodErrors, ReadErrors, ReadyErrors, WriteErrors,
+};
 use crate::server::App;
 
 /// An error answered over HTTP: [`protocol::http_error`]'s body with the code's status. Build it
@@ -222,12 +229,19 @@ fn channel(app: &App, name: &str) -> Result<ChannelName, ApiError> {
 }
 
 /// One publication in a request.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PublishBody {
+    /// The channel, `namespace:name`.
+    #[schema(value_type = ChannelName)]
     channel: String,
+    /// An event name for clients to dispatch on.
     event: Option<String>,
+    /// Any JSON; delivered unchanged. At most `limits.max_frame_bytes`.
+    #[schema(value_type = serde_json::Value)]
     data: Box<RawValue>,
+    /// A publish retried with the same key (within `api.idempotency_window`) is not published
+    /// again; the answer is the first one's.
     idempotency_key: Option<String>,
 }
 
@@ -270,6 +284,15 @@ fn outcome(
 }
 
 /// `POST /api/publish` → `{offset, epoch}`.
+#[utoipa::path(
+    post,
+    path = "/publish",
+    tag = "publish",
+    summary = "Publish to one channel",
+    request_body = PublishBody,
+    responses((status = 200, description = "Published at this place in the channel's stream", body = StreamPosition), WriteErrors),
+    security(("api_key" = [])),
+)]
 pub async fn publish(
     State(app): State<App>,
     JsonBody(body): JsonBody<PublishBody>,
@@ -286,11 +309,15 @@ pub async fn publish(
     .map_err(|e| counted(&app, e))
 }
 
-#[derive(Deserialize)]
+/// One publication to several channels.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BroadcastBody {
+    #[schema(value_type = Vec<ChannelName>, min_items = 1)]
     channels: Vec<String>,
     event: Option<String>,
+    /// Any JSON; delivered unchanged. At most `limits.max_frame_bytes`.
+    #[schema(value_type = serde_json::Value)]
     data: Box<RawValue>,
     /// Keys are per channel, so one key serves every channel: a retried broadcast publishes
     /// nothing again on the channels the first attempt reached.
@@ -298,10 +325,19 @@ pub struct BroadcastBody {
 }
 
 /// `POST /api/broadcast` → `{results: [...]}`, one per channel, in order.
+#[utoipa::path(
+    post,
+    path = "/broadcast",
+    tag = "publish",
+    summary = "Publish the same data to several channels",
+    request_body = BroadcastBody,
+    responses((status = 200, description = "Each channel's outcome, in the request's order", body = PublishResults), WriteErrors),
+    security(("api_key" = [])),
+)]
 pub async fn broadcast(
     State(app): State<App>,
     JsonBody(body): JsonBody<BroadcastBody>,
-) -> ApiResult<impl Serialize> {
+) -> ApiResult<PublishResults> {
     if body.channels.is_empty() {
         return Err(counted(&app, HeraldError::bad_request("channels is empty")));
     }
@@ -320,17 +356,27 @@ pub async fn broadcast(
     Ok(Json(protocol::publish_results(results)))
 }
 
-#[derive(Deserialize)]
+/// Several publications in one request.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchBody {
     publications: Vec<PublishBody>,
 }
 
 /// `POST /api/batch` → `{results: [...]}`, one per publication, in order.
+#[utoipa::path(
+    post,
+    path = "/batch",
+    tag = "publish",
+    summary = "Publish several publications",
+    request_body = BatchBody,
+    responses((status = 200, description = "Each publication's outcome, in the request's order", body = PublishResults), WriteErrors),
+    security(("api_key" = [])),
+)]
 pub async fn batch(
     State(app): State<App>,
     JsonBody(body): JsonBody<BatchBody>,
-) -> ApiResult<impl Serialize> {
+) -> ApiResult<PublishResults> {
     let mut results = Vec::with_capacity(body.publications.len());
     for p in body.publications {
         let result = publish_one(&app, &p.channel, p.event, p.data, p.idempotency_key).await;
@@ -339,11 +385,15 @@ pub async fn batch(
     Ok(Json(protocol::publish_results(results)))
 }
 
-#[derive(Deserialize)]
+/// Whom to disconnect.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DisconnectBody {
+    /// Every connection of this user, on every node.
     user: String,
+    /// Whether the clients should reconnect (the close's `reconnect`); default true.
     #[serde(default = "yes")]
+    #[schema(default = true)]
     reconnect: bool,
 }
 
@@ -352,10 +402,19 @@ fn yes() -> bool {
 }
 
 /// `POST /api/disconnect` → `{}`.
+#[utoipa::path(
+    post,
+    path = "/disconnect",
+    tag = "users",
+    summary = "Disconnect every connection of a user (close 4013)",
+    request_body = DisconnectBody,
+    responses((status = 200, description = "Done on every node", body = Empty), WriteErrors),
+    security(("api_key" = [])),
+)]
 pub async fn disconnect(
     State(app): State<App>,
     JsonBody(body): JsonBody<DisconnectBody>,
-) -> ApiResult<impl Serialize> {
+) -> ApiResult<Empty> {
     app.hub
         .disconnect_user(&body.user, body.reconnect)
         .await
@@ -363,18 +422,30 @@ pub async fn disconnect(
     Ok(Json(protocol::empty_body()))
 }
 
-#[derive(Deserialize)]
+/// Whom to unsubscribe from what.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UnsubscribeBody {
+    /// Every connection of this user, on every node.
     user: String,
+    #[schema(value_type = ChannelName)]
     channel: String,
 }
 
 /// `POST /api/unsubscribe` → `{}`.
+#[utoipa::path(
+    post,
+    path = "/unsubscribe",
+    tag = "users",
+    summary = "Unsubscribe every connection of a user from a channel",
+    request_body = UnsubscribeBody,
+    responses((status = 200, description = "Done on every node", body = Empty), WriteErrors),
+    security(("api_key" = [])),
+)]
 pub async fn unsubscribe(
     State(app): State<App>,
     JsonBody(body): JsonBody<UnsubscribeBody>,
-) -> ApiResult<impl Serialize> {
+) -> ApiResult<Empty> {
     let channel = channel(&app, &body.channel)?;
     app.hub
         .unsubscribe_user(&body.user, channel)
@@ -383,33 +454,60 @@ pub async fn unsubscribe(
     Ok(Json(protocol::empty_body()))
 }
 
-#[derive(Deserialize)]
+/// The query of `GET /api/channels`.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ChannelsQuery {
+    /// Only channels whose name starts with this.
     #[serde(default)]
     prefix: String,
 }
 
 /// `GET /api/channels?prefix=` → `{channels: [{channel, subscribers}]}`.
+#[utoipa::path(
+    get,
+    path = "/channels",
+    tag = "channels",
+    summary = "The channels with subscribers on this node",
+    params(ChannelsQuery),
+    responses((status = 200, description = "The channels, with their subscribers here", body = ChannelList), ReadErrors),
+    security(("api_key" = [])),
+)]
 pub async fn channels(
     State(app): State<App>,
     ApiQuery(query): ApiQuery<ChannelsQuery>,
-) -> ApiResult<impl Serialize> {
+) -> ApiResult<ChannelList> {
     Ok(Json(protocol::channel_list(
         app.hub.channels(&query.prefix),
     )))
 }
 
-#[derive(Deserialize)]
+/// The query of `GET /api/channels/{channel}/history`.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryParams {
+    /// The publications after this offset; without it, the newest.
     since: Option<u64>,
+    /// The epoch `since` belongs to; needs `since`.
     epoch: Option<String>,
+    /// At most this many.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
 /// `GET /api/channels/{channel}/history?since=&epoch=&limit=` → `{channel, offset, epoch,
 /// recovered?, publications}`. Without `since`, the newest `limit`; with it, up to `limit` after
 /// it (with `epoch`, checked against the stream's; without, the current epoch is assumed).
+#[utoipa::path(
+    get,
+    path = "/channels/{channel}/history",
+    tag = "channels",
+    summary = "A channel's kept publications",
+    params(("channel" = ChannelName, Path, description = "The channel, `namespace:name`"), HistoryParams),
+    responses((status = 200, description = "The channel's position and publications, oldest first", body = HistoryResult), ChannelErrors),
+    security(("api_key" = [])),
+)]
 pub async fn history(
     State(app): State<App>,
     ApiPath(name): ApiPath<String>,
@@ -440,15 +538,27 @@ pub async fn history(
     result.await.map(Json).map_err(|e| counted(&app, e))
 }
 
-#[derive(Deserialize)]
+/// The query of `GET /api/channels/{channel}/presence`.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PresenceParams {
+    /// Only the counts, not every connection.
     #[serde(default)]
     counts_only: bool,
 }
 
 /// `GET /api/channels/{channel}/presence?counts_only=` → `{channel, users, connections, clients?}`
 /// for the whole cluster; `forbidden` where the namespace keeps no presence.
+#[utoipa::path(
+    get,
+    path = "/channels/{channel}/presence",
+    tag = "channels",
+    summary = "Who is in a channel, on every node",
+    params(("channel" = ChannelName, Path, description = "The channel, `namespace:name`"), PresenceParams),
+    responses((status = 200, description = "The counts and (unless `counts_only`) every connection", body = PresenceResult), ChannelErrors),
+    security(("api_key" = [])),
+)]
 pub async fn presence(
     State(app): State<App>,
     ApiPath(name): ApiPath<String>,
@@ -468,10 +578,16 @@ pub async fn presence(
 }
 
 /// `GET /api/users/{user}` → `{user, online, connections}`.
-pub async fn user(
-    State(app): State<App>,
-    ApiPath(user): ApiPath<String>,
-) -> ApiResult<impl Serialize> {
+#[utoipa::path(
+    get,
+    path = "/users/{user}",
+    tag = "users",
+    summary = "Whether a user is connected, on any node",
+    params(("user" = String, Path, description = "The user id (the token's `sub`)")),
+    responses((status = 200, description = "The user's connections on every node", body = UserStatus), ReadErrors),
+    security(("api_key" = [])),
+)]
+pub async fn user(State(app): State<App>, ApiPath(user): ApiPath<String>) -> ApiResult<UserStatus> {
     let connections = app
         .hub
         .user_connections_everywhere(&user)
@@ -481,6 +597,14 @@ pub async fn user(
 }
 
 /// `GET /api/stats`: this node's figures, every live node's, and the cluster's totals.
+#[utoipa::path(
+    get,
+    path = "/stats",
+    tag = "server",
+    summary = "This node's figures, every node's, and the cluster's totals",
+    responses((status = 200, description = "The figures", body = Stats), ReadErrors),
+    security(("api_key" = [])),
+)]
 pub async fn stats(State(app): State<App>) -> Result<Response, ApiError> {
     let server = ServerFigures {
         messages_in: app.metrics.messages_in.get(),
@@ -498,12 +622,46 @@ pub async fn stats(State(app): State<App>) -> Result<Response, ApiError> {
     Ok(Json(stats).into_response())
 }
 
+/// `GET /api/openapi.json`: this document.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "server",
+    summary = "This OpenAPI document",
+    responses((status = 200, description = "The OpenAPI 3.1 document of the server's HTTP surface", content_type = "application/json"), KeyErrors),
+    security(("api_key" = [])),
+)]
+pub async fn openapi_document() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        openapi::document_json(),
+    )
+        .into_response()
+}
+
 /// `GET /health`: the process is up.
-pub async fn health() -> Json<impl Serialize> {
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "server",
+    summary = "Liveness: the process answers",
+    responses((status = 200, description = "Up", body = Status), MethodErrors),
+)]
+pub async fn health() -> Json<Status> {
     Json(protocol::health())
 }
 
 /// `GET /ready`: the engine answers and the server is not shutting down.
+#[utoipa::path(
+    get,
+    path = "/ready",
+    tag = "server",
+    summary = "Readiness: the engine answers and the node is not shutting down",
+    responses((status = 200, description = "Ready", body = Status), ReadyErrors),
+)]
 pub async fn ready(State(app): State<App>) -> Response {
     if app.is_shutting_down() {
         return counted(&app, HeraldError::unavailable("shutting down")).into_response();
@@ -515,6 +673,13 @@ pub async fn ready(State(app): State<App>) -> Response {
 }
 
 /// `GET /metrics`: Prometheus text.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "server",
+    summary = "Prometheus metrics",
+    responses((status = 200, description = "The Prometheus text format", content_type = "text/plain; version=0.0.4", body = String), MethodErrors),
+)]
 pub async fn metrics(State(app): State<App>) -> Response {
     let mut headers = HeaderMap::new();
     headers.insert(

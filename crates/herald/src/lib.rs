@@ -12,6 +12,7 @@
 //! - [`api`]: the HTTP API for backends, health, readiness and metrics.
 //! - [`limits`]: command rate, connection rate, client address, allowed origins.
 //! - [`metrics`]: Prometheus series.
+//! - [`openapi`]: the OpenAPI document's frame; the routes describe themselves.
 //! - [`hooks`]: the backend's hooks (connect, subscribe, publish) over HTTP, configured under
 //!   `[proxy]`.
 //! - [`store`]: the durable history store (`history_store = "disk"`) on redb.
@@ -26,6 +27,7 @@ pub mod config;
 pub mod hooks;
 pub mod limits;
 pub mod metrics;
+pub mod openapi;
 pub mod server;
 pub mod store;
 pub mod transport;

@@ -15,7 +15,6 @@ use axum::extract::ConnectInfo;
 use axum::extract::DefaultBodyLimit;
 use axum::http::Request;
 use axum::http::{HeaderValue, Method};
-use axum::routing::{get, post};
 use axum::Router;
 use herald_core::engine::NodeFigures;
 use herald_core::hooks::Hooks;
@@ -28,6 +27,8 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::api;
 use crate::auth::Authenticator;
@@ -35,6 +36,7 @@ use crate::config::{Config, ConfigError, EngineKind, HistoryStore};
 use crate::hooks::HttpHooks;
 use crate::limits::{ConnectionCap, ConnectionRate};
 use crate::metrics::Metrics;
+use crate::openapi;
 use crate::store;
 use crate::transport::ws::heartbeat::Heartbeats;
 use crate::transport::{sse, ws};
@@ -189,20 +191,54 @@ pub async fn build(config: Config) -> Result<App, ConfigError> {
     }))
 }
 
+/// The `/api` routes, each with its description (`routes!` takes both from the handler's
+/// `#[utoipa::path]`), before the layers that [`router`] puts around them.
+fn api_routes() -> OpenApiRouter<App> {
+    OpenApiRouter::new()
+        .routes(routes!(api::publish))
+        .routes(routes!(api::broadcast))
+        .routes(routes!(api::batch))
+        .routes(routes!(api::disconnect))
+        .routes(routes!(api::unsubscribe))
+        .routes(routes!(api::channels))
+        .routes(routes!(api::history))
+        .routes(routes!(api::presence))
+        .routes(routes!(api::user))
+        .routes(routes!(api::stats))
+        .routes(routes!(api::openapi_document))
+}
+
+/// The routes outside `/api`: where clients connect, health, readiness and metrics.
+fn root_routes() -> OpenApiRouter<App> {
+    OpenApiRouter::new()
+        .routes(routes!(ws::upgrade))
+        .routes(routes!(api::health))
+        .routes(routes!(api::ready))
+        .routes(routes!(api::metrics))
+}
+
+/// The SSE route, apart because it takes CORS like `/api`.
+fn sse_routes() -> OpenApiRouter<App> {
+    OpenApiRouter::new().routes(routes!(sse::stream))
+}
+
+/// The OpenAPI document of every route [`router`] serves, made from the same route lists.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, api) = api_routes().split_for_parts();
+    let (_, root) = root_routes().split_for_parts();
+    let (_, sse) = sse_routes().split_for_parts();
+    openapi::base()
+        .merge_from(root)
+        .merge_from(sse)
+        .nest("/api", api)
+}
+
 /// The HTTP routes. Every error any of them answers, the router's own (unknown path, wrong
-/// method) included, is the JSON error body (see [`api`]).
+/// method) included, is the JSON error body (see [`api`]). Every route is described in
+/// [`openapi`]; none is added here but through the route lists above.
 pub fn router(app: App) -> Router {
-    let api = Router::new()
-        .route("/publish", post(api::publish))
-        .route("/broadcast", post(api::broadcast))
-        .route("/batch", post(api::batch))
-        .route("/disconnect", post(api::disconnect))
-        .route("/unsubscribe", post(api::unsubscribe))
-        .route("/channels", get(api::channels))
-        .route("/channels/{channel}/history", get(api::history))
-        .route("/channels/{channel}/presence", get(api::presence))
-        .route("/users/{user}", get(api::user))
-        .route("/stats", get(api::stats))
+    let (api, _) = api_routes().split_for_parts();
+    let api = api
         // Before the layers, so that they wrap it: the API key is checked before the method, and
         // CORS answers preflights (an OPTIONS, which no route takes).
         .method_not_allowed_fallback(api::method_not_allowed)
@@ -215,19 +251,14 @@ pub fn router(app: App) -> Router {
         Some(layer) => api.layer(layer),
         None => api,
     };
-    let sse = Router::new()
-        .route("/sse", get(sse::stream))
-        .method_not_allowed_fallback(api::method_not_allowed);
+    let (sse, _) = sse_routes().split_for_parts();
+    let sse = sse.method_not_allowed_fallback(api::method_not_allowed);
     let sse = match cors(&app.config.allowed_origins) {
         Some(layer) => sse.layer(layer),
         None => sse,
     };
-    Router::new()
-        .route("/ws", get(ws::upgrade))
-        .merge(sse)
-        .route("/health", get(api::health))
-        .route("/ready", get(api::ready))
-        .route("/metrics", get(api::metrics))
+    let (root, _) = root_routes().split_for_parts();
+    root.merge(sse)
         .nest("/api", api)
         .fallback(api::not_found)
         // For the routes above that have none yet (`/api` and `/sse` have theirs).

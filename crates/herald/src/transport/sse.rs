@@ -96,6 +96,23 @@ fn once(slot: &mut Option<String>, name: &str, value: String) -> Result<(), Hera
 
 /// `GET /sse`: checks, authenticates, subscribes, then streams. A refused stream is the JSON
 /// error body, counted, like any other HTTP error.
+#[utoipa::path(
+    get,
+    path = "/sse",
+    tag = "clients",
+    summary = "Open a Server-Sent Events stream of one or more channels",
+    params(
+        ("channel" = Option<Vec<ChannelName>>, Query, description = "A channel to subscribe to; repeat for several. The personal channel is always included."),
+        ("token" = Option<String>, Query, description = "The client's JWT, when `Authorization` cannot be sent (EventSource)."),
+        ("last_event_id" = Option<String>, Query, description = "Resume from this event id (as `Last-Event-ID` does)."),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume from this event id; sent by EventSource when it reconnects."),
+    ),
+    responses(
+        (status = 200, description = "The event stream", content_type = "text/event-stream", body = String),
+        crate::openapi::ConnectErrors,
+    ),
+    security((), ("client_token" = [])),
+)]
 pub async fn stream(
     State(app): State<App>,
     Peer(peer): Peer,

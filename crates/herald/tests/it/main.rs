@@ -15,6 +15,7 @@ mod durable;
 mod hooks;
 mod http_errors;
 mod limits;
+mod openapi;
 mod presence;
 mod recovery;
 mod shutdown;

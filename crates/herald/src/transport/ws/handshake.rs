@@ -36,15 +36,32 @@ use crate::transport::{admit_connection, connect_hook, forwarded_headers, Peer};
 /// The query string of `GET /ws`: the token, and where the personal channel starts
 /// (`since=<offset>:<epoch>` or `last=<n>`), for clients that authenticate by header or query.
 /// Other parameters are ignored; one given twice is an error.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ConnectQuery {
+    /// The client's JWT, for clients that cannot send `Authorization` (browsers); it may also
+    /// come in the first frame instead.
     token: Option<String>,
+    /// Resume the personal channel after this position, `<offset>:<epoch>`.
     since: Option<String>,
+    /// Start the personal channel with its newest `last` publications.
     last: Option<u32>,
 }
 
 /// `GET /ws`: checks the handshake, origin and connection rate, then the query string, then
 /// upgrades. Each refusal is the JSON error body, counted.
+#[utoipa::path(
+    get,
+    path = "/ws",
+    tag = "clients",
+    summary = "Open a WebSocket connection (the native protocol; docs/protocol.md)",
+    params(ConnectQuery),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol"),
+        crate::openapi::ConnectErrors,
+    ),
+    security((), ("client_token" = [])),
+)]
 pub async fn upgrade(State(app): State<App>, Peer(peer): Peer, mut request: Request) -> Response {
     let limits = &app.config.limits;
     let refuse = |error: HeraldError| counted(&app, error).into_response();

@@ -43,6 +43,9 @@ mod socket;
 use std::time::Duration;
 
 pub use self::handshake::upgrade;
+// The route's OpenAPI description, which `utoipa_axum::routes!` finds beside the handler.
+#[doc(hidden)]
+pub use self::handshake::__path_upgrade;
 
 /// Most bytes read from a socket at a time. Clients send small commands; a larger frame is read
 /// in several calls.
