@@ -245,7 +245,10 @@ pub struct PublishBody {
     idempotency_key: Option<String>,
 }
 
-async fn publish_one(
+/// Publishes one publication as every caller does (the API's routes, and a service embedding
+/// Herald through [`crate::Herald::publish`]): the channel checked, `data` within
+/// `limits.max_frame_bytes`, the publication counted.
+pub(crate) async fn publish_one(
     app: &App,
     channel_name: &str,
     event: Option<String>,

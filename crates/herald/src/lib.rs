@@ -17,6 +17,8 @@
 //!   `[proxy]`.
 //! - [`store`]: the durable history store (`history_store = "disk"`) on redb.
 //! - [`server`]: shared state, the router, and [`server::run`], the one entry point.
+//! - [`embed`]: [`Herald`], the handle of a Rust service that embeds Herald: it mounts Herald's
+//!   router in its own and publishes in-process.
 //! - `main.rs`: the CLI (`serve`, `token`, `init`, `check-config`).
 
 #![forbid(unsafe_code)]
@@ -24,6 +26,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod embed;
 pub mod hooks;
 pub mod limits;
 pub mod metrics;
@@ -31,3 +34,5 @@ pub mod openapi;
 pub mod server;
 pub mod store;
 pub mod transport;
+
+pub use embed::Herald;

@@ -295,11 +295,25 @@ pub async fn run(
     app: App,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let routes = router(app.clone());
+    serve(listener, app, routes, shutdown).await
+}
+
+/// [`run`] with a router of the caller's: Herald's own ([`router`]) merged into or nested in an
+/// application's, for a service that embeds Herald (see [`crate::Herald`]). The router must hold
+/// Herald's routes for `/ws` to work: Herald's WebSocket transport takes each upgraded socket
+/// back from the HTTP server that this function runs.
+pub async fn serve(
+    listener: TcpListener,
+    app: App,
+    routes: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let beat = tokio::spawn(announce(app.clone()));
     let server = tokio::spawn(accept_loop(
         listener,
-        router(app.clone()),
+        routes,
         app.config.limits.handshake_timeout,
         stopped,
     ));
@@ -329,6 +343,11 @@ pub async fn run(
         Err(_) => Ok(()),
     }
 }
+
+/// Marks a request that [`accept_loop`] serves: its connection is a plain `TcpStream` given to
+/// hyper, which the WebSocket transport can take back after an upgrade.
+#[derive(Clone, Copy)]
+pub(crate) struct RawTcp;
 
 /// Accepts connections until `stopped` turns true, serving each with hyper's HTTP/1 server.
 ///
@@ -368,6 +387,7 @@ async fn accept_loop(
         let router = router.clone();
         let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
             request.extensions_mut().insert(ConnectInfo(peer));
+            request.extensions_mut().insert(RawTcp);
             // A `Router` is always ready; `call` only clones its routes' `Arc`.
             tower_service::Service::call(&mut router.clone(), request.map(Body::new))
         });

@@ -12,6 +12,7 @@ mod cli;
 mod cluster;
 mod delivery;
 mod durable;
+mod embedding;
 mod hooks;
 mod http_errors;
 mod limits;

@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use super::connection::Connection;
 use crate::api::{counted, parse_query};
 use crate::auth::{bearer_token, Verified};
-use crate::server::App;
+use crate::server::{App, RawTcp};
 use crate::transport::{admit_connection, connect_hook, forwarded_headers, Peer};
 
 /// The query string of `GET /ws`: the token, and where the personal channel starts
@@ -69,6 +69,12 @@ pub async fn upgrade(State(app): State<App>, Peer(peer): Peer, mut request: Requ
         Ok(accept) => accept,
         Err(e) => return refuse(e),
     };
+    if request.extensions().get::<RawTcp>().is_none() {
+        return refuse(HeraldError::internal(
+            "WebSocket upgrades need Herald's HTTP server: serve the router with herald::server::serve \
+             (Herald::serve), not axum::serve",
+        ));
+    }
     let Some(on_upgrade) = request.extensions_mut().remove::<OnUpgrade>() else {
         return refuse(HeraldError::bad_request(
             "this connection cannot be upgraded to a WebSocket",
