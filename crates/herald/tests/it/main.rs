@@ -10,6 +10,7 @@ mod common;
 mod auth;
 mod cli;
 mod cluster;
+mod dashboard;
 mod delivery;
 mod durable;
 mod embedding;
