@@ -897,7 +897,10 @@ async fn run_batch(
     if !counts.is_empty() {
         // After the pipeline, so that Redis has taken every change of this node queued before.
         let counted = match &result {
-            Ok(()) => count_subscribers(shared, connection, &counts).await,
+            Ok(()) => {
+                let subjects: Vec<&str> = counts.iter().map(|(subject, _)| &**subject).collect();
+                count_subscribers(shared, connection, &subjects).await
+            }
             Err(e) => Err(e.clone()),
         };
         for (subject, done) in counts {
@@ -919,7 +922,7 @@ async fn run_batch(
 async fn count_subscribers(
     shared: &Shared,
     connection: &mut MultiplexedConnection,
-    asked: &[(Box<str>, oneshot::Sender<Result<bool, HeraldError>>)],
+    subjects: &[&str],
 ) -> Result<HashMap<String, i64>, HeraldError> {
     let mut command = redis::cmd("PUBSUB");
     command.arg(if shared.cluster {
@@ -927,8 +930,8 @@ async fn count_subscribers(
     } else {
         "NUMSUB"
     });
-    for (subject, _) in asked {
-        command.arg(&**subject);
+    for subject in subjects {
+        command.arg(*subject);
     }
     let reply = tokio::time::timeout(
         shared.config.timeout,

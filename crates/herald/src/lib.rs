@@ -15,6 +15,8 @@
 //! - [`hooks`]: the backend's hooks (connect, subscribe, publish) over HTTP, configured under
 //!   `[proxy]`.
 //! - [`store`]: the durable history store (`history_store = "disk"`) on redb.
+//! - [`webhooks`]: events about users, channels and presence, posted to the backend in signed
+//!   batches (`[webhooks]`).
 //! - [`server`]: shared state, the router, and [`server::run`], the one entry point.
 //! - `main.rs`: the CLI (`serve`, `token`, `init`, `check-config`).
 
@@ -29,3 +31,4 @@ pub mod metrics;
 pub mod server;
 pub mod store;
 pub mod transport;
+pub mod webhooks;

@@ -20,4 +20,5 @@ mod recovery;
 mod shutdown;
 mod slow_consumer;
 mod sse;
+mod webhooks;
 mod websocket_rfc6455;
