@@ -30,5 +30,5 @@ pub mod publication;
 pub use channel::{ChannelName, Identity, NamespacePolicy, Namespaces, SubscribePolicy};
 pub use engine::{Engine, MemoryEngine};
 pub use error::{CloseCode, Disconnect, ErrorCode, HeraldError};
-pub use hub::{Hub, HubConfig, Recovery, Session, Subscribed};
+pub use hub::{Hub, HubConfig, Lifecycle, Recovery, Session, Subscribed};
 pub use publication::{Publication, StreamPosition};

@@ -25,6 +25,7 @@
 //! | `P:{T}:pe:C` | sorted set | presence: client → when its entry expires (ms) |
 //! | `P:{T}:C` | pub/sub | publications and events of the channel |
 //! | `P:{u.T}:u:U` | hash | user `U`'s connections: node → count |
+//! | `P:{r.T}:r:K` | string | reported state `K` (`u:<user>`, `c:<channel>`) last reported present, for webhooks; absent when last reported absent |
 //! | `P:{nodes}:live` | sorted set | live nodes: node id → when it expires (ms) |
 //! | `P:{nodes}:n:ID` | string | a node's figures (JSON), expiring |
 //! | `P:commands` | pub/sub | cluster commands |
@@ -149,6 +150,13 @@ impl Keys {
     pub fn user(&self, user: &str) -> String {
         let partition = self.partition(user);
         format!("{}:{{u.{}}}:u:{user}", self.prefix, self.tags[partition])
+    }
+
+    /// The flag of a reported state (`Engine::mark_reported`): one key of its own, tagged by
+    /// the partition of its name like a user's counts.
+    pub fn reported(&self, key: &str) -> String {
+        let partition = self.partition(key);
+        format!("{}:{{r.{}}}:r:{key}", self.prefix, self.tags[partition])
     }
 
     /// The set of live nodes.

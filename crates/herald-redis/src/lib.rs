@@ -834,6 +834,40 @@ impl Engine for RedisEngine {
         Ok(nodes)
     }
 
+    fn spans_nodes(&self) -> bool {
+        true
+    }
+
+    async fn channel_subscribed_anywhere(
+        &self,
+        channel: &ChannelName,
+    ) -> Result<bool, HeraldError> {
+        self.subscriber.subscribed_anywhere(channel).await
+    }
+
+    async fn mark_reported(&self, key: &str, present: bool) -> Result<bool, HeraldError> {
+        let key = self.shared.keys.reported(key);
+        // `SET .. GET` answers the value before (nil: it was absent), `GETDEL` the value it
+        // removed (nil: there was none); each is one atomic step, so of nodes racing to set the
+        // same state, one sees the change.
+        let before: Option<String> = self
+            .shared
+            .run("reported", |mut c| async move {
+                if present {
+                    redis::cmd("SET")
+                        .arg(&key)
+                        .arg("1")
+                        .arg("GET")
+                        .query_async(&mut c)
+                        .await
+                } else {
+                    redis::cmd("GETDEL").arg(&key).query_async(&mut c).await
+                }
+            })
+            .await?;
+        Ok(before.is_some() != present)
+    }
+
     fn counters(&self) -> EngineCounters {
         let c = &self.shared.counters;
         EngineCounters {
@@ -865,15 +899,27 @@ impl Engine for RedisEngine {
             })
             .await?;
         if per_node.is_empty() {
-            return Ok(Some(0));
+            let here = self.shared.users.lock().counts.get(user).copied();
+            return Ok(Some(here.unwrap_or(0)));
         }
         let live: Vec<String> = self.shared.nodes_op("ids", &[]).await?;
-        let mut total = 0;
+        // This node's share is its count now, not what the flusher last wrote.
+        let mut total = self
+            .shared
+            .users
+            .lock()
+            .counts
+            .get(user)
+            .copied()
+            .unwrap_or(0);
         let mut dead = Vec::new();
         for (node, count) in per_node {
-            if node == self.shared.node_id || live.contains(&node) {
+            if node == self.shared.node_id {
+                continue;
+            }
+            if live.contains(&node) {
                 total += count;
-            } else if node != self.shared.node_id {
+            } else {
                 dead.push(node);
             }
         }

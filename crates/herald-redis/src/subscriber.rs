@@ -80,6 +80,9 @@ enum Request {
     /// Channels moved to this link (their partition's slot moved to its master): subscribe them
     /// and repair what they missed; and the commands subject, if the link now carries it.
     Adopt(Vec<Box<str>>),
+    /// How many connections (one per node) Redis has subscribed to a subject, asked on this
+    /// link's connection after every subscribe and unsubscribe queued before it was sent.
+    Count(Box<str>, oneshot::Sender<Result<bool, HeraldError>>),
 }
 
 /// A pub/sub connection and the channels it serves.
@@ -317,6 +320,37 @@ impl Subscriber {
         {
             tokio::spawn(async move { handle.requests.send(request).await });
         }
+    }
+
+    /// Whether any node is subscribed to `channel` in Redis. Asked on the channel's link, behind
+    /// whatever subscribe or unsubscribe this node queued there before, so that the answer
+    /// counts this node as its own index stands (an unsubscribe is sent lazily, and a count
+    /// asked on another connection could still see it subscribed).
+    pub(crate) async fn subscribed_anywhere(
+        &self,
+        channel: &ChannelName,
+    ) -> Result<bool, HeraldError> {
+        let (subject, partition) = self.shared.keys.subject(channel.as_str());
+        let handle = self.layout.read().link_of(partition).clone();
+        if !handle.link.up.load(Ordering::Relaxed) {
+            return Err(HeraldError::unavailable(
+                "redis: the pub/sub link is reconnecting",
+            ));
+        }
+        let (done, answer) = oneshot::channel();
+        let wait = self.shared.config.timeout * 2;
+        let asked = tokio::time::timeout(wait, async {
+            handle
+                .requests
+                .send(Request::Count(subject.into(), done))
+                .await
+                .map_err(|_| HeraldError::unavailable("redis: the pub/sub link ended"))?;
+            answer
+                .await
+                .map_err(|_| HeraldError::unavailable("redis: the pub/sub link ended"))?
+        })
+        .await;
+        asked.unwrap_or_else(|_| Err(unavailable("subscriber count", "timed out")))
     }
 
     /// Reads the cluster's slots and, where a partition's master changed, moves its channels to
@@ -668,10 +702,19 @@ async fn run_link(
                 link.recheck.notify_one();
                 // Refuse what queued meanwhile rather than keep it waiting.
                 while let Ok(request) = requests.try_recv() {
-                    if let Request::Subscribe(_, done) = request {
-                        let _ = done.send(Err(HeraldError::unavailable(
+                    fn reconnecting<T>() -> Result<T, HeraldError> {
+                        Err(HeraldError::unavailable(
                             "redis: the pub/sub link is reconnecting",
-                        )));
+                        ))
+                    }
+                    match request {
+                        Request::Subscribe(_, done) => {
+                            let _ = done.send(reconnecting());
+                        }
+                        Request::Count(_, done) => {
+                            let _ = done.send(reconnecting());
+                        }
+                        Request::Unsubscribe(_) | Request::Adopt(_) => {}
                     }
                 }
                 tokio::time::sleep(backoff).await;
@@ -814,16 +857,23 @@ async fn run_batch(
                     pipe.cmd(subscribe).arg(&**subject).ignore();
                 }
             }
+            Request::Count(..) => {}
         }
     }
-    let sent =
-        tokio::time::timeout(shared.config.timeout, pipe.query_async::<()>(connection)).await;
-    let result = match sent {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(unavailable("subscribe", e)),
-        Err(_) => Err(unavailable("subscribe", "timed out")),
+    let result = if pipe.is_empty() {
+        // Only counts were asked.
+        Ok(())
+    } else {
+        let sent =
+            tokio::time::timeout(shared.config.timeout, pipe.query_async::<()>(connection)).await;
+        match sent {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(unavailable("subscribe", e)),
+            Err(_) => Err(unavailable("subscribe", "timed out")),
+        }
     };
     let mut confirmations = Vec::new();
+    let mut counts = Vec::new();
     for request in batch {
         match request {
             Request::Subscribe(subject, done) => {
@@ -832,6 +882,7 @@ async fn run_batch(
             }
             Request::Adopt(subjects) => adopted.extend(subjects),
             Request::Unsubscribe(_) => {}
+            Request::Count(subject, done) => counts.push((subject, done)),
         }
     }
     // A subscribe is confirmed only once its starting point is known: were the connection to
@@ -843,10 +894,73 @@ async fn run_batch(
     for done in confirmations {
         let _ = done.send(result.clone());
     }
+    if !counts.is_empty() {
+        // After the pipeline, so that Redis has taken every change of this node queued before.
+        let counted = match &result {
+            Ok(()) => {
+                let subjects: Vec<&str> = counts.iter().map(|(subject, _)| &**subject).collect();
+                count_subscribers(shared, connection, &subjects).await
+            }
+            Err(e) => Err(e.clone()),
+        };
+        for (subject, done) in counts {
+            let answer = match &counted {
+                Ok(found) => Ok(found.get(&*subject).is_some_and(|n| *n > 0)),
+                Err(e) => Err(e.clone()),
+            };
+            let _ = done.send(answer);
+        }
+    }
     if result.is_ok() && !adopted.is_empty() {
         spawn_repair(shared, link, adopted);
     }
     result
+}
+
+/// `PUBSUB NUMSUB` (`SHARDNUMSUB` in a Redis Cluster) of the subjects asked about, on the link's
+/// own connection: subject → subscribed connections.
+async fn count_subscribers(
+    shared: &Shared,
+    connection: &mut MultiplexedConnection,
+    subjects: &[&str],
+) -> Result<HashMap<String, i64>, HeraldError> {
+    let mut command = redis::cmd("PUBSUB");
+    command.arg(if shared.cluster {
+        "SHARDNUMSUB"
+    } else {
+        "NUMSUB"
+    });
+    for subject in subjects {
+        command.arg(*subject);
+    }
+    let reply = tokio::time::timeout(
+        shared.config.timeout,
+        command.query_async::<Value>(connection),
+    )
+    .await
+    .map_err(|_| unavailable("subscriber count", "timed out"))?
+    .map_err(|e| unavailable("subscriber count", e))?;
+    // A flat array of subject and count (RESP2), or a map (RESP3).
+    let pairs: Vec<(Value, Value)> = match reply {
+        Value::Array(items) => {
+            let mut items = items.into_iter();
+            let mut pairs = Vec::new();
+            while let (Some(subject), Some(count)) = (items.next(), items.next()) {
+                pairs.push((subject, count));
+            }
+            pairs
+        }
+        Value::Map(pairs) => pairs,
+        other => return Err(unavailable("subscriber count", format!("{other:?}"))),
+    };
+    Ok(pairs
+        .into_iter()
+        .filter_map(|(subject, count)| {
+            let subject = redis::from_redis_value::<String>(subject).ok()?;
+            let count = redis::from_redis_value::<i64>(count).ok()?;
+            Some((subject, count))
+        })
+        .collect())
 }
 
 /// Reads the last offset of each of `subjects` on the link's own connection and makes it the

@@ -212,6 +212,70 @@ async fn presence_commands_users_and_the_registry_span_nodes() {
     assert_eq!(total, Some(3), "two connections on a, one on b");
 }
 
+/// What webhooks ask of the cluster: whether a channel is subscribed on any node, a user's
+/// connections with this node's latest count (written out by the flusher only later), and one
+/// reported state for every node.
+#[tokio::test]
+async fn subscriptions_counts_and_reported_states_span_nodes() {
+    let url = &testing::shared().url;
+    let prefix = testing::unique_prefix("report");
+    let (_, a) = node(url, &prefix, "a").await;
+    let (_, b) = node(url, &prefix, "b").await;
+    let ch = channel("room:anywhere");
+    a.engine.node_subscribe(&ch).await.expect("subscribe");
+    let anywhere = |n: &Node| {
+        let engine = n.engine.clone();
+        let ch = ch.clone();
+        async move { engine.channel_subscribed_anywhere(&ch).await.expect("ask") }
+    };
+    assert!(anywhere(&b).await, "a's subscription, seen from b");
+    b.engine.node_subscribe(&ch).await.expect("subscribe");
+    a.engine.node_unsubscribe(&ch).await.expect("unsubscribe");
+    assert!(anywhere(&a).await, "b's subscription, seen from a");
+    b.engine.node_unsubscribe(&ch).await.expect("unsubscribe");
+    assert!(
+        !anywhere(&b).await,
+        "nobody, right after b's own unsubscribe"
+    );
+    assert!(!anywhere(&a).await, "nobody, seen from a");
+
+    let carol: Arc<str> = "carol".into();
+    for (n, name) in [(&a, "a"), (&b, "b")] {
+        let figures = NodeFigures {
+            name: name.into(),
+            ..NodeFigures::default()
+        };
+        n.engine.announce(figures).await.expect("announce");
+    }
+    a.engine.user_connections_changed(&carol, 1);
+    let here = a.engine.user_connections("carol").await.expect("users");
+    assert_eq!(here, Some(1), "a's own count at once");
+    a.engine.user_connections_changed(&carol, 0);
+    b.engine.user_connections_changed(&carol, 2);
+    let mut total = None;
+    for _ in 0..100 {
+        total = a.engine.user_connections("carol").await.expect("users");
+        if total == Some(2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(total, Some(2), "b's two once written, none left on a");
+
+    assert!(a.engine.mark_reported("u:carol", true).await.expect("mark"));
+    assert!(!b.engine.mark_reported("u:carol", true).await.expect("mark"));
+    assert!(b
+        .engine
+        .mark_reported("u:carol", false)
+        .await
+        .expect("mark"));
+    assert!(!a
+        .engine
+        .mark_reported("u:carol", false)
+        .await
+        .expect("mark"));
+}
+
 #[tokio::test]
 async fn a_dead_nodes_presence_expires() {
     let url = &testing::shared().url;

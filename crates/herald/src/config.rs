@@ -81,6 +81,7 @@ pub struct Config {
     pub limits: Limits,
     pub sse: SseConfig,
     pub proxy: ProxyConfig,
+    pub webhooks: WebhooksConfig,
     #[serde(rename = "namespace")]
     pub namespaces: Vec<NamespaceConfig>,
 }
@@ -176,6 +177,134 @@ impl ProxyConfig {
     }
 }
 
+/// The webhooks (`docs/webhooks.md`): events about users, channels and presence, posted in
+/// signed batches to the backend.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// Where the batches are posted; empty: webhooks are off.
+    pub url: String,
+    /// The HMAC-SHA256 key of `X-Herald-Signature`.
+    pub secret: String,
+    /// The event types sent (every type by default).
+    pub events: Vec<String>,
+    /// How long `user_offline` and `channel_vacated` wait for the user or channel to come back.
+    #[serde(deserialize_with = "duration")]
+    pub grace: Duration,
+    /// The longest one request may take; past it, the batch is retried.
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// Events waiting to be sent, at most; past it, new events are dropped (counted).
+    pub queue_size: usize,
+    /// Events in one request, at most.
+    pub batch_size: usize,
+    /// Tries of one batch before it is dropped (counted).
+    pub max_attempts: u32,
+    /// Users and channels waiting for their state to be checked (their grace running), at most;
+    /// past it, new ones are not reported (counted).
+    pub pending_size: usize,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        WebhooksConfig {
+            url: String::new(),
+            secret: String::new(),
+            events: all_event_types(),
+            grace: Duration::from_secs(5),
+            timeout: Duration::from_secs(5),
+            queue_size: 10_000,
+            batch_size: 100,
+            max_attempts: 10,
+            pending_size: 100_000,
+        }
+    }
+}
+
+/// Every webhook event type.
+fn all_event_types() -> Vec<String> {
+    crate::webhooks::EventType::ALL
+        .iter()
+        .map(|t| t.as_str().to_string())
+        .collect()
+}
+
+impl WebhooksConfig {
+    /// Whether webhooks are on.
+    pub fn enabled(&self) -> bool {
+        !self.url.is_empty()
+    }
+
+    fn validate(&self, engine: EngineKind) -> Result<(), ConfigError> {
+        for event in &self.events {
+            if crate::webhooks::EventType::parse(event).is_none() {
+                let known = all_event_types().join(", ");
+                return Err(ConfigError::new(
+                    "webhooks.events",
+                    format!("{event:?} is not an event type (one of {known})"),
+                ));
+            }
+        }
+        if !self.enabled() {
+            return Ok(());
+        }
+        match self.url.split_once("://") {
+            Some(("http", rest)) if !rest.is_empty() => {}
+            Some(("https", _)) => {
+                return Err(ConfigError::new(
+                    "webhooks.url",
+                    "https is not supported: post to the backend over http on the private \
+                     network (or through a local TLS proxy)",
+                ))
+            }
+            _ => {
+                return Err(ConfigError::new(
+                    "webhooks.url",
+                    format!("{:?} is not an http:// URL", self.url),
+                ))
+            }
+        }
+        if reqwest::Url::parse(&self.url).is_err() {
+            return Err(ConfigError::new(
+                "webhooks.url",
+                format!("{:?} is not a valid URL", self.url),
+            ));
+        }
+        if self.secret.len() < 16 {
+            return Err(ConfigError::new(
+                "webhooks.secret",
+                "required with webhooks.url, at least 16 bytes (herald init makes a 43-byte one)",
+            ));
+        }
+        if self.timeout.is_zero() || self.timeout > Duration::from_secs(60) {
+            return Err(ConfigError::new(
+                "webhooks.timeout",
+                "must be more than zero and at most 60s",
+            ));
+        }
+        if self.grace > Duration::from_secs(3600) {
+            return Err(ConfigError::new("webhooks.grace", "at most 1h"));
+        }
+        if engine == EngineKind::Redis && self.grace < crate::webhooks::MIN_CLUSTER_GRACE {
+            return Err(ConfigError::new(
+                "webhooks.grace",
+                "at least 1s with engine = \"redis\": the nodes' views of a user or channel \
+                 must settle within it (see docs/webhooks.md)",
+            ));
+        }
+        let positive = [
+            ("webhooks.queue_size", self.queue_size),
+            ("webhooks.batch_size", self.batch_size),
+            ("webhooks.max_attempts", self.max_attempts as usize),
+            ("webhooks.pending_size", self.pending_size),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(ConfigError::new(*key, "must be greater than zero"));
+        }
+        Ok(())
+    }
+}
+
 /// Every limit, with the spec's defaults.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -259,6 +388,7 @@ impl Default for Config {
             limits: Limits::default(),
             sse: SseConfig::default(),
             proxy: ProxyConfig::default(),
+            webhooks: WebhooksConfig::default(),
             namespaces: Vec::new(),
         }
     }
@@ -519,6 +649,55 @@ const ENV_KEYS: &[(&str, Option<&str>, &str, Kind)] = &[
         "max_api_body_bytes",
         Kind::Integer,
     ),
+    ("HERALD_WEBHOOKS_URL", Some("webhooks"), "url", Kind::Text),
+    (
+        "HERALD_WEBHOOKS_SECRET",
+        Some("webhooks"),
+        "secret",
+        Kind::Text,
+    ),
+    (
+        "HERALD_WEBHOOKS_EVENTS",
+        Some("webhooks"),
+        "events",
+        Kind::List,
+    ),
+    (
+        "HERALD_WEBHOOKS_GRACE",
+        Some("webhooks"),
+        "grace",
+        Kind::Text,
+    ),
+    (
+        "HERALD_WEBHOOKS_TIMEOUT",
+        Some("webhooks"),
+        "timeout",
+        Kind::Text,
+    ),
+    (
+        "HERALD_WEBHOOKS_QUEUE_SIZE",
+        Some("webhooks"),
+        "queue_size",
+        Kind::Integer,
+    ),
+    (
+        "HERALD_WEBHOOKS_BATCH_SIZE",
+        Some("webhooks"),
+        "batch_size",
+        Kind::Integer,
+    ),
+    (
+        "HERALD_WEBHOOKS_MAX_ATTEMPTS",
+        Some("webhooks"),
+        "max_attempts",
+        Kind::Integer,
+    ),
+    (
+        "HERALD_WEBHOOKS_PENDING_SIZE",
+        Some("webhooks"),
+        "pending_size",
+        Kind::Integer,
+    ),
 ];
 
 /// Environment variables that start with `HERALD_` but are not configuration keys.
@@ -774,7 +953,8 @@ impl Config {
                 ));
             }
         }
-        self.proxy.validate()
+        self.proxy.validate()?;
+        self.webhooks.validate(self.engine)
     }
 
     /// The namespace table for the hub.
@@ -919,6 +1099,7 @@ pub fn init_template() -> String {
     INIT_TEMPLATE
         .replace("@JWT_SECRET@", &fresh_secret())
         .replace("@API_KEY@", &fresh_secret())
+        .replace("@WEBHOOK_SECRET@", &fresh_secret())
 }
 
 const INIT_TEMPLATE: &str = r#"# Herald configuration. Every key can be overridden by an environment variable
@@ -983,6 +1164,20 @@ max_api_body_bytes = 8388608         # largest HTTP API request body
 timeout = "3s"                       # no answer in time: refused with unavailable
 forward_headers = ["cookie"]         # request headers passed on to the hooks
 
+[webhooks]
+# Events posted to the backend in signed JSON batches (docs/webhooks.md). Empty url: off.
+url = ""                             # e.g. "http://127.0.0.1:3000/herald/events"
+secret = "@WEBHOOK_SECRET@"          # X-Herald-Signature: sha256=<HMAC-SHA256 of the body>
+# events = ["user_online", "user_offline", "channel_occupied", "channel_vacated",
+#           "presence_join", "presence_leave"]     # the types sent; default: all
+grace = "5s"                         # user_offline / channel_vacated wait this long, so that a
+                                     # page reload sends nothing (at least 1s with redis)
+timeout = "5s"                       # each request; past it the batch is retried with backoff
+queue_size = 10000                   # events waiting; when full, new events are dropped
+batch_size = 100                     # events per request
+max_attempts = 10                    # tries per batch (0.5s doubling to 30s between them)
+pending_size = 100000                # users and channels in their grace period, at most
+
 # Each user's personal channel user:{sub} exists without configuration.
 
 [[namespace]]
@@ -1019,6 +1214,9 @@ mod tests {
         let config = Config::from_toml(&init_template()).expect("valid");
         assert_eq!(config.namespaces.len(), 2);
         assert_eq!(config.limits.max_frame_bytes, 65536);
+        assert!(!config.webhooks.enabled(), "off until a url is set");
+        assert_eq!(config.webhooks.events.len(), 6, "every type by default");
+        assert!(config.webhooks.secret.len() >= 16, "a fresh secret");
     }
 
     #[test]
@@ -1033,6 +1231,10 @@ mod tests {
                 ("HERALD_API_KEYS", "0123456789abcdef, fedcba9876543210"),
                 ("HERALD_LIMITS_MAX_FRAME_BYTES", "1024"),
                 ("HERALD_LIMITS_HEARTBEAT_INTERVAL", "5s"),
+                ("HERALD_WEBHOOKS_URL", "http://127.0.0.1:3000/events"),
+                ("HERALD_WEBHOOKS_EVENTS", "user_online, user_offline"),
+                ("HERALD_WEBHOOKS_GRACE", "2s"),
+                ("HERALD_WEBHOOKS_QUEUE_SIZE", "50"),
                 ("HERALD_AUTH_JWT_SECRET", "12345678901234567890"),
                 ("HERALD_LOG", "debug"),
                 ("PATH", "/bin"),
@@ -1044,6 +1246,10 @@ mod tests {
         assert_eq!(config.api.keys.len(), 2);
         assert_eq!(config.limits.max_frame_bytes, 1024);
         assert_eq!(config.limits.heartbeat_interval, Duration::from_secs(5));
+        assert_eq!(config.webhooks.url, "http://127.0.0.1:3000/events");
+        assert_eq!(config.webhooks.events, ["user_online", "user_offline"]);
+        assert_eq!(config.webhooks.grace, Duration::from_secs(2));
+        assert_eq!(config.webhooks.queue_size, 50);
         assert_eq!(
             config.auth.jwt_secret.as_deref(),
             Some("12345678901234567890")
@@ -1139,6 +1345,47 @@ mod tests {
                     "forward_headers = [\"bad header\"]",
                 ),
                 "proxy.forward_headers",
+            ),
+            (
+                base.replace("url = \"\"", "url = \"backend:3000/events\""),
+                "webhooks.url",
+            ),
+            (
+                base.replace("url = \"\"", "url = \"https://backend/events\""),
+                "webhooks.url",
+            ),
+            (
+                base.replace("url = \"\"", "url = \"http://backend/events\"")
+                    .replace("grace = \"5s\"", "grace = \"soon\""),
+                "grace",
+            ),
+            (
+                base.replace("url = \"\"", "url = \"http://backend/events\"")
+                    .replace("grace = \"5s\"", "grace = \"500ms\"")
+                    .replace("engine = \"memory\"", "engine = \"redis\""),
+                "webhooks.grace",
+            ),
+            (
+                base.replace("url = \"\"", "url = \"http://backend/events\"")
+                    .replace("timeout = \"5s\"", "timeout = \"0s\""),
+                "webhooks.timeout",
+            ),
+            (
+                base.replace(
+                    "# events = [\"user_online\"",
+                    "events = [\"user_online\", \"user_away\"]\n# x = [\"user_online\"",
+                ),
+                "webhooks.events",
+            ),
+            (
+                base.replace("url = \"\"", "url = \"http://backend/events\"")
+                    .replace("\nsecret = \"", "\nsecret = \"short\"\n# \""),
+                "webhooks.secret",
+            ),
+            (
+                base.replace("url = \"\"", "url = \"http://backend/events\"")
+                    .replace("queue_size = 10000", "queue_size = 0"),
+                "webhooks.queue_size",
             ),
         ];
         for (text, needle) in cases {

@@ -16,6 +16,8 @@
 //! - [`hooks`]: the backend's hooks (connect, subscribe, publish) over HTTP, configured under
 //!   `[proxy]`.
 //! - [`store`]: the durable history store (`history_store = "disk"`) on redb.
+//! - [`webhooks`]: events about users, channels and presence, posted to the backend in signed
+//!   batches (`[webhooks]`).
 //! - [`server`]: shared state, the router, and [`server::run`], the one entry point.
 //! - [`embed`]: [`Herald`], the handle of a Rust service that embeds Herald: it mounts Herald's
 //!   router in its own and publishes in-process.
@@ -34,5 +36,6 @@ pub mod openapi;
 pub mod server;
 pub mod store;
 pub mod transport;
+pub mod webhooks;
 
 pub use embed::Herald;

@@ -40,6 +40,16 @@ pub struct HookNameLabel {
     pub hook: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeLabel {
+    pub r#type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
 /// Every metric Herald exports.
 pub struct Metrics {
     registry: Registry,
@@ -69,6 +79,16 @@ pub struct Metrics {
     pub hook_duration: Family<HookNameLabel, Histogram>,
     /// `typing` frames dropped by the throttle.
     pub typing_throttled: Counter,
+    /// Webhook events queued for sending, by type.
+    pub webhook_events: Family<TypeLabel, Counter>,
+    /// Webhook events dropped, by reason (`queue_full`, `attempts_exhausted`, `pending_full`).
+    pub webhook_dropped: Family<ReasonLabel, Counter>,
+    /// Webhook requests, by result (`ok`, `error`, `timeout`).
+    pub webhook_requests: Family<ResultLabel, Counter>,
+    /// Webhook events waiting in the queue.
+    pub webhook_queue: Gauge,
+    /// How long webhook requests took (or took to fail).
+    pub webhook_duration: Histogram,
     engine_link_reconnects: Counter,
     engine_links_down: Gauge,
     engine_repaired_publications: Counter,
@@ -105,6 +125,24 @@ impl Metrics {
             ])
         });
         let typing_throttled = Counter::default();
+        let webhook_events = Family::<TypeLabel, Counter>::default();
+        let webhook_dropped = Family::<ReasonLabel, Counter>::default();
+        let webhook_requests = Family::<ResultLabel, Counter>::default();
+        let webhook_queue = Gauge::default();
+        let webhook_duration = Histogram::new([
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ]);
+        for kind in crate::webhooks::EventType::ALL {
+            let _ = webhook_events.get_or_create(&TypeLabel {
+                r#type: kind.as_str(),
+            });
+        }
+        for reason in crate::webhooks::DROP_REASONS {
+            let _ = webhook_dropped.get_or_create(&ReasonLabel { reason });
+        }
+        for result in crate::webhooks::REQUEST_RESULTS {
+            let _ = webhook_requests.get_or_create(&ResultLabel { result });
+        }
         for code in ErrorCode::ALL {
             let _ = errors.get_or_create(&CodeLabel {
                 code: code.as_str(),
@@ -185,6 +223,32 @@ impl Metrics {
             typing_throttled.clone(),
         );
 
+        registry.register(
+            "webhook_events",
+            "Webhook events queued for sending, by type",
+            webhook_events.clone(),
+        );
+        registry.register(
+            "webhook_events_dropped",
+            "Webhook events dropped, by reason (queue_full, attempts_exhausted, pending_full)",
+            webhook_dropped.clone(),
+        );
+        registry.register(
+            "webhook_requests",
+            "Webhook requests to the backend, by result (ok, error, timeout)",
+            webhook_requests.clone(),
+        );
+        registry.register(
+            "webhook_queue_events",
+            "Webhook events waiting in the queue",
+            webhook_queue.clone(),
+        );
+        registry.register(
+            "webhook_duration_seconds",
+            "Time webhook requests took (or took to fail)",
+            webhook_duration.clone(),
+        );
+
         let engine_link_reconnects = Counter::default();
         let engine_links_down = Gauge::default();
         let engine_repaired_publications = Counter::default();
@@ -230,6 +294,11 @@ impl Metrics {
             hook_requests,
             hook_duration,
             typing_throttled,
+            webhook_events,
+            webhook_dropped,
+            webhook_requests,
+            webhook_queue,
+            webhook_duration,
         }
     }
 

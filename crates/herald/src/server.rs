@@ -40,6 +40,7 @@ use crate::openapi;
 use crate::store;
 use crate::transport::ws::heartbeat::Heartbeats;
 use crate::transport::{sse, ws};
+use crate::webhooks::Webhooks;
 
 /// Everything a request handler needs, shared by all of them.
 pub struct AppState {
@@ -49,6 +50,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The backend's hooks, when any is configured.
     pub hooks: Option<Arc<HttpHooks>>,
+    /// The webhooks, when `[webhooks] url` is set.
+    pub webhooks: Option<Arc<Webhooks>>,
     /// New connections per IP per second.
     pub connection_rate: ConnectionRate,
     /// Open client connections, at most `limits.max_connections`; taken and given back only
@@ -175,6 +178,8 @@ pub async fn build(config: Config) -> Result<App, ConfigError> {
         engine,
         core_hooks,
     );
+    let webhooks = Webhooks::start(&config.webhooks, &hub, metrics.clone())
+        .map_err(|e| ConfigError::new("webhooks", e.message))?;
     let config_name_source = config.clone();
     Ok(Arc::new(AppState {
         connection_rate: ConnectionRate::new(config.limits.connections_per_ip_per_second),
@@ -185,6 +190,7 @@ pub async fn build(config: Config) -> Result<App, ConfigError> {
         auth,
         metrics,
         hooks,
+        webhooks,
         started: Instant::now(),
         node_name: node_name(&config_name_source),
         shutting_down: AtomicBool::new(false),

@@ -115,6 +115,8 @@ macro_rules! engine_conformance_tests {
             events_reach_subscribers_and_stay_out_of_history,
             cluster_commands_reach_every_node,
             node_subscriptions_are_idempotent,
+            node_subscriptions_are_visible,
+            reported_state_changes_once,
         );
     };
     (@checks $make:expr; $($check:ident),+ $(,)?) => {
@@ -433,4 +435,58 @@ pub async fn node_subscriptions_are_idempotent(node: &Node) {
         [1, 2],
         "one stream, one epoch"
     );
+}
+
+/// Whether a channel is subscribed anywhere follows this node's own subscription at once, with
+/// no wait for the engine to catch up: the answer after an unsubscribe no longer counts it.
+pub async fn node_subscriptions_are_visible(node: &Node) {
+    let ch = channel("conf:anywhere");
+    let engine = &node.engine;
+    let anywhere = || async { engine.channel_subscribed_anywhere(&ch).await.expect("ask") };
+    assert!(!anywhere().await, "never subscribed");
+    engine.node_subscribe(&ch).await.expect("subscribe");
+    assert!(anywhere().await, "subscribed");
+    engine.node_unsubscribe(&ch).await.expect("unsubscribe");
+    assert!(!anywhere().await, "unsubscribed");
+    engine.node_subscribe(&ch).await.expect("subscribe again");
+    assert!(anywhere().await, "subscribed again");
+    engine
+        .node_unsubscribe(&ch)
+        .await
+        .expect("unsubscribe again");
+    assert!(!anywhere().await, "unsubscribed again");
+}
+
+/// A reported state changes only when it is set to something else, each key on its own, and of
+/// several calls racing to set the same state exactly one is told it changed it.
+pub async fn reported_state_changes_once(node: &Node) {
+    let engine = &node.engine;
+    let mark = |key: &'static str, present: bool| async move {
+        engine.mark_reported(key, present).await.expect("mark")
+    };
+    assert!(!mark("u:conf-a", false).await, "absent from the start");
+    assert!(mark("u:conf-a", true).await, "now present");
+    assert!(!mark("u:conf-a", true).await, "already present");
+    assert!(mark("c:conf:a", true).await, "another key");
+    assert!(mark("u:conf-a", false).await, "now absent");
+    assert!(!mark("u:conf-a", false).await, "already absent");
+    assert!(
+        !mark("c:conf:a", true).await,
+        "the other key kept its state"
+    );
+    for present in [true, false] {
+        let mut racing = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let engine = engine.clone();
+            racing.spawn(async move { engine.mark_reported("u:conf-b", present).await });
+        }
+        let changed: Vec<bool> = racing
+            .join_all()
+            .await
+            .into_iter()
+            .map(|r| r.expect("mark"))
+            .collect();
+        let winners = changed.iter().filter(|c| **c).count();
+        assert_eq!(winners, 1, "racing to {present}: {changed:?}");
+    }
 }

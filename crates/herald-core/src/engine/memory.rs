@@ -21,7 +21,7 @@
 //! that keeps memory bounded by the channels in use.
 
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -265,6 +265,8 @@ pub struct MemoryEngine {
     presence: Mutex<HashMap<ChannelName, ChannelPresence>>,
     /// This node's figures, as last announced: the whole node registry of a single node.
     announced: Mutex<Option<NodeFigures>>,
+    /// The keys of [`Engine::mark_reported`] last reported present (absent ones are removed).
+    reported: Mutex<HashSet<Box<str>>>,
 }
 
 /// One channel's presence: its connections, and how many each user has.
@@ -352,6 +354,7 @@ impl MemoryEngine {
             durable: None,
             presence: Mutex::default(),
             announced: Mutex::default(),
+            reported: Mutex::default(),
         }
     }
 
@@ -411,6 +414,7 @@ impl MemoryEngine {
             }),
             presence: Mutex::default(),
             announced: Mutex::default(),
+            reported: Mutex::default(),
         })
     }
 
@@ -775,6 +779,24 @@ impl Engine for MemoryEngine {
 
     async fn nodes(&self) -> Result<Vec<NodeFigures>, HeraldError> {
         Ok(self.announced.lock().iter().cloned().collect())
+    }
+
+    async fn channel_subscribed_anywhere(
+        &self,
+        channel: &ChannelName,
+    ) -> Result<bool, HeraldError> {
+        // The map's lock is released before the stream's is taken, as in `node_unsubscribe`.
+        let stream = self.streams.lock().get(channel).cloned();
+        Ok(stream.is_some_and(|stream| stream.lock().subscribed))
+    }
+
+    async fn mark_reported(&self, key: &str, present: bool) -> Result<bool, HeraldError> {
+        let mut reported = self.reported.lock();
+        Ok(if present {
+            reported.insert(key.into())
+        } else {
+            reported.remove(key)
+        })
     }
 
     async fn ready(&self) -> Result<(), HeraldError> {

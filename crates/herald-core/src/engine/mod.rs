@@ -277,9 +277,29 @@ pub trait Engine: Send + Sync + 'static {
     }
 
     /// How many connections `user` has on every node, or `None` when this node's count is the
-    /// answer (a single-node engine).
+    /// answer (a single-node engine). This node's share is its latest count, as last given to
+    /// [`Engine::user_connections_changed`], even where the engine writes it out later.
     async fn user_connections(&self, user: &str) -> Result<Option<usize>, HeraldError> {
         let _ = user;
         Ok(None)
     }
+
+    /// Whether other nodes share this engine's state, so that what this node sees of users and
+    /// channels is only its part. False for a single-node engine.
+    fn spans_nodes(&self) -> bool {
+        false
+    }
+
+    /// Whether any node, this one included, is subscribed to `channel` (has called
+    /// [`Engine::node_subscribe`] and not [`Engine::node_unsubscribe`] since), as the engine sees
+    /// it after every earlier subscription change of this node took effect.
+    async fn channel_subscribed_anywhere(&self, channel: &ChannelName)
+        -> Result<bool, HeraldError>;
+
+    /// Records, once for the whole cluster, whether the thing named `key` was last reported
+    /// present (`true`) or absent, and says whether this call changed it: of several nodes that
+    /// set the same state at once, exactly one is told `true`. An absent key is not stored, so
+    /// what this keeps follows what is present. Keys are the caller's (the server's webhooks use
+    /// `u:<user>` and `c:<channel>`).
+    async fn mark_reported(&self, key: &str, present: bool) -> Result<bool, HeraldError>;
 }

@@ -123,31 +123,34 @@ impl Index {
         self.sessions.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Adds `session` to `channel`'s subscribers. Returns false if it was subscribed already.
+    /// Adds `session` to `channel`'s subscribers. Returns `None` if it was subscribed already,
+    /// otherwise whether it is the channel's first subscriber on this node.
     pub(super) fn add_subscription(
         &self,
         session: &Arc<SessionInner>,
         channel: &ChannelName,
-    ) -> bool {
+    ) -> Option<bool> {
         // The session's list stays locked while the shard is updated, so that the list and the
         // index never disagree (lock order: session list, then shard; nothing takes them the
         // other way round).
         let mut subscriptions = session.subscriptions.lock();
         if subscriptions.contains(channel) {
-            return false;
+            return None;
         }
         subscriptions.push(channel.clone());
         let mut shard = self.shard(channel).write();
-        match shard.entry(channel.clone()) {
+        let first = match shard.entry(channel.clone()) {
             Entry::Occupied(mut subscribers) => {
                 subscribers.get_mut().insert(session.id, session.clone());
+                false
             }
             Entry::Vacant(entry) => {
                 entry.insert(Subscribers::one(session.id, session.clone()));
+                true
             }
-        }
+        };
         self.subscriptions.fetch_add(1, Ordering::Relaxed);
-        true
+        Some(first)
     }
 
     /// Takes `session` out of `channel`'s subscribers; `None` if it was not subscribed.
@@ -240,13 +243,24 @@ pub(super) struct IndexCounts {
 // === impl Hub ===
 
 impl super::Hub {
-    /// Adds `session` to `channel`'s subscribers; false if it was subscribed already.
+    /// Adds `session` to `channel`'s subscribers; false if it was subscribed already. Tells the
+    /// [`Lifecycle`](super::Lifecycle) observer when the channel had no subscriber here before.
     pub(super) fn add_subscription(
         &self,
         session: &Arc<SessionInner>,
         channel: &ChannelName,
     ) -> bool {
-        self.shared.index.add_subscription(session, channel)
+        match self.shared.index.add_subscription(session, channel) {
+            Some(first) => {
+                if first {
+                    if let Some(lifecycle) = self.lifecycle() {
+                        lifecycle.channel_occupied(channel);
+                    }
+                }
+                true
+            }
+            None => false,
+        }
     }
 
     /// Takes `session` out of `channel`'s subscribers; false if it was not subscribed.
@@ -259,6 +273,9 @@ impl super::Hub {
             Some(removed) => {
                 if removed.emptied {
                     self.forget_pace(channel);
+                    if let Some(lifecycle) = self.lifecycle() {
+                        lifecycle.channel_vacated(channel);
+                    }
                 }
                 true
             }
@@ -267,7 +284,7 @@ impl super::Hub {
     }
 
     /// Whether `channel` has a subscriber on this node.
-    pub(super) fn has_subscribers(&self, channel: &ChannelName) -> bool {
+    pub fn has_subscribers(&self, channel: &ChannelName) -> bool {
         self.shared.index.has_subscribers(channel)
     }
 }

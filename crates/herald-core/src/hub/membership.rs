@@ -144,6 +144,15 @@ impl Hub {
                 return;
             }
         };
+        if change.changed {
+            if let Some(lifecycle) = self.lifecycle() {
+                if present {
+                    lifecycle.presence_joined(channel, &member.user, &member.client);
+                } else {
+                    lifecycle.presence_left(channel, &member.user, &member.client);
+                }
+            }
+        }
         // A leave is judged by the count before it, so that a join and its leave are announced
         // or suppressed together.
         let members = change.counts.connections + usize::from(!present);

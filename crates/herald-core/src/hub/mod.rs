@@ -24,6 +24,8 @@
 //! - `membership.rs`: the engine's view of this node's subscriptions and presence, kept in the
 //!   order the index changed.
 //! - `commands.rs`: cluster commands carried out on this node's connections.
+//! - `lifecycle.rs`: [`Lifecycle`], the observer told of this node's edges (a user's first and
+//!   last connection, a channel's first and last subscriber, presence joins and leaves).
 //! - `outbox.rs`: the bounded per-connection queue, and who may write to its socket.
 //! - `subscribers.rs`, `throttle.rs`: a channel's subscriber set; the typing throttle.
 //!
@@ -33,6 +35,7 @@
 mod commands;
 mod fan_out;
 mod index;
+mod lifecycle;
 mod membership;
 mod node;
 mod outbox;
@@ -42,11 +45,12 @@ mod throttle;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
 
 pub use fan_out::DIRECT_WRITE_MAX_SUBSCRIBERS;
+pub use lifecycle::Lifecycle;
 pub use node::{ChannelInfo, HubSnapshot};
 pub use outbox::{DirectWrite, Outbound, Outbox, Written};
 pub use session::{Recovery, Session, Subscribed, WeakSession};
@@ -105,6 +109,8 @@ struct HubShared {
     engine: Arc<dyn Engine>,
     /// The backend's hooks, where namespaces ask it.
     hooks: Option<Arc<dyn Hooks>>,
+    /// Told of this node's edges (users, channels, presence), once set.
+    lifecycle: OnceLock<Arc<dyn Lifecycle>>,
     typing: TypingThrottle,
     /// Which sessions each channel and each user has here.
     index: Index,
@@ -143,6 +149,7 @@ impl Hub {
             config,
             engine: engine.clone(),
             hooks,
+            lifecycle: OnceLock::new(),
             typing: TypingThrottle::new(TYPING_INTERVAL),
             index: Index::new(),
             channel_locks: membership::ChannelLocks::new(),
@@ -153,6 +160,23 @@ impl Hub {
         });
         engine.attach(Arc::new(HubSink(Arc::downgrade(&shared))));
         Hub { shared }
+    }
+
+    /// Sets the observer of this node's edges (see [`Lifecycle`]). Only the first call takes
+    /// effect; returns whether this one did.
+    pub fn set_lifecycle(&self, lifecycle: Arc<dyn Lifecycle>) -> bool {
+        self.shared.lifecycle.set(lifecycle).is_ok()
+    }
+
+    /// The observer of this node's edges, if one is set.
+    fn lifecycle(&self) -> Option<&Arc<dyn Lifecycle>> {
+        self.shared.lifecycle.get()
+    }
+
+    /// A handle on this hub that does not keep it alive, for tasks that serve it but should end
+    /// with it.
+    pub fn downgrade(&self) -> WeakHub {
+        WeakHub(Arc::downgrade(&self.shared))
     }
 
     /// The engine this hub is attached to.
@@ -168,6 +192,17 @@ impl Hub {
     /// The hub's counters.
     pub fn stats(&self) -> &HubStats {
         &self.shared.stats
+    }
+}
+
+/// A [`Hub`] that may be gone (see [`Hub::downgrade`]).
+#[derive(Clone)]
+pub struct WeakHub(std::sync::Weak<HubShared>);
+
+impl WeakHub {
+    /// The hub, if it still lives.
+    pub fn upgrade(&self) -> Option<Hub> {
+        self.0.upgrade().map(|shared| Hub { shared })
     }
 }
 
@@ -383,6 +418,90 @@ mod tests {
         assert!(
             a.typing(&ch("chat:1")).await.expect("typing"),
             "after the interval"
+        );
+    }
+
+    /// Every edge the hub reported, in order.
+    #[derive(Default)]
+    struct Edges(parking_lot::Mutex<Vec<String>>);
+
+    impl Edges {
+        fn note(&self, edge: String) {
+            self.0.lock().push(edge);
+        }
+
+        fn take(&self) -> Vec<String> {
+            std::mem::take(&mut *self.0.lock())
+        }
+    }
+
+    impl Lifecycle for Edges {
+        fn user_connected(&self, user: &Arc<str>) {
+            self.note(format!("+user {user}"));
+        }
+        fn user_disconnected(&self, user: &Arc<str>) {
+            self.note(format!("-user {user}"));
+        }
+        fn channel_occupied(&self, channel: &ChannelName) {
+            self.note(format!("+channel {channel}"));
+        }
+        fn channel_vacated(&self, channel: &ChannelName) {
+            self.note(format!("-channel {channel}"));
+        }
+        fn presence_joined(&self, channel: &ChannelName, user: &Arc<str>, _: &Arc<str>) {
+            self.note(format!("+presence {channel} {user}"));
+        }
+        fn presence_left(&self, channel: &ChannelName, user: &Arc<str>, _: &Arc<str>) {
+            self.note(format!("-presence {channel} {user}"));
+        }
+    }
+
+    /// The observer hears of first and last connections and subscribers on this node only, and
+    /// of each presence entry once.
+    #[tokio::test]
+    async fn the_lifecycle_observer_hears_of_local_edges() {
+        let mut policy = NamespacePolicy::new("chat", SubscribePolicy::Public);
+        policy.presence = true;
+        let hub = hub_with(policy, 4, 4, Arc::new(MemoryEngine::new()));
+        let edges = Arc::new(Edges::default());
+        assert!(hub.set_lifecycle(edges.clone()));
+        assert!(!hub.set_lifecycle(Arc::new(Edges::default())), "set once");
+        let a1 = connect(&hub, Identity::new("a")).await;
+        let a2 = connect(&hub, Identity::new("a")).await;
+        assert_eq!(edges.take(), ["+user a", "+channel user:a"]);
+        a1.subscribe(&ch("chat:1"), Recovery::Live)
+            .await
+            .expect("subscribe");
+        a2.subscribe(&ch("chat:1"), Recovery::Live)
+            .await
+            .expect("subscribe");
+        assert_eq!(
+            edges.take(),
+            [
+                "+channel chat:1",
+                "+presence chat:1 a",
+                "+presence chat:1 a"
+            ]
+        );
+        a1.unsubscribe(&ch("chat:1")).await.expect("unsubscribe");
+        assert_eq!(edges.take(), ["-presence chat:1 a"]);
+        drop(a1);
+        assert!(edges.take().is_empty(), "a still has a2");
+        drop(a2);
+        // The presence leave runs in the background.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        let mut last = edges.take();
+        last.sort();
+        assert_eq!(
+            last,
+            [
+                "-channel chat:1",
+                "-channel user:a",
+                "-presence chat:1 a",
+                "-user a"
+            ]
         );
     }
 

@@ -138,7 +138,14 @@ impl Hub {
             &inner,
             shared.config.connections_per_user,
             &shared.draining,
-            |user, count| shared.engine.user_connections_changed(user, count),
+            |user, count| {
+                shared.engine.user_connections_changed(user, count);
+                if count == 1 {
+                    if let Some(lifecycle) = shared.lifecycle.get() {
+                        lifecycle.user_connected(user);
+                    }
+                }
+            },
         )?;
         let session = Session {
             hub: self.clone(),
@@ -472,12 +479,14 @@ impl Drop for Session {
             self.hub.remove_subscription(&self.inner, channel);
             self.hub.spawn_sync_after_leave(channel, &self.inner);
         }
-        let engine = &self.hub.shared.engine;
-        self.hub
-            .shared
-            .index
-            .unregister(&self.inner, |user, count| {
-                engine.user_connections_changed(user, count)
-            });
+        let shared = &self.hub.shared;
+        shared.index.unregister(&self.inner, |user, count| {
+            shared.engine.user_connections_changed(user, count);
+            if count == 0 {
+                if let Some(lifecycle) = shared.lifecycle.get() {
+                    lifecycle.user_disconnected(user);
+                }
+            }
+        });
     }
 }

@@ -23,4 +23,5 @@ mod recovery;
 mod shutdown;
 mod slow_consumer;
 mod sse;
+mod webhooks;
 mod websocket_rfc6455;
