@@ -15,11 +15,14 @@
 //! - [`hooks`]: the backend's hooks (connect, subscribe, publish) over HTTP, configured under
 //!   `[proxy]`.
 //! - [`store`]: the durable history store (`history_store = "disk"`) on redb.
+//! - [`admin`]: the admin page at `/admin` (its files compiled in), its sign-in sessions and the
+//!   small API it calls.
 //! - [`server`]: shared state, the router, and [`server::run`], the one entry point.
 //! - `main.rs`: the CLI (`serve`, `token`, `init`, `check-config`).
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod config;

@@ -36,6 +36,11 @@ pub struct HookLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HookNameLabel {
     pub hook: &'static str,
 }
@@ -69,6 +74,8 @@ pub struct Metrics {
     pub hook_duration: Family<HookNameLabel, Histogram>,
     /// `typing` frames dropped by the throttle.
     pub typing_throttled: Counter,
+    /// Sign-ins to the admin page, by result (`ok`, `refused`).
+    pub admin_logins: Family<ResultLabel, Counter>,
     engine_link_reconnects: Counter,
     engine_links_down: Gauge,
     engine_repaired_publications: Counter,
@@ -105,6 +112,10 @@ impl Metrics {
             ])
         });
         let typing_throttled = Counter::default();
+        let admin_logins = Family::<ResultLabel, Counter>::default();
+        for result in ["ok", "refused"] {
+            let _ = admin_logins.get_or_create(&ResultLabel { result });
+        }
         for code in ErrorCode::ALL {
             let _ = errors.get_or_create(&CodeLabel {
                 code: code.as_str(),
@@ -184,6 +195,11 @@ impl Metrics {
             "typing frames dropped by the one-per-second throttle",
             typing_throttled.clone(),
         );
+        registry.register(
+            "admin_logins",
+            "Sign-ins to the admin page, by result",
+            admin_logins.clone(),
+        );
 
         let engine_link_reconnects = Counter::default();
         let engine_links_down = Gauge::default();
@@ -230,7 +246,15 @@ impl Metrics {
             hook_requests,
             hook_duration,
             typing_throttled,
+            admin_logins,
         }
+    }
+
+    /// Counts a sign-in to the admin page: `ok` or `refused`.
+    pub fn admin_login(&self, result: &'static str) {
+        self.admin_logins
+            .get_or_create(&ResultLabel { result })
+            .inc();
     }
 
     pub fn observe_hook(&self, hook: &'static str, result: &'static str, took: Duration) {

@@ -29,6 +29,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+use crate::admin;
 use crate::api;
 use crate::auth::Authenticator;
 use crate::config::{Config, ConfigError, EngineKind, HistoryStore};
@@ -57,6 +58,8 @@ pub struct AppState {
     pub started: Instant,
     /// This node's name in the node registry and `/api/stats`.
     pub node_name: String,
+    /// The admin page's sign-in sessions and the figures' samples for its chart.
+    pub admin: admin::AdminState,
     /// Set when shutdown begins: new WebSocket upgrades are refused and `/ready` fails.
     shutting_down: AtomicBool,
 }
@@ -185,12 +188,14 @@ pub async fn build(config: Config) -> Result<App, ConfigError> {
         hooks,
         started: Instant::now(),
         node_name: node_name(&config_name_source),
+        admin: admin::AdminState::default(),
         shutting_down: AtomicBool::new(false),
     }))
 }
 
 /// The HTTP routes. Every error any of them answers, the router's own (unknown path, wrong
-/// method) included, is the JSON error body (see [`api`]).
+/// method) included, is the JSON error body (see [`api`]). The admin page is among them where
+/// `[admin]` and the listen address say so ([`admin::enabled`]).
 pub fn router(app: App) -> Router {
     let api = Router::new()
         .route("/publish", post(api::publish))
@@ -222,13 +227,20 @@ pub fn router(app: App) -> Router {
         Some(layer) => sse.layer(layer),
         None => sse,
     };
-    Router::new()
+    let mut router = Router::new()
         .route("/ws", get(ws::upgrade))
         .merge(sse)
         .route("/health", get(api::health))
         .route("/ready", get(api::ready))
         .route("/metrics", get(api::metrics))
-        .nest("/api", api)
+        .nest("/api", api);
+    // Off, `/admin` is an unknown path like any other.
+    if admin::enabled(&app.config) {
+        router = router
+            .nest("/admin", admin::router(app.clone()))
+            .route("/admin/", get(admin::to_page));
+    }
+    router
         .fallback(api::not_found)
         // For the routes above that have none yet (`/api` and `/sse` have theirs).
         .method_not_allowed_fallback(api::method_not_allowed)
@@ -266,6 +278,7 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let beat = tokio::spawn(announce(app.clone()));
+    let samples = admin::enabled(&app.config).then(|| tokio::spawn(admin::sample(app.clone())));
     let server = tokio::spawn(accept_loop(
         listener,
         router(app.clone()),
@@ -274,6 +287,9 @@ pub async fn run(
     ));
     shutdown.await;
     beat.abort();
+    if let Some(samples) = samples {
+        samples.abort();
+    }
     tracing::info!("shutdown: no longer accepting; disconnecting clients");
     app.shutting_down.store(true, Ordering::Relaxed);
     let _ = stop.send(true);
