@@ -194,11 +194,12 @@
       const value = scale * fraction;
       chart.append(svg("line", { x1: left, x2: width, y1: y(value), y2: y(value), class: "grid" }));
       const label = svg("text", { x: left - 6, y: y(value) + 4, class: "axis", "text-anchor": "end" });
-      label.textContent = rate(value);
+      label.textContent = Number.isInteger(value) ? number(value) : value.toFixed(1);
       chart.append(label);
     }
     for (let minutesAgo = 10; minutesAgo >= 0; minutesAgo -= 2) {
-      const label = svg("text", { x: x(end - minutesAgo * 60000), y: height - 4, class: "axis", "text-anchor": "middle" });
+      const anchor = minutesAgo === 10 ? "start" : minutesAgo === 0 ? "end" : "middle";
+      const label = svg("text", { x: x(end - minutesAgo * 60000), y: height - 4, class: "axis", "text-anchor": anchor });
       label.textContent = minutesAgo ? `-${minutesAgo}m` : "now";
       chart.append(label);
     }
