@@ -49,7 +49,8 @@ subscribe = "claims"
 export class Herald {
   /**
    * Starts `herald serve`. Options: `top` (top-level TOML keys), `limits` (lines for
-   * [limits]), `durable` (history on disk, kept across restarts), `port`.
+   * [limits]), `admin` (lines for [admin]), `durable` (history on disk, kept across restarts),
+   * `port`.
    */
   static async start(options = {}) {
     const server = new Herald(options);
@@ -71,7 +72,7 @@ export class Herald {
   }
 
   config(port) {
-    const { top = "", limits = "", durable = false } = this.options;
+    const { top = "", limits = "", admin = "", durable = false } = this.options;
     return `listen = "127.0.0.1:${port}"
 allowed_origins = ["*"]
 ${durable ? `history_store = "disk"\ndata_dir = "${join(this.dir, "data")}"` : ""}
@@ -86,6 +87,8 @@ connections_per_ip_per_second = 100000
 connections_per_user = 1000
 shutdown_drain = "200ms"
 ${limits}
+[admin]
+${admin}
 ${NAMESPACES}`;
   }
 

@@ -82,6 +82,7 @@ pub struct Config {
     pub sse: SseConfig,
     pub proxy: ProxyConfig,
     pub webhooks: WebhooksConfig,
+    pub admin: AdminConfig,
     #[serde(rename = "namespace")]
     pub namespaces: Vec<NamespaceConfig>,
 }
@@ -119,6 +120,29 @@ impl Default for ApiConfig {
         }
     }
 }
+
+/// The admin page (`docs/admin.md`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Whether `/admin` is served. Unset: only when `listen` is a loopback address.
+    pub enabled: Option<bool>,
+    /// A password that signs in besides the API keys; empty: the API keys only.
+    pub password: String,
+}
+
+impl Config {
+    /// Whether the admin page is served: as `admin.enabled` says, and when it says nothing, only
+    /// on a loopback `listen` address (a development server, or one behind a local proxy).
+    pub fn admin_enabled(&self) -> bool {
+        self.admin
+            .enabled
+            .unwrap_or_else(|| self.listen.ip().is_loopback())
+    }
+}
+
+/// The shortest `admin.password` accepted.
+pub const MIN_ADMIN_PASSWORD: usize = 12;
 
 /// The SSE settings, from configuration.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -389,6 +413,7 @@ impl Default for Config {
             sse: SseConfig::default(),
             proxy: ProxyConfig::default(),
             webhooks: WebhooksConfig::default(),
+            admin: AdminConfig::default(),
             namespaces: Vec::new(),
         }
     }
@@ -465,6 +490,7 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 enum Kind {
     Text,
     Integer,
+    Bool,
     List,
 }
 
@@ -557,6 +583,13 @@ const ENV_KEYS: &[(&str, Option<&str>, &str, Kind)] = &[
         Some("proxy"),
         "forward_headers",
         Kind::List,
+    ),
+    ("HERALD_ADMIN_ENABLED", Some("admin"), "enabled", Kind::Bool),
+    (
+        "HERALD_ADMIN_PASSWORD",
+        Some("admin"),
+        "password",
+        Kind::Text,
     ),
     (
         "HERALD_SSE_HEARTBEAT_INTERVAL",
@@ -858,6 +891,15 @@ impl Config {
                 "every key must be at least 16 bytes",
             ));
         }
+        if !self.admin.password.is_empty() && self.admin.password.len() < MIN_ADMIN_PASSWORD {
+            return Err(ConfigError::new(
+                "admin.password",
+                format!(
+                    "too short: use at least {MIN_ADMIN_PASSWORD} bytes, or leave it empty to \
+                     sign in with an API key"
+                ),
+            ));
+        }
         let l = &self.limits;
         let positive: [(&str, u64); 12] = [
             ("limits.commands_burst", l.commands_burst.into()),
@@ -1061,6 +1103,16 @@ fn apply_env(
             Kind::Integer => toml::Value::Integer(value.trim().parse().map_err(|_| {
                 ConfigError::new(name.clone(), format!("{value:?} is not a whole number"))
             })?),
+            Kind::Bool => toml::Value::Boolean(match value.trim() {
+                "true" | "1" => true,
+                "false" | "0" => false,
+                _ => {
+                    return Err(ConfigError::new(
+                        name.clone(),
+                        format!("{value:?} is not true or false"),
+                    ))
+                }
+            }),
             Kind::List => toml::Value::Array(
                 value
                     .split(',')
@@ -1177,6 +1229,13 @@ queue_size = 10000                   # events waiting; when full, new events are
 batch_size = 100                     # events per request
 max_attempts = 10                    # tries per batch (0.5s doubling to 30s between them)
 pending_size = 100000                # users and channels in their grace period, at most
+
+[admin]
+# The admin page at /admin (docs/admin.md). Unset: served only when listen is a loopback
+# address; true: served on any address (put it behind TLS); false: never served.
+# enabled = true
+# Signs in to the page besides any API key; empty: API keys only. At least 12 bytes.
+password = ""
 
 # Each user's personal channel user:{sub} exists without configuration.
 
@@ -1340,6 +1399,14 @@ mod tests {
                 "proxy.timeout",
             ),
             (
+                base.replace("password = \"\"", "password = \"short\""),
+                "admin.password",
+            ),
+            (
+                base.replace("# enabled = true", "enabled = \"yes\""),
+                "admin.enabled",
+            ),
+            (
                 base.replace(
                     "forward_headers = [\"cookie\"]",
                     "forward_headers = [\"bad header\"]",
@@ -1425,6 +1492,33 @@ mod tests {
                 .max_connections,
             3
         );
+    }
+
+    #[test]
+    fn the_admin_page_is_on_by_default_only_on_loopback() {
+        let on = |listen: &str, enabled: Option<bool>| {
+            let mut config = Config::development();
+            config.listen = listen.parse().expect("address");
+            config.admin.enabled = enabled;
+            config.admin_enabled()
+        };
+        assert!(on("127.0.0.1:8000", None));
+        assert!(on("[::1]:8000", None));
+        assert!(!on("0.0.0.0:8000", None));
+        assert!(!on("10.1.2.3:8000", None));
+        assert!(on("0.0.0.0:8000", Some(true)));
+        assert!(!on("127.0.0.1:8000", Some(false)));
+        let config = Config::load_development(env(&[
+            ("HERALD_ADMIN_ENABLED", "false"),
+            ("HERALD_ADMIN_PASSWORD", "a-long-enough-password"),
+        ]))
+        .expect("valid");
+        assert!(!config.admin_enabled());
+        assert_eq!(config.admin.password, "a-long-enough-password");
+        let err = Config::load_development(env(&[("HERALD_ADMIN_ENABLED", "maybe")]))
+            .expect_err("not a bool")
+            .to_string();
+        assert!(err.contains("HERALD_ADMIN_ENABLED"), "{err}");
     }
 
     #[test]

@@ -18,6 +18,8 @@
 //! - [`store`]: the durable history store (`history_store = "disk"`) on redb.
 //! - [`webhooks`]: events about users, channels and presence, posted to the backend in signed
 //!   batches (`[webhooks]`).
+//! - [`admin`]: the admin page at `/admin` (its files compiled in), its sign-in sessions and the
+//!   small API it calls.
 //! - [`server`]: shared state, the router, and [`server::run`], the one entry point.
 //! - [`embed`]: [`Herald`], the handle of a Rust service that embeds Herald: it mounts Herald's
 //!   router in its own and publishes in-process.
@@ -25,6 +27,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod config;

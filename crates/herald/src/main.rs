@@ -163,6 +163,9 @@ fn print_development_banner(config: &Config, address: SocketAddr) {
          \x20     -d '{{\"channel\":\"chat:1\",\"event\":\"hello\",\"data\":{{\"text\":\"hi\"}}}}'\n\
          \n  (user 42 also receives anything published to user:42)\n"
     );
+    if config.admin_enabled() {
+        println!("  admin page:\n    http://{address}/admin  (sign in with the API key: {key})\n");
+    }
 }
 
 fn token(

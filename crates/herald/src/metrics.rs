@@ -36,6 +36,11 @@ pub struct HookLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HookNameLabel {
     pub hook: &'static str,
 }
@@ -43,11 +48,6 @@ pub struct HookNameLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TypeLabel {
     pub r#type: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResultLabel {
-    pub result: &'static str,
 }
 
 /// Every metric Herald exports.
@@ -89,6 +89,8 @@ pub struct Metrics {
     pub webhook_queue: Gauge,
     /// How long webhook requests took (or took to fail).
     pub webhook_duration: Histogram,
+    /// Sign-ins to the admin page, by result (`ok`, `refused`).
+    pub admin_logins: Family<ResultLabel, Counter>,
     engine_link_reconnects: Counter,
     engine_links_down: Gauge,
     engine_repaired_publications: Counter,
@@ -142,6 +144,10 @@ impl Metrics {
         }
         for result in crate::webhooks::REQUEST_RESULTS {
             let _ = webhook_requests.get_or_create(&ResultLabel { result });
+        }
+        let admin_logins = Family::<ResultLabel, Counter>::default();
+        for result in ["ok", "refused"] {
+            let _ = admin_logins.get_or_create(&ResultLabel { result });
         }
         for code in ErrorCode::ALL {
             let _ = errors.get_or_create(&CodeLabel {
@@ -222,6 +228,11 @@ impl Metrics {
             "typing frames dropped by the one-per-second throttle",
             typing_throttled.clone(),
         );
+        registry.register(
+            "admin_logins",
+            "Sign-ins to the admin page, by result",
+            admin_logins.clone(),
+        );
 
         registry.register(
             "webhook_events",
@@ -299,7 +310,15 @@ impl Metrics {
             webhook_requests,
             webhook_queue,
             webhook_duration,
+            admin_logins,
         }
+    }
+
+    /// Counts a sign-in to the admin page: `ok` or `refused`.
+    pub fn admin_login(&self, result: &'static str) {
+        self.admin_logins
+            .get_or_create(&ResultLabel { result })
+            .inc();
     }
 
     pub fn observe_hook(&self, hook: &'static str, result: &'static str, took: Duration) {

@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 
 use herald_core::protocol::{ErrorDetail, HttpError};
 use herald_core::ErrorCode;
-use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
 use utoipa::{IntoResponses, OpenApi};
 
@@ -43,6 +43,7 @@ pub const CLIENT_TOKEN: &str = "client_token";
         (name = "channels", description = "Channels, their history and presence"),
         (name = "server", description = "Figures, health, readiness, metrics, this document"),
         (name = "clients", description = "Where clients connect"),
+        (name = "admin", description = "The admin page and the API it calls (docs/admin.md); served where `[admin]` and the listen address enable the page. Sign in with `POST /admin/api/login`; the session is a cookie, and every other `POST` carries the sign-in's CSRF token in `X-Herald-CSRF`."),
     )
 )]
 struct Base;
@@ -71,6 +72,20 @@ impl utoipa::Modify for Security {
                 .into(),
         );
         components.add_security_scheme(CLIENT_TOKEN, SecurityScheme::Http(jwt));
+        components.add_security_scheme(
+            "admin_session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                crate::admin::COOKIE,
+                "The admin page's session, set by `POST /admin/api/login`.",
+            ))),
+        );
+        components.add_security_scheme(
+            "admin_csrf",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "X-Herald-CSRF",
+                "The `csrf_token` of the sign-in's answer, on every `POST` but the sign-in.",
+            ))),
+        );
     }
 }
 
@@ -247,5 +262,66 @@ pub struct MethodErrors;
 impl IntoResponses for MethodErrors {
     fn responses() -> BTreeMap<String, RefOr<Response>> {
         error_responses(&[METHOD])
+    }
+}
+
+/// The errors of the admin page's sign-in.
+pub struct LoginErrors;
+
+impl IntoResponses for LoginErrors {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        error_responses(&[
+            (
+                ErrorCode::BadRequest,
+                "the body is not JSON sent as `application/json`",
+            ),
+            (
+                ErrorCode::Unauthorized,
+                "not an API key nor the admin password",
+            ),
+            (
+                ErrorCode::Forbidden,
+                "a browser sent it from another origin than the page's",
+            ),
+            METHOD,
+            TOO_LARGE,
+        ])
+    }
+}
+
+/// The errors of the admin page's API once signed in.
+pub struct AdminErrors;
+
+impl IntoResponses for AdminErrors {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        error_responses(&[
+            BAD_REQUEST,
+            (
+                ErrorCode::Unauthorized,
+                "no session, or it has ended: sign in again",
+            ),
+            (
+                ErrorCode::Forbidden,
+                "a `POST` without the session's CSRF token or from another origin, or the \
+                 channel's namespace does not allow this",
+            ),
+            NOT_FOUND,
+            METHOD,
+            TOO_LARGE,
+            (
+                ErrorCode::LimitExceeded,
+                "too many channels are watched on this node",
+            ),
+            UNAVAILABLE,
+        ])
+    }
+}
+
+/// The errors of the admin page's files.
+pub struct AssetErrors;
+
+impl IntoResponses for AssetErrors {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        error_responses(&[(ErrorCode::NotFound, "no such file"), METHOD])
     }
 }

@@ -30,6 +30,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::admin;
 use crate::api;
 use crate::auth::Authenticator;
 use crate::config::{Config, ConfigError, EngineKind, HistoryStore};
@@ -62,6 +63,8 @@ pub struct AppState {
     pub started: Instant,
     /// This node's name in the node registry and `/api/stats`.
     pub node_name: String,
+    /// The admin page's sign-in sessions and the figures' samples for its chart.
+    pub admin: admin::AdminState,
     /// Set when shutdown begins: new WebSocket upgrades are refused and `/ready` fails.
     shutting_down: AtomicBool,
 }
@@ -193,6 +196,7 @@ pub async fn build(config: Config) -> Result<App, ConfigError> {
         webhooks,
         started: Instant::now(),
         node_name: node_name(&config_name_source),
+        admin: admin::AdminState::default(),
         shutting_down: AtomicBool::new(false),
     }))
 }
@@ -236,12 +240,14 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     openapi::base()
         .merge_from(root)
         .merge_from(sse)
+        .merge_from(admin::openapi())
         .nest("/api", api)
 }
 
 /// The HTTP routes. Every error any of them answers, the router's own (unknown path, wrong
 /// method) included, is the JSON error body (see [`api`]). Every route is described in
-/// [`openapi`]; none is added here but through the route lists above.
+/// [`openapi`]; none is added here but through the route lists above. The admin page is among
+/// them where `[admin]` and the listen address say so ([`admin::enabled`]).
 pub fn router(app: App) -> Router {
     let (api, _) = api_routes().split_for_parts();
     let api = api
@@ -264,8 +270,12 @@ pub fn router(app: App) -> Router {
         None => sse,
     };
     let (root, _) = root_routes().split_for_parts();
-    root.merge(sse)
-        .nest("/api", api)
+    let mut router = root.merge(sse).nest("/api", api);
+    // Off, `/admin` is an unknown path like any other.
+    if admin::enabled(&app.config) {
+        router = router.merge(admin::router(app.clone()));
+    }
+    router
         .fallback(api::not_found)
         // For the routes above that have none yet (`/api` and `/sse` have theirs).
         .method_not_allowed_fallback(api::method_not_allowed)
@@ -317,6 +327,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let beat = tokio::spawn(announce(app.clone()));
+    let samples = admin::enabled(&app.config).then(|| tokio::spawn(admin::sample(app.clone())));
     let server = tokio::spawn(accept_loop(
         listener,
         routes,
@@ -325,6 +336,9 @@ pub async fn serve(
     ));
     shutdown.await;
     beat.abort();
+    if let Some(samples) = samples {
+        samples.abort();
+    }
     tracing::info!("shutdown: no longer accepting; disconnecting clients");
     app.shutting_down.store(true, Ordering::Relaxed);
     let _ = stop.send(true);

@@ -1,5 +1,6 @@
 //! The fan-out: a publication or channel event that reached this node goes to each of its
-//! subscribers here.
+//! subscribers here, and then to the channel's watches (`watch.rs`), once the shard's lock is
+//! released.
 //!
 //! It holds the channel's shard read lock while it pushes an `Arc` of the publication into each
 //! subscriber's outbox; it never awaits and never serialises (the transport encodes a
@@ -19,7 +20,7 @@ use crate::publication::{Publication, StreamPosition};
 
 use super::outbox::Outbound;
 use super::session::{SessionInner, WeakSession};
-use super::{Hub, Subscribed};
+use super::{Hub, Subscribed, Watched};
 
 /// Channels with up to this many subscribers are always written directly to idle sockets
 /// (personal channels, rooms). A larger channel is written directly only while its passes do not
@@ -83,6 +84,9 @@ impl Hub {
         self.fan_out_items(&publication.channel, |_| {
             Some(Outbound::Publication(publication.clone()))
         });
+        self.shared.watchers.offer(&publication.channel, || {
+            Watched::Publication(publication.clone())
+        });
     }
 
     /// Fans an ephemeral event out to this node's subscribers of its channel, except the
@@ -92,6 +96,10 @@ impl Hub {
         self.fan_out_items(&event.channel, |session| {
             (*session.client != *event.client).then(|| Outbound::Event(event.clone()))
         });
+        let channel = event.channel.clone();
+        self.shared
+            .watchers
+            .offer(&channel, || Watched::Event(event));
     }
 
     /// Tells this node's subscribers of `channel` that the engine lost part of its stream: each
@@ -103,6 +111,9 @@ impl Hub {
             recovered: Some(false),
         });
         self.fan_out_items(channel, |_| Some(Outbound::Resubscribed(notice.clone())));
+        self.shared
+            .watchers
+            .offer(channel, || Watched::Reset(notice.position.clone()));
     }
 
     /// Queues `item_for(subscriber)` for each of this node's subscribers of `channel`.

@@ -2,8 +2,8 @@
 //!
 //! Two things follow a connection's subscriptions into the engine: the node's own subscription
 //! to the channel (a node receives a channel's publications only while it has local
-//! subscribers) and the connection's entry in the channel's presence, with the join and leave
-//! events that announce it. Each is an engine call that awaits (on Redis, a round trip), and some
+//! subscribers or watches, `watch.rs`) and the connection's entry in the channel's presence,
+//! with the join and leave events that announce it. Each is an engine call that awaits (on Redis, a round trip), and some
 //! start where nothing may wait (a session dropped, the server API unsubscribing a user), so they
 //! run in the background. Replayed in whatever order their tasks happened to run, a quick
 //! unsubscribe + subscribe could end with the leave after the join, or with the node
@@ -101,10 +101,24 @@ impl Hub {
         }
     }
 
-    /// Under the channel's lock: the node's subscription as the index says now.
+    /// [`Hub::sync_node_subscription`] in the background, for a watch being dropped.
+    pub(super) fn spawn_sync_node_subscription(&self, channel: &ChannelName) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (hub, channel) = (self.clone(), channel.clone());
+        runtime.spawn(async move {
+            if let Err(e) = hub.sync_node_subscription(&channel).await {
+                tracing::warn!(channel = %channel, error = %e, "engine unsubscribe failed");
+            }
+        });
+    }
+
+    /// Under the channel's lock: the node's subscription as the index and the watches say now
+    /// (a watched channel stays subscribed without a subscriber here).
     async fn tell_node_subscription(&self, channel: &ChannelName) -> Result<(), HeraldError> {
         let engine = &self.shared.engine;
-        if self.has_subscribers(channel) {
+        if self.has_subscribers(channel) || self.shared.watchers.watches(channel) {
             engine.node_subscribe(channel).await
         } else {
             engine.node_unsubscribe(channel).await

@@ -28,6 +28,8 @@
 //!   last connection, a channel's first and last subscriber, presence joins and leaves).
 //! - `outbox.rs`: the bounded per-connection queue, and who may write to its socket.
 //! - `subscribers.rs`, `throttle.rs`: a channel's subscriber set; the typing throttle.
+//! - `watch.rs`: watches, a channel's traffic seen by something that is not a connection (the
+//!   admin page's inspector), changing no figure and no presence.
 //!
 //! Locks here are `parking_lot` locks over synchronous sections only, except the channel locks
 //! of `membership.rs`, which order awaited engine calls and are taken with no other lock held.
@@ -42,6 +44,7 @@ mod outbox;
 mod session;
 mod subscribers;
 mod throttle;
+mod watch;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64};
@@ -51,9 +54,10 @@ use parking_lot::Mutex;
 
 pub use fan_out::DIRECT_WRITE_MAX_SUBSCRIBERS;
 pub use lifecycle::Lifecycle;
-pub use node::{ChannelInfo, HubSnapshot};
+pub use node::{ChannelInfo, ConnectionInfo, HubSnapshot};
 pub use outbox::{DirectWrite, Outbound, Outbox, Written};
 pub use session::{Recovery, Session, Subscribed, WeakSession};
+pub use watch::{Watch, Watched, MAX_WATCHES};
 
 use crate::channel::{ChannelName, Namespaces};
 use crate::engine::{ClusterCommand, Engine, NodeSink};
@@ -64,6 +68,7 @@ use fan_out::FanOutPace;
 use index::Index;
 use node::check_event;
 use throttle::TypingThrottle;
+use watch::Watchers;
 
 /// Longest event name accepted, in bytes.
 pub const MAX_EVENT_BYTES: usize = 255;
@@ -122,6 +127,8 @@ struct HubShared {
     stats: HubStats,
     /// Set by `disconnect_all`: connections that finish authenticating afterwards are refused.
     draining: AtomicBool,
+    /// The channels watched from outside (the admin page's inspector), with their queues.
+    watchers: Watchers,
 }
 
 /// The node's hub. Cheap to clone.
@@ -157,6 +164,7 @@ impl Hub {
             next_session: AtomicU64::new(1),
             stats: HubStats::default(),
             draining: AtomicBool::new(false),
+            watchers: Watchers::default(),
         });
         engine.attach(Arc::new(HubSink(Arc::downgrade(&shared))));
         Hub { shared }

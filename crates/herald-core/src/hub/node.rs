@@ -24,6 +24,15 @@ pub struct ChannelInfo {
     pub subscribers: usize,
 }
 
+/// One connection of a user on this node, as the admin page's user look-up shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionInfo {
+    /// The id the server gave the connection.
+    pub client: std::sync::Arc<str>,
+    /// The channels it is subscribed to, its personal channel included, sorted.
+    pub channels: Vec<ChannelName>,
+}
+
 /// Node-wide figures.
 #[derive(Debug, Clone)]
 pub struct HubSnapshot {
@@ -169,6 +178,23 @@ impl Hub {
     /// How many connections `user` holds on this node.
     pub fn user_connections(&self, user: &str) -> usize {
         self.shared.index.user_connections(user)
+    }
+
+    /// The connections `user` holds on this node, each with its channels.
+    pub fn user_sessions(&self, user: &str) -> Vec<ConnectionInfo> {
+        self.shared
+            .index
+            .sessions_of(user)
+            .iter()
+            .map(|session| {
+                let mut channels = session.subscriptions.lock().clone();
+                channels.sort();
+                ConnectionInfo {
+                    client: session.client.clone(),
+                    channels,
+                }
+            })
+            .collect()
     }
 
     /// How many connections `user` holds on every node (with a single-node engine, this node's

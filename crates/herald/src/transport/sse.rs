@@ -108,7 +108,7 @@ fn once(slot: &mut Option<String>, name: &str, value: String) -> Result<(), Hera
         ("Last-Event-ID" = Option<String>, Header, description = "Resume from this event id; sent by EventSource when it reconnects."),
     ),
     responses(
-        (status = 200, description = "The event stream", content_type = "text/event-stream", body = String),
+        (status = 200, description = "The event stream; each event's `data` is JSON", content_type = "text/event-stream", body = serde_json::Value),
         crate::openapi::ConnectErrors,
     ),
     security((), ("client_token" = [])),

@@ -8,6 +8,17 @@ use crate::common::TestServer;
 
 /// Every operation the server serves, as `METHOD path`.
 const OPERATIONS: &[&str] = &[
+    "GET /admin",
+    "GET /admin/",
+    "GET /admin/api/channels",
+    "GET /admin/api/channels/{channel}/history",
+    "GET /admin/api/channels/{channel}/presence",
+    "GET /admin/api/channels/{channel}/watch",
+    "GET /admin/api/samples",
+    "GET /admin/api/session",
+    "GET /admin/api/stats",
+    "GET /admin/api/users/{user}",
+    "GET /admin/assets/{file}",
     "GET /api/channels",
     "GET /api/channels/{channel}/history",
     "GET /api/channels/{channel}/presence",
@@ -19,6 +30,10 @@ const OPERATIONS: &[&str] = &[
     "GET /ready",
     "GET /sse",
     "GET /ws",
+    "POST /admin/api/disconnect",
+    "POST /admin/api/login",
+    "POST /admin/api/logout",
+    "POST /admin/api/publish",
     "POST /api/batch",
     "POST /api/broadcast",
     "POST /api/disconnect",
@@ -84,7 +99,8 @@ async fn every_described_operation_is_served() {
         let (method, path) = operation.split_once(' ').unwrap();
         let path = path
             .replace("{channel}", "chat:1")
-            .replace("{user}", "alice");
+            .replace("{user}", "alice")
+            .replace("{file}", "admin.js");
         let method = Method::from_bytes(method.as_bytes()).unwrap();
         let body = (method == Method::POST).then(|| "{}".to_string());
         let (status, answer) = server
