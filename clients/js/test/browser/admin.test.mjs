@@ -148,7 +148,7 @@ test("signs in, follows the connections, watches a channel, publishes, and disco
   assert.equal(publication.event, "note");
   assert.match(await page.textContent("#pub-result"), /published at offset 1/);
   await page.waitForSelector("#history li >> text=hello from the admin page");
-  assert.match(await page.textContent("#presence"), /1 users, 1 connections/);
+  assert.match(await page.textContent("#presence"), /1 user, 1 connection in the cluster/);
   await screenshot(page, "inspector");
   // The watch itself is no connection.
   assert.equal(await page.textContent("#fig-connections"), String(before + 1));

@@ -81,6 +81,7 @@
   }
 
   const number = (n) => Number(n).toLocaleString("en-US");
+  const counted = (n, noun) => `${number(n)} ${noun}${Number(n) === 1 ? "" : "s"}`;
   const rate = (n) => (n >= 100 ? Math.round(n).toLocaleString("en-US") : n.toFixed(1));
   function duration(seconds) {
     const d = Math.floor(seconds / 86400), h = Math.floor((seconds % 86400) / 3600);
@@ -356,7 +357,7 @@
       if (watching?.channel !== channel) return;
       const list = el("ul", { class: "members" }, ...presence.clients.map((m) =>
         el("li", {}, el("strong", { text: m.user }), el("span", { class: "muted", text: ` ${m.client} since ${time(m.joined_at)}` }))));
-      box.replaceChildren(el("p", { text: `${number(presence.users)} users, ${number(presence.connections)} connections in the cluster` }), list);
+      box.replaceChildren(el("p", { text: `${counted(presence.users, "user")}, ${counted(presence.connections, "connection")} in the cluster` }), list);
     } catch (error) {
       box.replaceChildren(el("p", { class: "muted", text: error.code === "forbidden" ? "Presence is off for this namespace." : error.message }));
     }
