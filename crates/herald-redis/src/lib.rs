@@ -64,7 +64,7 @@ pub const NODE_BEAT: Duration = Duration::from_secs(3);
 /// How the engine reaches Redis.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    /// One Redis: `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS.
+    /// One Redis: `redis://[user:password@]host:port[/db]` (the client is built without TLS).
     pub url: String,
     /// Redis Cluster seed nodes; when not empty they win over `url`.
     pub cluster_nodes: Vec<String>,

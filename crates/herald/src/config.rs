@@ -834,6 +834,23 @@ impl Config {
                     "\"disk\" is for the memory engine; with engine = \"redis\", Redis keeps history (see docs/scaling.md on persistence)",
                 ));
             }
+            // The Redis client is built without TLS; refused here, rather than when the node
+            // first connects, with what to do instead.
+            let tls = " is not supported: this build reaches Redis without TLS (keep Redis on a \
+                       private network, or connect through a local TLS tunnel such as stunnel)";
+            if self.redis_url.starts_with("rediss://") {
+                return Err(ConfigError::new("redis_url", format!("rediss://{tls}")));
+            }
+            if self
+                .redis_cluster_nodes
+                .iter()
+                .any(|n| n.starts_with("rediss://"))
+            {
+                return Err(ConfigError::new(
+                    "redis_cluster_nodes",
+                    format!("rediss://{tls}"),
+                ));
+            }
             if self.redis_prefix.is_empty() || self.redis_prefix.contains(['{', '}']) {
                 return Err(ConfigError::new(
                     "redis_prefix",
@@ -1161,7 +1178,7 @@ const INIT_TEMPLATE: &str = r#"# Herald configuration. Every key can be overridd
 listen = "127.0.0.1:8000"            # address for WebSocket, API and metrics
 engine = "memory"                    # single node, everything in memory; "redis": many nodes
                                      # as one (docs/scaling.md)
-# redis_url = "redis://127.0.0.1:6379"   # rediss:// for TLS, user:password@ for ACLs
+# redis_url = "redis://127.0.0.1:6379"   # user:password@ for ACLs; no TLS (rediss://) in this release
 # redis_cluster_nodes = ["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"]  # wins over redis_url
 # redis_prefix = "herald"            # every key and pub/sub subject starts with it
 # redis_presence_ttl = "30s"         # a killed node's connections leave presence within this
@@ -1347,6 +1364,14 @@ mod tests {
                 base.replace("# redis_prefix = \"herald\"", "redis_prefix = \"{x}\"")
                     .replace("engine = \"memory\"", "engine = \"redis\""),
                 "redis_prefix",
+            ),
+            (
+                base.replace(
+                    "# redis_url = \"redis://127.0.0.1:6379\"",
+                    "redis_url = \"rediss://10.0.0.1:6380\"",
+                )
+                .replace("engine = \"memory\"", "engine = \"redis\""),
+                "redis_url",
             ),
             (
                 base.replace("subscribe = \"claims\"", "subscribe = \"sometimes\""),

@@ -405,6 +405,68 @@ async fn the_queue_holds_its_bound_under_ten_thousand_connects_a_second() {
     assert!(started.elapsed() < Duration::from_secs(1));
 }
 
+/// The same bound over real sockets: 10,000 distinct users each open a WebSocket (token in the
+/// query string), get `connected`, stay 200 ms (long enough to be reported online) and go, up to
+/// 1,024 at a time, as fast as the machine allows (the rate is printed), against a backend that
+/// hangs and a queue of 100.
+#[tokio::test]
+async fn the_queue_holds_its_bound_under_a_burst_of_websocket_connections() {
+    use futures_util::StreamExt;
+
+    let backend = Backend::start().await;
+    backend.set(Mode::Hang);
+    let mut config = config(backend.url("one"), Duration::ZERO);
+    config.webhooks.queue_size = 100;
+    config.webhooks.batch_size = 10;
+    config.webhooks.timeout = Duration::from_secs(2);
+    let server = TestServer::start(config).await;
+    let app = server.app();
+    let tokens: Vec<String> = (0..10_000)
+        .map(|i| server.token(&format!("socket-{i}")))
+        .collect();
+    let url = server.ws_url();
+    let burst = tokio::spawn(async move {
+        let started = Instant::now();
+        let mut opening = tokio::task::JoinSet::new();
+        for token in tokens {
+            while opening.len() >= 1_024 {
+                opening.join_next().await.unwrap().unwrap();
+            }
+            let url = format!("{url}?token={token}");
+            opening.spawn(async move {
+                let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+                let connected = socket.next().await.unwrap().unwrap();
+                assert!(connected.to_text().unwrap().contains("\"connected\""));
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            });
+        }
+        while let Some(done) = opening.join_next().await {
+            done.unwrap();
+        }
+        started.elapsed()
+    });
+    let mut worst_queue = 0;
+    while !burst.is_finished() {
+        worst_queue = worst_queue.max(app.metrics.webhook_queue.get());
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let took = burst.await.unwrap();
+    let dropped = server
+        .metric("herald_webhook_events_dropped_total{reason=\"queue_full\"}")
+        .await;
+    println!(
+        "10,000 WebSocket connects in {took:?} ({:.0} a second); the queue held at most \
+         {worst_queue}; {dropped} events dropped",
+        10_000.0 / took.as_secs_f64()
+    );
+    assert!(worst_queue <= 100, "the queue held {worst_queue}");
+    assert!(dropped > 1_000.0, "{dropped} dropped");
+    let started = Instant::now();
+    let (status, _) = server.get("/api/stats").await;
+    assert_eq!(status, 200);
+    assert!(started.elapsed() < Duration::from_secs(1));
+}
+
 /// Two nodes on one Redis: a user who moves from node A to node B within the grace period is
 /// online once and never offline; a channel with subscribers on both nodes is occupied once and
 /// vacated only when the last one leaves; leaving everywhere sends one offline across both
