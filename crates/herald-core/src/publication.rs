@@ -41,9 +41,12 @@ pub enum WireFormat {
     NativeWebSocket = 0,
     /// The same JSON as the `data:` line of a Server-Sent Event.
     ServerSentEvent = 1,
+    /// [`WireFormat::NativeWebSocket`] compressed with permessage-deflate, for the connections
+    /// that negotiated it (without context takeover, so one frame serves them all).
+    NativeWebSocketDeflate = 2,
 }
 
-const WIRE_FORMATS: usize = 2;
+const WIRE_FORMATS: usize = 3;
 
 type Encoded = Box<dyn Any + Send + Sync>;
 

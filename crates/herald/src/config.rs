@@ -80,6 +80,7 @@ pub struct Config {
     pub api: ApiConfig,
     pub limits: Limits,
     pub sse: SseConfig,
+    pub compression: CompressionConfig,
     pub proxy: ProxyConfig,
     pub webhooks: WebhooksConfig,
     pub admin: AdminConfig,
@@ -143,6 +144,28 @@ impl Config {
 
 /// The shortest `admin.password` accepted.
 pub const MIN_ADMIN_PASSWORD: usize = 12;
+
+/// permessage-deflate (RFC 7692) on WebSocket connections, from `[compression]`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompressionConfig {
+    /// Whether a client that offers permessage-deflate gets it.
+    pub enabled: bool,
+    /// Messages shorter than this many bytes are sent uncompressed.
+    pub threshold: usize,
+    /// zlib's level, 1 (fastest) to 9 (smallest).
+    pub level: u32,
+}
+
+impl Default for CompressionConfig {
+    fn default() -> Self {
+        CompressionConfig {
+            enabled: true,
+            threshold: 256,
+            level: 6,
+        }
+    }
+}
 
 /// The SSE settings, from configuration.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -411,6 +434,7 @@ impl Default for Config {
             api: ApiConfig::default(),
             limits: Limits::default(),
             sse: SseConfig::default(),
+            compression: CompressionConfig::default(),
             proxy: ProxyConfig::default(),
             webhooks: WebhooksConfig::default(),
             admin: AdminConfig::default(),
@@ -598,6 +622,24 @@ const ENV_KEYS: &[(&str, Option<&str>, &str, Kind)] = &[
         Kind::Text,
     ),
     ("HERALD_SSE_RETRY", Some("sse"), "retry", Kind::Text),
+    (
+        "HERALD_COMPRESSION_ENABLED",
+        Some("compression"),
+        "enabled",
+        Kind::Bool,
+    ),
+    (
+        "HERALD_COMPRESSION_THRESHOLD",
+        Some("compression"),
+        "threshold",
+        Kind::Integer,
+    ),
+    (
+        "HERALD_COMPRESSION_LEVEL",
+        Some("compression"),
+        "level",
+        Kind::Integer,
+    ),
     (
         "HERALD_API_IDEMPOTENCY_WINDOW",
         Some("api"),
@@ -827,6 +869,12 @@ impl Config {
 
     /// Checks what serde cannot: required secrets, sane numbers, features not in this release.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=9).contains(&self.compression.level) {
+            return Err(ConfigError::new(
+                "compression.level",
+                "must be 1 (fastest) to 9 (smallest)",
+            ));
+        }
         if self.engine == EngineKind::Redis {
             if self.history_store == HistoryStore::Disk {
                 return Err(ConfigError::new(
@@ -1207,6 +1255,13 @@ idempotency_window = "5m"            # a publish retried with the same idempoten
 [sse]
 heartbeat_interval = "15s"           # ": ping" comment on an idle /sse stream
 retry = "3s"                         # the retry: hint sent to EventSource
+
+[compression]
+# permessage-deflate (RFC 7692) on WebSocket connections whose client offers it. A publication is
+# compressed once and shared by every such subscriber; no zlib state is kept per connection.
+enabled = true
+threshold = 256                      # messages shorter than this (bytes) go uncompressed
+level = 6                            # 1 (fastest) to 9 (smallest)
 
 [limits]
 max_frame_bytes = 65536              # larger client frame: close 4009

@@ -11,6 +11,7 @@ mod admin;
 mod auth;
 mod cli;
 mod cluster;
+mod compression;
 mod dashboard;
 mod delivery;
 mod durable;

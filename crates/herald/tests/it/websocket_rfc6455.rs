@@ -63,7 +63,7 @@ fn case(name: impl Into<String>, send: Vec<u8>, expect: Outcome) -> Case {
 
 /// How a client frame's header states the payload length.
 #[derive(Clone, Copy)]
-enum Length {
+pub(crate) enum Length {
     /// The payload's length, in the shortest form.
     Shortest,
     /// This value in the 64-bit form, whatever the payload is.
@@ -72,7 +72,7 @@ enum Length {
 
 /// A client frame: `first` is the FIN bit, the RSV bits and the opcode; masked with `mask` when
 /// there is one.
-fn encode(first: u8, mask: Option<[u8; 4]>, length: Length, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn encode(first: u8, mask: Option<[u8; 4]>, length: Length, payload: &[u8]) -> Vec<u8> {
     let mask_bit = if mask.is_some() { 0x80 } else { 0 };
     let mut bytes = vec![first];
     match (length, payload.len()) {
@@ -101,7 +101,7 @@ fn encode(first: u8, mask: Option<[u8; 4]>, length: Length, payload: &[u8]) -> V
 }
 
 /// The masking key of every client frame here.
-const MASK: Option<[u8; 4]> = Some([0x37, 0xfa, 0x21, 0x3d]);
+pub(crate) const MASK: Option<[u8; 4]> = Some([0x37, 0xfa, 0x21, 0x3d]);
 
 /// A masked client frame, as clients must send them.
 fn frame(first: u8, payload: &[u8]) -> Vec<u8> {
@@ -371,14 +371,16 @@ async fn client_frames_are_held_to_rfc_6455() {
 }
 
 /// A frame from the server (which sends them unmasked and whole).
-struct Frame {
-    opcode: u8,
-    payload: Vec<u8>,
+pub(crate) struct Frame {
+    pub(crate) opcode: u8,
+    /// RSV1: a permessage-deflate message.
+    pub(crate) compressed: bool,
+    pub(crate) payload: Vec<u8>,
 }
 
 impl Frame {
     /// A close frame's code, if it has one.
-    fn close_code(&self) -> Option<u16> {
+    pub(crate) fn close_code(&self) -> Option<u16> {
         self.payload
             .get(..2)
             .map(|code| u16::from_be_bytes([code[0], code[1]]))
@@ -405,27 +407,35 @@ impl std::fmt::Debug for Frame {
 }
 
 /// A WebSocket client on a plain TCP socket, written by hand so that it can send anything.
-struct RawClient {
+pub(crate) struct RawClient {
     stream: TcpStream,
     /// Bytes read and not yet parsed.
     read: Vec<u8>,
+    /// The handshake's answer, status line and headers.
+    pub(crate) response: String,
 }
 
 impl RawClient {
     /// Connects as alice (token in the header), then reads the `connected` frame and the
     /// personal channel's `subscribed`.
     async fn open(server: &TestServer) -> RawClient {
+        RawClient::open_with(server, "alice", "").await
+    }
+
+    /// Connects as `user` with `headers` (each line ending in `\r\n`) added to the request.
+    pub(crate) async fn open_with(server: &TestServer, user: &str, headers: &str) -> RawClient {
         let stream = TcpStream::connect(server.addr).await.unwrap();
         let mut client = RawClient {
             stream,
             read: Vec::new(),
+            response: String::new(),
         };
         let request = format!(
             "GET /ws HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {KEY}\r\n\
-             Authorization: Bearer {}\r\n\r\n",
+             Authorization: Bearer {}\r\n{headers}\r\n",
             server.addr,
-            server.token("alice")
+            server.token(user)
         );
         client.send(request.as_bytes()).await.unwrap();
         let response = loop {
@@ -447,6 +457,7 @@ impl RawClient {
             )),
             "{response}"
         );
+        client.response = response;
         for kind in ["connected", "subscribed"] {
             let frame = client.frame().await.unwrap().expect("the greeting");
             let greeting: Value = serde_json::from_slice(&frame.payload).unwrap();
@@ -455,7 +466,7 @@ impl RawClient {
         client
     }
 
-    async fn send(&mut self, bytes: &[u8]) -> Result<(), String> {
+    pub(crate) async fn send(&mut self, bytes: &[u8]) -> Result<(), String> {
         match timeout(patience(), self.stream.write_all(bytes)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(format!("sending failed: {e}")),
@@ -465,7 +476,7 @@ impl RawClient {
 
     /// The next frame; `None` when the stream ends; an error when nothing comes in time or the
     /// server sends something that is not a server frame.
-    async fn frame(&mut self) -> Result<Option<Frame>, String> {
+    pub(crate) async fn frame(&mut self) -> Result<Option<Frame>, String> {
         loop {
             if let Some(frame) = self.parse()? {
                 return Ok(Some(frame));
@@ -499,7 +510,8 @@ impl RawClient {
         if bytes.len() < 2 {
             return Ok(None);
         }
-        if bytes[0] & 0x70 != 0 || bytes[1] & 0x80 != 0 || bytes[0] & FIN == 0 {
+        // RSV1 marks a compressed message, where permessage-deflate was negotiated.
+        if bytes[0] & 0x30 != 0 || bytes[1] & 0x80 != 0 || bytes[0] & FIN == 0 {
             return Err(format!(
                 "not a whole, unmasked server frame: {:?}",
                 &bytes[..2]
@@ -519,6 +531,7 @@ impl RawClient {
         }
         let frame = Frame {
             opcode: bytes[0] & 0x0F,
+            compressed: bytes[0] & 0x40 != 0,
             payload: bytes[start..start + length].to_vec(),
         };
         self.read.drain(..start + length);
@@ -526,7 +539,7 @@ impl RawClient {
     }
 
     /// The next frame that is not a heartbeat ping; an error when the stream ends first.
-    async fn answer(&mut self) -> Result<Frame, String> {
+    pub(crate) async fn answer(&mut self) -> Result<Frame, String> {
         loop {
             match self.frame().await? {
                 Some(frame) if frame.opcode == PING => continue,

@@ -24,9 +24,10 @@ use tokio::net::TcpStream;
 use tokio::time::{sleep, timeout, timeout_at, Instant};
 
 use super::commands::CommandRate;
+use super::deflate::Deflate;
 use super::frame::{self, FrameReader, Inbound, ReadError};
 use super::handshake::{Credentials, Handshake};
-use super::socket::{frame_of, Socket};
+use super::socket::Socket;
 use super::{
     CLOSE_INVALID_PAYLOAD, CLOSE_PROTOCOL_ERROR, CLOSE_TIMEOUT, READ_CHUNK, WRITE_TIMEOUT,
 };
@@ -86,10 +87,15 @@ pub(super) struct Connection {
 impl Connection {
     /// The connection of `stream`, whose first bytes (read by hyper past the upgrade request)
     /// are `read_buf`, holding its place on the node.
-    pub(super) fn new(stream: TcpStream, read_buf: &[u8], app: ConnectionSlot) -> Connection {
+    pub(super) fn new(
+        stream: TcpStream,
+        read_buf: &[u8],
+        app: ConnectionSlot,
+        deflate: Option<Deflate>,
+    ) -> Connection {
         Connection {
-            socket: Arc::new(Socket::new(stream, app.metrics.clone())),
-            reader: FrameReader::with_bytes(read_buf),
+            socket: Arc::new(Socket::new(stream, app.metrics.clone(), deflate)),
+            reader: FrameReader::with_bytes(read_buf, deflate.is_some()),
             app,
         }
     }
@@ -329,7 +335,10 @@ impl Connection {
                 oldest = oldest.or(Some(p.received_at));
             }
         }
-        let mut frames: VecDeque<Bytes> = batch.drain(..).map(|item| frame_of(&item)).collect();
+        let mut frames: VecDeque<Bytes> = batch
+            .drain(..)
+            .map(|item| self.socket.frame_of(&item))
+            .collect();
         let mut write = pin!(self.socket.write_all(&mut frames));
         // Most writes finish at once; the timer and the wait on the outbox are only set up for
         // one that does not.

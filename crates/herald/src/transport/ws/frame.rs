@@ -13,6 +13,8 @@ use bytes::Bytes;
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use tungstenite::protocol::frame::FrameHeader;
 
+use super::deflate::{self, Deflate, InflateError};
+
 /// The largest payload a control frame may carry (RFC 6455 §5.5).
 const MAX_CONTROL_PAYLOAD: u64 = 125;
 /// The largest payload length a frame may state: the most significant bit of the 64-bit form must
@@ -26,8 +28,14 @@ const NOT_UTF8: &str = "a text message that is not UTF-8";
 
 /// A complete, unmasked server frame: the header, then `payload`, in one buffer.
 fn encode(opcode: OpCode, payload: &[u8]) -> Bytes {
+    encode_with(opcode, false, payload)
+}
+
+/// [`encode`], with RSV1 set for a compressed message (RFC 7692 §6).
+fn encode_with(opcode: OpCode, compressed: bool, payload: &[u8]) -> Bytes {
     let header = FrameHeader {
         opcode,
+        rsv1: compressed,
         ..FrameHeader::default()
     };
     let length = payload.len() as u64;
@@ -41,6 +49,16 @@ fn encode(opcode: OpCode, payload: &[u8]) -> Bytes {
 /// A text frame carrying `payload` (Herald's JSON).
 pub fn text(payload: &str) -> Bytes {
     encode(OpCode::Data(Data::Text), payload.as_bytes())
+}
+
+/// A text frame carrying `payload` compressed with permessage-deflate, or plain when it is
+/// shorter than the threshold (a client that negotiated the extension reads both).
+pub fn text_deflated(payload: &str, deflate: Deflate) -> Bytes {
+    if payload.len() < deflate.threshold {
+        return text(payload);
+    }
+    let compressed = deflate::compress(payload.as_bytes(), deflate.level);
+    encode_with(OpCode::Data(Data::Text), true, &compressed)
 }
 
 /// A ping with an empty payload.
@@ -117,11 +135,16 @@ pub struct FrameReader {
     buffer: Vec<u8>,
     /// A fragmented message being assembled.
     partial: Option<Box<Partial>>,
+    /// Whether permessage-deflate was negotiated: a message whose first frame has RSV1 set is
+    /// compressed.
+    deflate: bool,
 }
 
 /// A fragmented message, from its first frame until its last.
 struct Partial {
     is_text: bool,
+    /// Compressed (RSV1 on its first frame): its text is checked once inflated.
+    compressed: bool,
     payload: Vec<u8>,
     /// How much of a text message's payload is known to be UTF-8: all of it but a character that
     /// the next fragment may complete.
@@ -132,7 +155,7 @@ impl Partial {
     /// Checks that a text message's payload so far is UTF-8, but for a character it may end
     /// inside, so that a message that cannot become UTF-8 is refused before its last fragment.
     fn check_utf8(&mut self) -> Result<(), ReadError> {
-        if !self.is_text {
+        if !self.is_text || self.compressed {
             return Ok(());
         }
         match std::str::from_utf8(&self.payload[self.checked..]) {
@@ -147,10 +170,11 @@ impl Partial {
 
 impl FrameReader {
     /// Starts with bytes that arrived along with the HTTP upgrade.
-    pub fn with_bytes(bytes: &[u8]) -> FrameReader {
+    pub fn with_bytes(bytes: &[u8], deflate: bool) -> FrameReader {
         FrameReader {
             buffer: bytes.to_vec(),
             partial: None,
+            deflate,
         }
     }
 
@@ -199,7 +223,13 @@ impl FrameReader {
                     }
                     partial.payload.extend_from_slice(&payload);
                     if header.is_final {
-                        return message_of(partial.is_text, partial.payload).map(Some);
+                        let Partial {
+                            is_text,
+                            compressed,
+                            payload,
+                            ..
+                        } = *partial;
+                        return whole_message(is_text, compressed, payload, max).map(Some);
                     }
                     partial.check_utf8()?;
                     self.partial = Some(partial);
@@ -207,10 +237,11 @@ impl FrameReader {
                 OpCode::Data(data @ (Data::Text | Data::Binary)) => {
                     let is_text = data == Data::Text;
                     if header.is_final {
-                        return message_of(is_text, payload).map(Some);
+                        return whole_message(is_text, header.rsv1, payload, max).map(Some);
                     }
                     let mut partial = Box::new(Partial {
                         is_text,
+                        compressed: header.rsv1,
                         payload,
                         checked: 0,
                     });
@@ -230,8 +261,14 @@ impl FrameReader {
         let Some(mask) = header.mask else {
             return Err(ReadError::Protocol("a client frame must be masked"));
         };
-        if header.rsv1 || header.rsv2 || header.rsv3 {
+        if header.rsv2 || header.rsv3 || (header.rsv1 && !self.deflate) {
             return Err(ReadError::Protocol("no extension was negotiated"));
+        }
+        // RFC 7692 §6: only a message's first frame says it is compressed.
+        if header.rsv1 && !matches!(header.opcode, OpCode::Data(Data::Text | Data::Binary)) {
+            return Err(ReadError::Protocol(
+                "RSV1 is set only on the first frame of a data message",
+            ));
         }
         if length > MAX_PAYLOAD_LENGTH {
             return Err(ReadError::Protocol(
@@ -261,6 +298,25 @@ impl FrameReader {
             self.buffer = Vec::new();
         }
         None
+    }
+}
+
+/// A whole message, inflated first when it was compressed (into at most `max` bytes).
+fn whole_message(
+    is_text: bool,
+    compressed: bool,
+    payload: Vec<u8>,
+    max: usize,
+) -> Result<Inbound, ReadError> {
+    if !compressed {
+        return message_of(is_text, payload);
+    }
+    match deflate::inflate(&payload, max) {
+        Ok(inflated) => message_of(is_text, inflated),
+        Err(InflateError::TooLarge) => Err(ReadError::TooLarge),
+        Err(InflateError::Corrupt) => Err(ReadError::Protocol(
+            "a compressed message that is not valid DEFLATE data",
+        )),
     }
 }
 
@@ -315,6 +371,41 @@ mod tests {
         frame.extend_from_slice(&mask);
         frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
         frame
+    }
+
+    /// With permessage-deflate: a compressed message, whole or in fragments (RSV1 on the first
+    /// only), reads back as its text; an uncompressed one still reads; RSV1 elsewhere, corrupt
+    /// data, and a message that inflates past the limit are refused.
+    #[test]
+    fn reads_compressed_messages_once_deflate_is_negotiated() {
+        const RSV1: u8 = 0x40;
+        let text = r#"{"type":"publish","channel":"chat:1","data":"hello hello hello hello"}"#;
+        let compressed = deflate::compress(text.as_bytes(), 6);
+        let mut reader = FrameReader::with_bytes(&client(0x80 | RSV1 | 0x1, &compressed), true);
+        assert_eq!(reader.next(1024), Ok(Some(Inbound::Text(text.into()))));
+
+        let (head, tail) = compressed.split_at(compressed.len() / 2);
+        let mut bytes = client(RSV1 | 0x1, head);
+        bytes.extend(client(0x80, tail));
+        bytes.extend(client(0x81, b"plain"));
+        let mut reader = FrameReader::with_bytes(&bytes, true);
+        assert_eq!(reader.next(1024), Ok(Some(Inbound::Text(text.into()))));
+        assert_eq!(reader.next(1024), Ok(Some(Inbound::Text("plain".into()))));
+
+        let mut bytes = client(0x01, b"{}");
+        bytes.extend(client(0x80 | RSV1, b"x"));
+        let mut reader = FrameReader::with_bytes(&bytes, true);
+        assert!(matches!(reader.next(1024), Err(ReadError::Protocol(_))));
+        let mut reader = FrameReader::with_bytes(&client(0x80 | RSV1 | 0x9, b""), true);
+        assert!(matches!(reader.next(1024), Err(ReadError::Protocol(_))));
+        let mut reader = FrameReader::with_bytes(&client(0x80 | RSV1 | 0x1, &[0xff; 8]), true);
+        assert!(matches!(reader.next(1024), Err(ReadError::Protocol(_))));
+
+        let bomb = deflate::compress(&vec![b' '; 1 << 20], 9);
+        let mut reader = FrameReader::with_bytes(&client(0x80 | RSV1 | 0x1, &bomb), true);
+        assert_eq!(reader.next(65_536), Err(ReadError::TooLarge));
+        let mut reader = FrameReader::with_bytes(&client(0x80 | RSV1 | 0x1, &compressed), false);
+        assert!(matches!(reader.next(1024), Err(ReadError::Protocol(_))));
     }
 
     #[test]

@@ -13,7 +13,8 @@
 
 use axum::extract::{Request, State};
 use axum::http::header::{
-    CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE,
+    CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_EXTENSIONS, SEC_WEBSOCKET_KEY,
+    SEC_WEBSOCKET_VERSION, UPGRADE,
 };
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -28,6 +29,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::connection::Connection;
+use super::deflate::{self, Deflate};
 use crate::api::{counted, parse_query};
 use crate::auth::{bearer_token, Verified};
 use crate::server::{App, RawTcp};
@@ -117,6 +119,7 @@ pub async fn upgrade(State(app): State<App>, Peer(peer): Peer, mut request: Requ
             None => Credentials::AuthFrame(forwarded),
         },
     };
+    let deflate = negotiate_deflate(&app, request.headers());
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
@@ -127,7 +130,7 @@ pub async fn upgrade(State(app): State<App>, Peer(peer): Peer, mut request: Requ
         let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
             return tracing::error!("a WebSocket upgrade that is not a TCP stream; closing");
         };
-        let connection = Connection::new(parts.io.into_inner(), &parts.read_buf, slot);
+        let connection = Connection::new(parts.io.into_inner(), &parts.read_buf, slot, deflate);
         // The connection gets a task of its own, sized by `Connection::run` alone.
         let task = connection.run(Box::new(Handshake {
             credentials,
@@ -141,7 +144,28 @@ pub async fn upgrade(State(app): State<App>, Peer(peer): Peer, mut request: Requ
         (UPGRADE, HeaderValue::from_static("websocket")),
         (SEC_WEBSOCKET_ACCEPT, accept),
     ];
-    (StatusCode::SWITCHING_PROTOCOLS, switching).into_response()
+    let mut response = (StatusCode::SWITCHING_PROTOCOLS, switching).into_response();
+    if deflate.is_some() {
+        response.headers_mut().insert(
+            SEC_WEBSOCKET_EXTENSIONS,
+            HeaderValue::from_static(deflate::ACCEPTED),
+        );
+    }
+    response
+}
+
+/// permessage-deflate for this connection, when `[compression]` allows it and the client offers
+/// it in a form Herald accepts (see [`deflate`]).
+fn negotiate_deflate(app: &App, headers: &HeaderMap) -> Option<Deflate> {
+    let compression = app.config.compression;
+    let offers = headers
+        .get_all(SEC_WEBSOCKET_EXTENSIONS)
+        .iter()
+        .filter_map(|value| value.to_str().ok());
+    (compression.enabled && deflate::accepts(offers)).then_some(Deflate {
+        threshold: compression.threshold,
+        level: compression.level,
+    })
 }
 
 /// Checks that `headers` ask for a WebSocket (RFC 6455 §4.2.1) and returns the

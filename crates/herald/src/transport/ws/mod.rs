@@ -30,11 +30,14 @@
 //! - [`commands`]: what the task does with each message the client sends: the command rate
 //!   limit and the answer to each command.
 //! - [`frame`]: server frames and the reassembly of the client's messages.
+//! - [`deflate`]: permessage-deflate (RFC 7692): the negotiation, and each message compressed
+//!   or inflated on its own, so that a compressed publication is shared like a plain one.
 //! - [`socket`]: the socket shared by the task and the fan-out.
 //! - [`heartbeat`]: every connection's pings and credential expiry, in one sweep per node.
 
 mod commands;
 mod connection;
+mod deflate;
 mod frame;
 mod handshake;
 pub mod heartbeat;

@@ -18,6 +18,7 @@ use herald_core::publication::WireFormat;
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
 
+use super::deflate::Deflate;
 use super::frame;
 use crate::metrics::Metrics;
 
@@ -29,14 +30,34 @@ pub struct Socket {
     /// The unwritten rest of a frame a direct write sent in part; the task writes it first.
     unsent: Mutex<Option<Bytes>>,
     metrics: Arc<Metrics>,
+    /// permessage-deflate, when the client negotiated it.
+    deflate: Option<Deflate>,
 }
 
 impl Socket {
-    pub fn new(stream: TcpStream, metrics: Arc<Metrics>) -> Socket {
+    pub fn new(stream: TcpStream, metrics: Arc<Metrics>, deflate: Option<Deflate>) -> Socket {
         Socket {
             stream,
             unsent: Mutex::new(None),
             metrics,
+            deflate,
+        }
+    }
+
+    /// The frame for `item` on this connection: compressed where it negotiated
+    /// permessage-deflate. Publications and events are framed once per form and shared by every
+    /// socket that takes that form.
+    pub fn frame_of(&self, item: &Outbound) -> Bytes {
+        match (item, self.deflate) {
+            (Outbound::Publication(p), Some(deflate)) => p
+                .encoded(WireFormat::NativeWebSocketDeflate, |p| {
+                    frame::text_deflated(&protocol::message(p), deflate)
+                }),
+            (Outbound::Event(e), Some(deflate)) => e
+                .encoded(WireFormat::NativeWebSocketDeflate, |e| {
+                    frame::text_deflated(&protocol::channel_event(e), deflate)
+                }),
+            _ => frame_of(item),
         }
     }
 
@@ -97,7 +118,7 @@ impl Socket {
 
 impl DirectWrite for Socket {
     fn try_write(&self, item: &Outbound) -> Written {
-        let frame = frame_of(item);
+        let frame = self.frame_of(item);
         let written = match self.stream.try_write(&frame) {
             Ok(written) => written,
             // Would block, or failed: the task finds out which when it writes.
@@ -115,8 +136,9 @@ impl DirectWrite for Socket {
     }
 }
 
-/// The frame for `item`. Publications and events are framed once and shared by every socket.
-pub fn frame_of(item: &Outbound) -> Bytes {
+/// The plain frame for `item`. Publications and events are framed once and shared by every
+/// socket.
+fn frame_of(item: &Outbound) -> Bytes {
     match item {
         Outbound::Publication(p) => p.encoded(WireFormat::NativeWebSocket, |p| {
             frame::text(&protocol::message(p))
