@@ -105,9 +105,10 @@ pub async fn open_in(
     let base = target
         .ws_base(index)
         .ok_or_else(|| "no server to connect to".to_string())?;
-    let mut socket = ClientSocket::connect(base, &token(&target.jwt_secret, &user))
-        .await
-        .map_err(|e| format!("connect {user}: {e}"))?;
+    let mut socket =
+        ClientSocket::connect(base, &token(&target.jwt_secret, &user), target.compress)
+            .await
+            .map_err(|e| format!("connect {user}: {e}"))?;
     socket.expect_frame("connected").await?;
     // The personal channel's subscription is announced right after `connected`.
     socket.expect_frame("subscribed").await?;
@@ -210,15 +211,21 @@ thread_local! {
 impl ClientSocket {
     /// Connects to `ws_base` and does the opening handshake, authenticating with `token` in a
     /// header.
-    async fn connect(ws_base: &str, token: &str) -> std::io::Result<ClientSocket> {
+    async fn connect(ws_base: &str, token: &str, compress: bool) -> std::io::Result<ClientSocket> {
         let address = ws_base.trim_start_matches("ws://").trim_end_matches('/');
         let stream = TcpStream::connect(address).await?;
         // TCP_NODELAY, as browsers set it on WebSockets: a client's frames go out at once.
         stream.set_nodelay(true)?;
+        // What browsers offer.
+        let offer = if compress {
+            "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+        } else {
+            ""
+        };
         let request = format!(
             "GET /ws HTTP/1.1\r\nHost: {address}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
-             Authorization: Bearer {token}\r\n\r\n"
+             Authorization: Bearer {token}\r\n{offer}\r\n"
         );
         let socket = ClientSocket {
             fd: register(stream.into_std()?)?,
@@ -241,6 +248,10 @@ impl ClientSocket {
                 if !head.starts_with(b"HTTP/1.1 101") {
                     let status = String::from_utf8_lossy(&head[..head.len().min(80)]).into_owned();
                     return Err(std::io::Error::other(format!("refused: {status}")));
+                }
+                let answer = String::from_utf8_lossy(&head[..end]).to_ascii_lowercase();
+                if compress && !answer.contains("permessage-deflate") {
+                    return Err(std::io::Error::other("permessage-deflate was not accepted"));
                 }
                 socket.pending = head[end + 4..].to_vec();
                 return Ok(socket);
@@ -388,8 +399,14 @@ fn parse_frames(
     pongs: &mut Vec<Vec<u8>>,
 ) -> std::io::Result<usize> {
     let mut at = 0;
-    while let Some((opcode, payload, next)) = next_frame(&bytes[at..]) {
-        match opcode {
+    while let Some((first, payload, next)) = next_frame(&bytes[at..]) {
+        WIRE_BYTES.with(|counted| counted.set(counted.get() + next as u64));
+        match first & 0x0f {
+            // RSV1: compressed with permessage-deflate.
+            TEXT if first & 0x40 != 0 => match String::from_utf8(inflate(payload)?) {
+                Ok(text) => on_frame(Frame::Text(&text)),
+                Err(_) => return Err(std::io::Error::other("a text frame that is not UTF-8")),
+            },
             TEXT => match std::str::from_utf8(payload) {
                 Ok(text) => on_frame(Frame::Text(text)),
                 Err(_) => return Err(std::io::Error::other("a text frame that is not UTF-8")),
@@ -403,8 +420,37 @@ fn parse_frames(
     Ok(at)
 }
 
-/// The first whole frame in `bytes`: its opcode, payload and length, or `None` if it has not all
-/// arrived.
+thread_local! {
+    /// Bytes of server frames read by every connection of this generator.
+    static WIRE_BYTES: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Bytes of server frames read so far by every connection of this generator.
+pub fn wire_bytes() -> u64 {
+    WIRE_BYTES.with(Cell::get)
+}
+
+/// A compressed message's payload inflated (RFC 7692: the sync-flush tail put back).
+fn inflate(payload: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut input = Vec::with_capacity(payload.len() + 4);
+    input.extend_from_slice(payload);
+    input.extend_from_slice(&[0x00, 0x00, 0xff, 0xff]);
+    let mut inflater = flate2::Decompress::new(false);
+    let mut out = Vec::with_capacity(payload.len() * 8 + 64);
+    loop {
+        let read = inflater.total_in() as usize;
+        inflater
+            .decompress_vec(&input[read..], &mut out, flate2::FlushDecompress::Sync)
+            .map_err(std::io::Error::other)?;
+        if inflater.total_in() as usize == input.len() && out.len() < out.capacity() {
+            return Ok(out);
+        }
+        out.reserve(out.capacity());
+    }
+}
+
+/// The first whole frame in `bytes`: its first byte (FIN, RSV and opcode), payload and length, or
+/// `None` if it has not all arrived.
 fn next_frame(bytes: &[u8]) -> Option<(u8, &[u8], usize)> {
     let (&first, &second) = (bytes.first()?, bytes.get(1)?);
     let (length, header): (usize, usize) = match second & 0x7f {
@@ -419,7 +465,7 @@ fn next_frame(bytes: &[u8]) -> Option<(u8, &[u8], usize)> {
         n => (usize::from(n), 2),
     };
     let payload = bytes.get(header..header.checked_add(length)?)?;
-    Some((first & 0x0f, payload, header + length))
+    Some((first, payload, header + length))
 }
 
 /// Reads `(stream, offset, t)` from a `message` frame whose data is `{"n":..,"t":..}`, without a

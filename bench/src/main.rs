@@ -40,6 +40,11 @@ pub struct Target {
     pub jwt_secret: String,
     /// Connection `i` is user `u{user_offset + i}`.
     pub user_offset: usize,
+    /// Clients offer permessage-deflate (and inflate what comes compressed).
+    pub compress: bool,
+    /// Publications to the shared channel carry a plant site's dashboard update (about 1 KB of
+    /// JSON, as seed 002 sends) beside their number and stamp.
+    pub site_payload: bool,
 }
 
 impl Target {
@@ -133,6 +138,13 @@ struct Cli {
     /// on personal channels: idle, personal, resubscribe).
     #[arg(long, global = true, default_value_t = 0, value_name = "K")]
     user_offset: usize,
+    /// Clients offer permessage-deflate, as browsers do (and inflate what comes compressed).
+    #[arg(long, global = true)]
+    compress: bool,
+    /// Publications to the shared channel (broadcast, churn, slow) carry a plant site's dashboard
+    /// update, about 1 KB of JSON, beside their number and stamp.
+    #[arg(long, global = true)]
+    site_payload: bool,
     /// Run as one of several generator processes started by `mixed --processes` (meeting the
     /// others over stdin and stdout between steps).
     #[arg(long, global = true, hide = true)]
@@ -276,7 +288,9 @@ async fn run(cli: Cli) -> Result<(), String> {
     };
     let (target, server_pids, redis, nodes) = match spawned {
         Some((nodes, redis)) => {
-            let target = spawn::target_of(&nodes, cli.user_offset);
+            let mut target = spawn::target_of(&nodes, cli.user_offset);
+            target.compress = cli.compress;
+            target.site_payload = cli.site_payload;
             let pids = nodes.iter().map(SpawnedServer::pid).collect();
             (target, pids, redis, nodes)
         }
@@ -357,6 +371,8 @@ fn running_target(cli: &Cli) -> Result<Target, String> {
         api_key: cli.api_key.clone(),
         jwt_secret: cli.jwt_secret.clone(),
         user_offset: cli.user_offset,
+        compress: cli.compress,
+        site_payload: cli.site_payload,
     })
 }
 
@@ -605,6 +621,8 @@ mod tests {
             api_key: String::new(),
             jwt_secret: String::new(),
             user_offset: 0,
+            compress: false,
+            site_payload: false,
         }
         .ws_base(0)
         .is_none());

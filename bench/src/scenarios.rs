@@ -177,15 +177,35 @@ fn saturated(step: &Step) -> bool {
 }
 
 /// The next publication of the shared channel: sequence number from `seq`, stamped with the
-/// send time. Returns the request body and how many publications it holds (one).
-fn next_shared(recorder: &SharedRecorder, seq: &Cell<u64>) -> (String, u64) {
+/// send time, with a plant site's update beside them when `target.site_payload`. Returns the
+/// request body and how many publications it holds (one).
+fn next_shared(target: &Target, recorder: &SharedRecorder, seq: &Cell<u64>) -> (String, u64) {
     seq.set(seq.get() + 1);
     let (n, t) = (seq.get(), recorder.borrow().now_us());
+    let site = if target.site_payload { SITE_UPDATE } else { "" };
     (
-        format!(r#"{{"channel":"{SHARED_CHANNEL}","data":{{"n":{n},"t":{t}}}}}"#),
+        format!(r#"{{"channel":"{SHARED_CHANNEL}","data":{{"n":{n},"t":{t}{site}}}}}"#),
         1,
     )
 }
+
+/// What seed 002's plant dashboard receives on `dashboard:update`: a site's mixers, vehicles and
+/// silos, about 1 KB of JSON (appended to a publication's `data` with `--site-payload`).
+const SITE_UPDATE: &str = concat!(
+    r#","site":{"site_id":1,"name":"Plant 1","status":"operational","#,
+    r#""mixers":[{"id":"mixer-1","status":"running","load_percent":72,"temperature_c":21.5,"batch":"B-20261203-0141"},"#,
+    r#"{"id":"mixer-2","status":"running","load_percent":68,"temperature_c":22.0,"batch":"B-20261203-0142"},"#,
+    r#"{"id":"mixer-3","status":"idle","load_percent":0,"temperature_c":19.5,"batch":null}],"#,
+    r#""vehicles":[{"id":"truck-17","status":"loading","driver":"Ivanov","order_id":"ORD-88231","eta_min":null},"#,
+    r#"{"id":"truck-21","status":"en_route","driver":"Petrov","order_id":"ORD-88219","eta_min":14},"#,
+    r#"{"id":"truck-34","status":"returning","driver":"Sidorov","order_id":null,"eta_min":22}],"#,
+    r#""silos":[{"id":"cement-1","material":"cement","level_percent":64,"alarm":false},"#,
+    r#"{"id":"cement-2","material":"cement","level_percent":18,"alarm":true},"#,
+    r#"{"id":"sand-1","material":"sand","level_percent":81,"alarm":false},"#,
+    r#"{"id":"gravel-1","material":"gravel","level_percent":57,"alarm":false}],"#,
+    r#""orders_today":{"planned":48,"done":31,"in_progress":6,"volume_m3":412.5},"#,
+    r#""updated_by":"dashboard-service"}"#,
+);
 
 /// Idle: `n` connections on their personal channel and the shared one; memory per connection,
 /// connect rate, and idle CPU (heartbeats only) over `idle`.
@@ -239,9 +259,10 @@ pub async fn broadcast(ctx: &Ctx, n: usize, rates: &[f64]) -> Result<Vec<Step>, 
     let mut loads: Vec<Option<f64>> = rates.iter().copied().map(Some).collect();
     loads.push(None);
     for rate in loads {
-        let body = |_| next_shared(&recorder, &seq);
+        let body = |_| next_shared(&ctx.target, &recorder, &seq);
         let label = rate.map_or_else(|| "max pub/s".to_string(), |r| format!("{r} pub/s"));
-        let step = measure_step(
+        let wire_before = fleet::wire_bytes();
+        let mut step = measure_step(
             ctx,
             &recorder,
             "broadcast",
@@ -251,6 +272,15 @@ pub async fn broadcast(ctx: &Ctx, n: usize, rates: &[f64]) -> Result<Vec<Step>, 
             publisher.run(rate, ctx.step, body),
         )
         .await;
+        // What each delivery cost on the wire, as the clients read it (frames of every kind).
+        if let Some(deliveries) = step.deliveries.filter(|d| *d > 0) {
+            let per_delivery = (fleet::wire_bytes() - wire_before) as f64 / deliveries as f64;
+            let wire = format!("{per_delivery:.0} B/delivery on the wire");
+            step.note = Some(match step.note.take() {
+                Some(note) => format!("{note}; {wire}"),
+                None => wire,
+            });
+        }
         let stop = rate.is_some() && saturated(&step);
         steps.push(step);
         if stop {
@@ -350,7 +380,7 @@ pub async fn churn(
     let failures = Rc::new(Cell::new(0u64));
     let mut steps = Vec::new();
     for &rate in rates {
-        let body = |_| next_shared(&recorder, &seq);
+        let body = |_| next_shared(&ctx.target, &recorder, &seq);
         let churned = Cell::new(0u64);
         let churn_loop = async {
             let started = Instant::now();
@@ -411,7 +441,7 @@ pub async fn slow(ctx: &Ctx, n: usize, rate: f64, percent: f64) -> Result<Vec<St
     let fleet = open_fleet(ctx, 0..n, true, &recorder).await?;
     let publisher = Publisher::new(&ctx.target, "/api/publish");
     let seq = Cell::new(0u64);
-    let body = |_| next_shared(&recorder, &seq);
+    let body = |_| next_shared(&ctx.target, &recorder, &seq);
     let mut baseline = measure_step(
         ctx,
         &recorder,
@@ -433,7 +463,7 @@ pub async fn slow(ctx: &Ctx, n: usize, rate: f64, percent: f64) -> Result<Vec<St
             paused += 1;
         }
     }
-    let body = |_| next_shared(&recorder, &seq);
+    let body = |_| next_shared(&ctx.target, &recorder, &seq);
     let readers = (n - paused) as u64;
     let mut with_slow = measure_step(
         ctx,

@@ -145,6 +145,8 @@ pub fn target_of(nodes: &[SpawnedServer], user_offset: usize) -> Target {
         api_key: BENCH_KEY.into(),
         jwt_secret: BENCH_SECRET.into(),
         user_offset,
+        compress: false,
+        site_payload: false,
     }
 }
 

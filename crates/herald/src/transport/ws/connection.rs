@@ -95,7 +95,7 @@ impl Connection {
     ) -> Connection {
         Connection {
             socket: Arc::new(Socket::new(stream, app.metrics.clone(), deflate)),
-            reader: FrameReader::with_bytes(read_buf, deflate.is_some()),
+            reader: FrameReader::with_bytes(read_buf),
             app,
         }
     }
@@ -265,7 +265,8 @@ impl Connection {
     /// The next whole message the client sent, if one has arrived.
     fn next_inbound(&mut self) -> Result<Option<Inbound>, Ended> {
         let max = self.app.config.limits.max_frame_bytes;
-        self.reader.next(max).map_err(|e| match e {
+        let deflate = self.socket.deflates();
+        self.reader.next(max, deflate).map_err(|e| match e {
             ReadError::TooLarge => Ended::Close(Disconnect::new(
                 CloseCode::FrameTooLarge,
                 format!("frame larger than {max} bytes"),

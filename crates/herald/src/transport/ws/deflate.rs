@@ -16,6 +16,8 @@
 //! further is refused as too large (close 4009) as soon as the output passes the limit, so a
 //! small message that inflates enormously costs no more than the limit.
 
+use std::num::NonZeroU8;
+
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
 /// The response's extension, for every offer Herald accepts.
@@ -26,13 +28,14 @@ pub const ACCEPTED: &str =
 /// block of a sync flush.
 const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 
-/// The compression of one node's WebSocket connections, from `[compression]`.
+/// The compression of one node's WebSocket connections, from `[compression]`. Eight bytes, even
+/// as an `Option` (the level is never zero), since every socket keeps one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Deflate {
     /// Messages shorter than this many bytes are sent uncompressed.
-    pub threshold: usize,
+    pub threshold: u32,
     /// zlib's level, 1 (fastest) to 9 (smallest).
-    pub level: u32,
+    pub level: NonZeroU8,
 }
 
 /// Whether the client's `Sec-WebSocket-Extensions` header values offer a permessage-deflate that
@@ -90,8 +93,8 @@ fn window_bits(value: &str) -> Option<u8> {
 
 /// `message` compressed as one permessage-deflate message: raw DEFLATE, sync-flushed, with the
 /// four-byte tail taken off.
-pub fn compress(message: &[u8], level: u32) -> Vec<u8> {
-    let mut compressor = Compress::new(Compression::new(level), false);
+pub fn compress(message: &[u8], level: NonZeroU8) -> Vec<u8> {
+    let mut compressor = Compress::new(Compression::new(u32::from(level.get())), false);
     let mut out = Vec::with_capacity(message.len() / 2 + 64);
     loop {
         let consumed = compressor.total_in() as usize;
@@ -159,6 +162,10 @@ pub fn inflate(compressed: &[u8], max: usize) -> Result<Vec<u8>, InflateError> {
 mod tests {
     use super::*;
 
+    fn at(level: u8) -> NonZeroU8 {
+        NonZeroU8::new(level).unwrap()
+    }
+
     #[test]
     fn accepts_the_offers_browsers_and_libraries_send() {
         assert!(accepts(["permessage-deflate; client_max_window_bits"]));
@@ -194,29 +201,29 @@ mod tests {
     fn a_message_comes_back_as_it_was_and_smaller() {
         let message =
             r#"{"type":"message","channel":"site:1","data":{"temperature":21.5}}"#.repeat(20);
-        let compressed = compress(message.as_bytes(), 6);
+        let compressed = compress(message.as_bytes(), at(6));
         assert!(compressed.len() < message.len() / 4, "{}", compressed.len());
         assert!(!compressed.ends_with(&TAIL));
         let inflated = inflate(&compressed, 1 << 20).unwrap();
         assert_eq!(inflated, message.as_bytes());
         for level in 1..=9 {
-            let compressed = compress(message.as_bytes(), level);
+            let compressed = compress(message.as_bytes(), at(level));
             assert_eq!(inflate(&compressed, 1 << 20).unwrap(), message.as_bytes());
         }
-        assert_eq!(inflate(&compress(b"", 6), 16).unwrap(), b"");
+        assert_eq!(inflate(&compress(b"", at(6)), 16).unwrap(), b"");
         // Incompressible bytes take stored blocks and still round-trip.
         let noise: Vec<u8> = (0..100_000u32)
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
             .collect();
-        assert_eq!(inflate(&compress(&noise, 6), 200_000).unwrap(), noise);
+        assert_eq!(inflate(&compress(&noise, at(6)), 200_000).unwrap(), noise);
     }
 
     #[test]
     fn a_message_that_inflates_past_the_limit_is_refused_without_inflating_it_all() {
-        let bomb = compress(&vec![b'a'; 10 << 20], 9);
+        let bomb = compress(&vec![b'a'; 10 << 20], at(9));
         assert!(bomb.len() < 20_000, "{}", bomb.len());
         assert_eq!(inflate(&bomb, 65_536), Err(InflateError::TooLarge));
-        let exact = compress(&vec![b'a'; 65_536], 9);
+        let exact = compress(&vec![b'a'; 65_536], at(9));
         assert_eq!(inflate(&exact, 65_536).unwrap().len(), 65_536);
         assert_eq!(inflate(&exact, 65_535), Err(InflateError::TooLarge));
     }

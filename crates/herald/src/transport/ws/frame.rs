@@ -54,7 +54,7 @@ pub fn text(payload: &str) -> Bytes {
 /// A text frame carrying `payload` compressed with permessage-deflate, or plain when it is
 /// shorter than the threshold (a client that negotiated the extension reads both).
 pub fn text_deflated(payload: &str, deflate: Deflate) -> Bytes {
-    if payload.len() < deflate.threshold {
+    if payload.len() < deflate.threshold as usize {
         return text(payload);
     }
     let compressed = deflate::compress(payload.as_bytes(), deflate.level);
@@ -135,9 +135,6 @@ pub struct FrameReader {
     buffer: Vec<u8>,
     /// A fragmented message being assembled.
     partial: Option<Box<Partial>>,
-    /// Whether permessage-deflate was negotiated: a message whose first frame has RSV1 set is
-    /// compressed.
-    deflate: bool,
 }
 
 /// A fragmented message, from its first frame until its last.
@@ -170,11 +167,10 @@ impl Partial {
 
 impl FrameReader {
     /// Starts with bytes that arrived along with the HTTP upgrade.
-    pub fn with_bytes(bytes: &[u8], deflate: bool) -> FrameReader {
+    pub fn with_bytes(bytes: &[u8]) -> FrameReader {
         FrameReader {
             buffer: bytes.to_vec(),
             partial: None,
-            deflate,
         }
     }
 
@@ -184,8 +180,10 @@ impl FrameReader {
     }
 
     /// The next complete message in what was read, if there is one. `max` bounds a frame's and
-    /// a message's payload.
-    pub fn next(&mut self, max: usize) -> Result<Option<Inbound>, ReadError> {
+    /// a message's payload (a compressed message's once inflated). With `deflate`
+    /// (permessage-deflate was negotiated; the flag is the caller's, so that an idle reader
+    /// stays as small as it was), a message whose first frame has RSV1 set is compressed.
+    pub fn next(&mut self, max: usize, deflate: bool) -> Result<Option<Inbound>, ReadError> {
         loop {
             let mut cursor = Cursor::new(&self.buffer[..]);
             let (header, length) = match FrameHeader::parse(&mut cursor) {
@@ -195,7 +193,7 @@ impl FrameReader {
                 Err(_) => return Err(ReadError::Protocol("malformed frame header")),
             };
             // A frame that breaks the protocol is refused from its header, before its payload.
-            let mask = self.check_header(&header, length)?;
+            let mask = self.check_header(&header, length, deflate)?;
             if length > max as u64 {
                 return Err(ReadError::TooLarge);
             }
@@ -257,11 +255,16 @@ impl FrameReader {
 
     /// The rules of RFC 6455 §5 that a frame's header alone must follow, given the message being
     /// assembled. Returns the frame's masking key.
-    fn check_header(&self, header: &FrameHeader, length: u64) -> Result<[u8; 4], ReadError> {
+    fn check_header(
+        &self,
+        header: &FrameHeader,
+        length: u64,
+        deflate: bool,
+    ) -> Result<[u8; 4], ReadError> {
         let Some(mask) = header.mask else {
             return Err(ReadError::Protocol("a client frame must be masked"));
         };
-        if header.rsv2 || header.rsv3 || (header.rsv1 && !self.deflate) {
+        if header.rsv2 || header.rsv3 || (header.rsv1 && !deflate) {
             return Err(ReadError::Protocol("no extension was negotiated"));
         }
         // RFC 7692 §6: only a message's first frame says it is compressed.
@@ -380,32 +383,59 @@ mod tests {
     fn reads_compressed_messages_once_deflate_is_negotiated() {
         const RSV1: u8 = 0x40;
         let text = r#"{"type":"publish","channel":"chat:1","data":"hello hello hello hello"}"#;
-        let compressed = deflate::compress(text.as_bytes(), 6);
-        let mut reader = FrameReader::with_bytes(&client(0x80 | RSV1 | 0x1, &compressed), true);
-        assert_eq!(reader.next(1024), Ok(Some(Inbound::Text(text.into()))));
+        let compressed = deflate::compress(
+            text.as_bytes(),
+            std::num::NonZeroU8::new(6).expect("a level"),
+        );
+        let mut reader = FrameReader::with_bytes(&client(0x80 | RSV1 | 0x1, &compressed));
+        assert_eq!(
+            reader.next(1024, true),
+            Ok(Some(Inbound::Text(text.into())))
+        );
 
         let (head, tail) = compressed.split_at(compressed.len() / 2);
         let mut bytes = client(RSV1 | 0x1, head);
         bytes.extend(client(0x80, tail));
         bytes.extend(client(0x81, b"plain"));
-        let mut reader = FrameReader::with_bytes(&bytes, true);
-        assert_eq!(reader.next(1024), Ok(Some(Inbound::Text(text.into()))));
-        assert_eq!(reader.next(1024), Ok(Some(Inbound::Text("plain".into()))));
+        let mut reader = FrameReader::with_bytes(&bytes);
+        assert_eq!(
+            reader.next(1024, true),
+            Ok(Some(Inbound::Text(text.into())))
+        );
+        assert_eq!(
+            reader.next(1024, true),
+            Ok(Some(Inbound::Text("plain".into())))
+        );
 
         let mut bytes = client(0x01, b"{}");
         bytes.extend(client(0x80 | RSV1, b"x"));
-        let mut reader = FrameReader::with_bytes(&bytes, true);
-        assert!(matches!(reader.next(1024), Err(ReadError::Protocol(_))));
-        let mut reader = FrameReader::with_bytes(&client(0x80 | RSV1 | 0x9, b""), true);
-        assert!(matches!(reader.next(1024), Err(ReadError::Protocol(_))));
-        let mut reader = FrameReader::with_bytes(&client(0x80 | RSV1 | 0x1, &[0xff; 8]), true);
-        assert!(matches!(reader.next(1024), Err(ReadError::Protocol(_))));
+        let mut reader = FrameReader::with_bytes(&bytes);
+        assert!(matches!(
+            reader.next(1024, true),
+            Err(ReadError::Protocol(_))
+        ));
+        let mut reader = FrameReader::with_bytes(&client(0x80 | RSV1 | 0x9, b""));
+        assert!(matches!(
+            reader.next(1024, true),
+            Err(ReadError::Protocol(_))
+        ));
+        let mut reader = FrameReader::with_bytes(&client(0x80 | RSV1 | 0x1, &[0xff; 8]));
+        assert!(matches!(
+            reader.next(1024, true),
+            Err(ReadError::Protocol(_))
+        ));
 
-        let bomb = deflate::compress(&vec![b' '; 1 << 20], 9);
-        let mut reader = FrameReader::with_bytes(&client(0x80 | RSV1 | 0x1, &bomb), true);
-        assert_eq!(reader.next(65_536), Err(ReadError::TooLarge));
-        let mut reader = FrameReader::with_bytes(&client(0x80 | RSV1 | 0x1, &compressed), false);
-        assert!(matches!(reader.next(1024), Err(ReadError::Protocol(_))));
+        let bomb = deflate::compress(
+            &vec![b' '; 1 << 20],
+            std::num::NonZeroU8::new(9).expect("a level"),
+        );
+        let mut reader = FrameReader::with_bytes(&client(0x80 | RSV1 | 0x1, &bomb));
+        assert_eq!(reader.next(65_536, true), Err(ReadError::TooLarge));
+        let mut reader = FrameReader::with_bytes(&client(0x80 | RSV1 | 0x1, &compressed));
+        assert!(matches!(
+            reader.next(1024, false),
+            Err(ReadError::Protocol(_))
+        ));
     }
 
     #[test]
@@ -431,7 +461,7 @@ mod tests {
             let mut got = Vec::new();
             for part in [&bytes[..split], &bytes[split..]] {
                 reader.buffer().extend_from_slice(part);
-                while let Some(message) = reader.next(1024).expect("valid") {
+                while let Some(message) = reader.next(1024, false).expect("valid") {
                     got.push(message);
                 }
             }
@@ -453,9 +483,12 @@ mod tests {
         reader.buffer().extend(client(0x01, b"hel"));
         reader.buffer().extend(client(0x89, b""));
         reader.buffer().extend(client(0x80, b"lo"));
-        assert_eq!(reader.next(100), Ok(Some(Inbound::Ping(vec![]))));
-        assert_eq!(reader.next(100), Ok(Some(Inbound::Text("hello".into()))));
-        assert_eq!(reader.next(100), Ok(None));
+        assert_eq!(reader.next(100, false), Ok(Some(Inbound::Ping(vec![]))));
+        assert_eq!(
+            reader.next(100, false),
+            Ok(Some(Inbound::Text("hello".into())))
+        );
+        assert_eq!(reader.next(100, false), Ok(None));
     }
 
     #[test]
@@ -463,14 +496,14 @@ mod tests {
         let mut reader = FrameReader::default();
         // Refused from the header alone, before the payload arrives.
         reader.buffer().extend(&client(0x81, &[b'a'; 200])[..8]);
-        assert_eq!(reader.next(100), Err(ReadError::TooLarge));
+        assert_eq!(reader.next(100, false), Err(ReadError::TooLarge));
         let mut reader = FrameReader::default();
         reader.buffer().extend(client(0x01, &[b'a'; 60]));
         reader.buffer().extend(client(0x80, &[b'a'; 60]));
-        assert_eq!(reader.next(100), Err(ReadError::TooLarge));
+        assert_eq!(reader.next(100, false), Err(ReadError::TooLarge));
         let mut reader = FrameReader::default();
         reader.buffer().extend(client(0x82, &[0; 70_000]));
-        assert_eq!(reader.next(100_000), Ok(Some(Inbound::Binary)));
+        assert_eq!(reader.next(100_000, false), Ok(Some(Inbound::Binary)));
     }
 
     #[test]
@@ -524,20 +557,20 @@ mod tests {
         for (bytes, expected) in cases {
             let mut reader = FrameReader::default();
             reader.buffer().extend(bytes);
-            assert_eq!(reader.next(100), Err(expected));
+            assert_eq!(reader.next(100, false), Err(expected));
         }
         let mut reader = FrameReader::default();
         reader.buffer().extend(client(0x01, b"a"));
         reader.buffer().extend(client(0x81, b"b"));
         assert_eq!(
-            reader.next(100),
+            reader.next(100, false),
             Err(ReadError::Protocol("a new message inside a fragmented one"))
         );
         // A frame that breaks the rules is refused from its header, before its payload arrives.
         let mut reader = FrameReader::default();
         reader.buffer().extend(&client(0xC2, &[0; 50])[..6]);
         assert_eq!(
-            reader.next(100),
+            reader.next(100, false),
             Err(ReadError::Protocol("no extension was negotiated"))
         );
     }
@@ -549,7 +582,10 @@ mod tests {
             let mut reader = FrameReader::default();
             reader.buffer().extend(client(0x01, &text[..split]));
             reader.buffer().extend(client(0x80, &text[split..]));
-            assert_eq!(reader.next(100), Ok(Some(Inbound::Text("clef 𝄞".into()))));
+            assert_eq!(
+                reader.next(100, false),
+                Ok(Some(Inbound::Text("clef 𝄞".into())))
+            );
         }
     }
 
@@ -588,7 +624,11 @@ mod tests {
         for (payload, expected) in cases {
             let mut reader = FrameReader::default();
             reader.buffer().extend(client(0x88, payload));
-            assert_eq!(reader.next(100), expected.map(Some), "payload {payload:?}");
+            assert_eq!(
+                reader.next(100, false),
+                expected.map(Some),
+                "payload {payload:?}"
+            );
         }
     }
 

@@ -163,8 +163,12 @@ fn negotiate_deflate(app: &App, headers: &HeaderMap) -> Option<Deflate> {
         .iter()
         .filter_map(|value| value.to_str().ok());
     (compression.enabled && deflate::accepts(offers)).then_some(Deflate {
-        threshold: compression.threshold,
-        level: compression.level,
+        threshold: u32::try_from(compression.threshold).unwrap_or(u32::MAX),
+        // Validated to be 1 to 9.
+        level: u8::try_from(compression.level)
+            .ok()
+            .and_then(std::num::NonZeroU8::new)
+            .unwrap_or(std::num::NonZeroU8::MIN),
     })
 }
 

@@ -44,6 +44,11 @@ impl Socket {
         }
     }
 
+    /// Whether the client negotiated permessage-deflate.
+    pub fn deflates(&self) -> bool {
+        self.deflate.is_some()
+    }
+
     /// The frame for `item` on this connection: compressed where it negotiated
     /// permessage-deflate. Publications and events are framed once per form and shared by every
     /// socket that takes that form.
