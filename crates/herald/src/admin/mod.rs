@@ -33,13 +33,12 @@
 pub mod session;
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, OriginalUri, Request, State};
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{from_fn, from_fn_with_state, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json, Router};
@@ -881,24 +880,12 @@ async fn watch(
         heartbeat: tokio::time::Instant::now() + heartbeat,
         ended: false,
     };
-    let body = Body::from_stream(futures_util::stream::unfold(
-        state,
-        |mut state| async move {
+    Ok(crate::transport::sse::event_stream(
+        futures_util::stream::unfold(state, |mut state| async move {
             let chunk = state.next_chunk().await?;
-            Some((Ok::<_, Infallible>(chunk), state))
-        },
-    ));
-    let mut response = body.into_response();
-    let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(
-        HeaderName::from_static("x-accel-buffering"),
-        HeaderValue::from_static("no"),
-    );
-    Ok(response)
+            Some((chunk, state))
+        }),
+    ))
 }
 
 /// One open watch stream.

@@ -242,13 +242,21 @@ async fn open(
         first: Some(first),
         ended: None,
     };
-    let body = Body::from_stream(futures_util::stream::unfold(
+    Ok(event_stream(futures_util::stream::unfold(
         state,
         |mut state| async move {
             let chunk = state.next_chunk().await?;
-            Some((Ok::<_, Infallible>(chunk), state))
+            Some((chunk, state))
         },
-    ));
+    )))
+}
+
+/// The response of an event stream made of `chunks`, with the headers every Server-Sent Events
+/// answer of Herald's carries (this one's and the admin page's channel inspector's).
+pub(crate) fn event_stream(
+    chunks: impl futures_util::Stream<Item = Bytes> + Send + 'static,
+) -> Response {
+    let body = Body::from_stream(futures_util::StreamExt::map(chunks, Ok::<_, Infallible>));
     let mut response = body.into_response();
     let h = response.headers_mut();
     h.insert(
@@ -258,7 +266,7 @@ async fn open(
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     // Tells nginx not to buffer the stream.
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(response)
+    response
 }
 
 /// The state of one open stream.
