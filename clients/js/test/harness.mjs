@@ -49,7 +49,8 @@ subscribe = "claims"
 export class Herald {
   /**
    * Starts `herald serve`. Options: `top` (top-level TOML keys), `limits` (lines for
-   * [limits]), `admin` (lines for [admin]), `durable` (history on disk, kept across restarts),
+   * [limits]), `admin` (lines for [admin]), `socketio` (lines for [socketio], its
+   * [[socketio.event]] tables after them), `namespaces` (more [[namespace]] tables), `durable` (history on disk, kept across restarts),
    * `port`.
    */
   static async start(options = {}) {
@@ -72,7 +73,7 @@ export class Herald {
   }
 
   config(port) {
-    const { top = "", limits = "", admin = "", durable = false } = this.options;
+    const { top = "", limits = "", admin = "", socketio = "", namespaces = "", durable = false } = this.options;
     return `listen = "127.0.0.1:${port}"
 allowed_origins = ["*"]
 ${durable ? `history_store = "disk"\ndata_dir = "${join(this.dir, "data")}"` : ""}
@@ -89,7 +90,10 @@ shutdown_drain = "200ms"
 ${limits}
 [admin]
 ${admin}
-${NAMESPACES}`;
+[socketio]
+${socketio}
+${NAMESPACES}
+${namespaces}`;
   }
 
   async launch(port) {

@@ -644,6 +644,176 @@ impl<'a> MessageFrame<'a> {
     }
 }
 
+// === Socket.IO bodies ===
+//
+// What Socket.IO clients receive as event arguments and ack values. The packets around them
+// (type digits, namespaces, ack ids) are the Socket.IO transport's; the JSON inside is written
+// here, like every other body.
+
+/// The arguments of the event a publication is emitted as, after the event's name:
+/// `,<data>,{"channel","offset","epoch","ts","from"?}]`. The caller writes the packet's header
+/// and `["<event>"` before it; the whole is encoded once per publication and namespace.
+pub fn socketio_publication_args(p: &Publication) -> String {
+    #[derive(Serialize)]
+    struct Meta<'a> {
+        channel: &'a ChannelName,
+        offset: u64,
+        epoch: &'a str,
+        ts: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        from: Option<&'a Publisher>,
+    }
+    let meta = encode(&Meta {
+        channel: &p.channel,
+        offset: p.offset,
+        epoch: &p.epoch,
+        ts: p.ts,
+        from: p.from.as_ref(),
+    });
+    let data = p.data.get();
+    let mut args = String::with_capacity(data.len() + meta.len() + 3);
+    args.push(',');
+    args.push_str(data);
+    args.push(',');
+    args.push_str(&meta);
+    args.push(']');
+    args
+}
+
+/// The event name a publication is emitted as: its `event`, or `message`.
+pub fn socketio_event_name(p: &Publication) -> &str {
+    p.event.as_deref().unwrap_or("message")
+}
+
+/// `["<name>",<json>]`: an event's arguments with one value after its name.
+pub fn socketio_event(name: &str, json: &str) -> String {
+    let name = encode(&name);
+    let mut event = String::with_capacity(name.len() + json.len() + 3);
+    event.push('[');
+    event.push_str(&name);
+    event.push(',');
+    event.push_str(json);
+    event.push(']');
+    event
+}
+
+/// `{"client","user"}`: the `connected` event's argument.
+pub fn socketio_connected(client: &str, user: &str) -> String {
+    #[derive(Serialize)]
+    struct Connected<'a> {
+        client: &'a str,
+        user: &'a str,
+    }
+    encode(&Connected { client, user })
+}
+
+/// `{"channel","offset","epoch","recovered"?}`: a subscription, as an ack result or the argument
+/// of a `subscribed` event.
+pub fn subscribed_result(subscribed: &Subscribed) -> impl Serialize + '_ {
+    #[derive(Serialize)]
+    struct SubscribedResult<'a> {
+        channel: &'a ChannelName,
+        offset: u64,
+        epoch: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
+    }
+    SubscribedResult {
+        channel: &subscribed.channel,
+        offset: subscribed.position.offset,
+        epoch: &subscribed.position.epoch,
+        recovered: subscribed.recovered,
+    }
+}
+
+/// `{"channel"}`: an unsubscription, or the channel a mapped event subscribed to.
+pub fn channel_result(channel: &ChannelName) -> impl Serialize + '_ {
+    #[derive(Serialize)]
+    struct ChannelResult<'a> {
+        channel: &'a ChannelName,
+    }
+    ChannelResult { channel }
+}
+
+/// `{"ts"}`: the server's clock, the reply to a mapped event that only replies.
+pub fn socketio_time(now_ms: u64) -> impl Serialize {
+    #[derive(Serialize)]
+    struct Time {
+        ts: u64,
+    }
+    Time { ts: now_ms }
+}
+
+/// `[{"ok":true,...result}]`: the ack of a built-in event that succeeded.
+pub fn socketio_ack_ok<T: Serialize>(result: &T) -> String {
+    #[derive(Serialize)]
+    struct Ok<'a, T> {
+        ok: bool,
+        #[serde(flatten)]
+        result: &'a T,
+    }
+    format!("[{}]", encode(&Ok { ok: true, result }))
+}
+
+/// `{"error":{"code","message"}}`: what went wrong with an event, as the only argument of its
+/// ack (or of an `error` event when the client asked for no ack, with the event's name too).
+pub fn socketio_error(code: ErrorCode, message: &str, event: Option<&str>) -> String {
+    #[derive(Serialize)]
+    struct Detail<'a> {
+        code: &'static str,
+        message: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        event: Option<&'a str>,
+    }
+    #[derive(Serialize)]
+    struct Error<'a> {
+        error: Detail<'a>,
+    }
+    encode(&Error {
+        error: Detail {
+            code: code.as_str(),
+            message,
+            event,
+        },
+    })
+}
+
+/// `{"message","data":{"code"}}`: a refused Socket.IO connect; socket.io-client raises
+/// `connect_error` with `message` and `data`.
+pub fn socketio_connect_error(code: ErrorCode, message: &str) -> String {
+    #[derive(Serialize)]
+    struct Data {
+        code: &'static str,
+    }
+    #[derive(Serialize)]
+    struct ConnectError<'a> {
+        message: &'a str,
+        data: Data,
+    }
+    encode(&ConnectError {
+        message,
+        data: Data {
+            code: code.as_str(),
+        },
+    })
+}
+
+/// `{"code","reason","reconnect"}`: the `herald:disconnect` event sent before the server closes a
+/// Socket.IO connection, with the code `/ws` would have closed with.
+pub fn socketio_disconnect(d: &Disconnect) -> String {
+    #[derive(Serialize)]
+    struct DisconnectBody<'a> {
+        code: u16,
+        reason: &'a str,
+        reconnect: bool,
+    }
+    encode(&DisconnectBody {
+        code: d.code.code(),
+        reason: &d.reason,
+        reconnect: d.reconnect,
+    })
+}
+
 // === The core's values on the wire ===
 //
 // Positions, publishers and presence members appear in several frames and bodies; their field

@@ -44,9 +44,11 @@ pub enum WireFormat {
     /// [`WireFormat::NativeWebSocket`] compressed with permessage-deflate, for the connections
     /// that negotiated it (without context takeover, so one frame serves them all).
     NativeWebSocketDeflate = 2,
+    /// Socket.IO packets: the transport caches its own per-namespace set of forms here.
+    SocketIo = 3,
 }
 
-const WIRE_FORMATS: usize = 3;
+const WIRE_FORMATS: usize = 4;
 
 type Encoded = Box<dyn Any + Send + Sync>;
 

@@ -81,6 +81,7 @@ pub struct Config {
     pub limits: Limits,
     pub sse: SseConfig,
     pub compression: CompressionConfig,
+    pub socketio: SocketIoConfig,
     pub proxy: ProxyConfig,
     pub webhooks: WebhooksConfig,
     pub admin: AdminConfig,
@@ -142,6 +143,79 @@ impl Config {
     }
 }
 
+impl SocketIoConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let key = |k: &str| format!("socketio.{k}");
+        if self.namespaces.is_empty() || self.namespaces.len() > MAX_SOCKETIO_NAMESPACES {
+            return Err(ConfigError::new(
+                key("namespaces"),
+                format!("list 1 to {MAX_SOCKETIO_NAMESPACES} namespaces, e.g. [\"/\"]"),
+            ));
+        }
+        for (i, namespace) in self.namespaces.iter().enumerate() {
+            let valid = namespace.starts_with('/')
+                && namespace.len() <= 128
+                && !namespace.contains([',', '?', '#'])
+                && !namespace.chars().any(char::is_control);
+            if !valid {
+                return Err(ConfigError::new(
+                    key("namespaces"),
+                    format!("{namespace:?} is not a namespace: it starts with / and holds no , ? # or control characters"),
+                ));
+            }
+            if self.namespaces[..i].contains(namespace) {
+                return Err(ConfigError::new(
+                    key("namespaces"),
+                    format!("{namespace:?} is listed twice"),
+                ));
+            }
+        }
+        if self.ping_interval.is_zero() || self.ping_timeout.is_zero() {
+            return Err(ConfigError::new(
+                key("ping_interval"),
+                "ping_interval and ping_timeout must be longer than zero",
+            ));
+        }
+        for (i, event) in self.events.iter().enumerate() {
+            let at = |field: &str| format!("socketio.event[{i}].{field}");
+            if event.name.is_empty() || SOCKETIO_RESERVED_EVENTS.contains(&event.name.as_str()) {
+                return Err(ConfigError::new(
+                    at("name"),
+                    format!(
+                        "{:?} cannot be mapped: it is empty, kept by socket.io-client, or one of Herald's built-in events",
+                        event.name
+                    ),
+                ));
+            }
+            if self.events[..i].iter().any(|e| e.name == event.name) {
+                return Err(ConfigError::new(
+                    at("name"),
+                    format!("{:?} is mapped twice", event.name),
+                ));
+            }
+            if event.subscribe.is_some() && event.unsubscribe.is_some() {
+                return Err(ConfigError::new(
+                    at("subscribe"),
+                    "an event either subscribes or unsubscribes, not both",
+                ));
+            }
+            for (field, template) in [
+                ("subscribe", &event.subscribe),
+                ("unsubscribe", &event.unsubscribe),
+            ] {
+                if let Some(template) = template {
+                    crate::transport::socketio::ChannelTemplate::parse(template)
+                        .map_err(|problem| ConfigError::new(at(field), problem))?;
+                }
+            }
+            if event.reply.as_deref().is_some_and(|r| r.is_empty()) {
+                return Err(ConfigError::new(at("reply"), "an event name, not empty"));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The shortest `admin.password` accepted.
 pub const MIN_ADMIN_PASSWORD: usize = 12;
 
@@ -166,6 +240,71 @@ impl Default for CompressionConfig {
         }
     }
 }
+
+/// Socket.IO clients at `/socket.io/` (`docs/socketio.md`), from `[socketio]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SocketIoConfig {
+    /// Whether `/socket.io/` is served.
+    pub enabled: bool,
+    /// The Socket.IO namespaces a client may connect to; each is its own connection to the hub.
+    pub namespaces: Vec<String>,
+    /// How often the server pings (Engine.IO `pingInterval`).
+    #[serde(deserialize_with = "duration")]
+    pub ping_interval: Duration,
+    /// How long a ping may go unanswered before the connection is dropped (`pingTimeout`).
+    #[serde(deserialize_with = "duration")]
+    pub ping_timeout: Duration,
+    /// The application's own events, each mapped onto a command.
+    #[serde(rename = "event")]
+    pub events: Vec<SocketIoEvent>,
+}
+
+impl Default for SocketIoConfig {
+    fn default() -> Self {
+        SocketIoConfig {
+            enabled: true,
+            namespaces: vec!["/".to_owned()],
+            ping_interval: Duration::from_secs(25),
+            ping_timeout: Duration::from_secs(20),
+            events: Vec::new(),
+        }
+    }
+}
+
+/// One `[[socketio.event]]`: an event an existing Socket.IO app emits, and what Herald does
+/// with it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SocketIoEvent {
+    /// The event's name, as the app emits it.
+    pub name: String,
+    /// Subscribe to this channel; `{field}` takes a field of the event's first argument.
+    pub subscribe: Option<String>,
+    /// Unsubscribe from this channel (the same templates).
+    pub unsubscribe: Option<String>,
+    /// Emit this event back: with `{channel}` after a subscribe or unsubscribe, else `{ts}`.
+    pub reply: Option<String>,
+}
+
+/// Most namespaces `[socketio] namespaces` may list.
+pub const MAX_SOCKETIO_NAMESPACES: usize = 16;
+
+/// Event names a Socket.IO client keeps for itself, or that Herald answers itself.
+pub const SOCKETIO_RESERVED_EVENTS: [&str; 12] = [
+    "connect",
+    "connect_error",
+    "disconnect",
+    "disconnecting",
+    "newListener",
+    "removeListener",
+    "subscribe",
+    "unsubscribe",
+    "presence",
+    "history",
+    "publish",
+    "typing",
+];
 
 /// The SSE settings, from configuration.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -435,6 +574,7 @@ impl Default for Config {
             limits: Limits::default(),
             sse: SseConfig::default(),
             compression: CompressionConfig::default(),
+            socketio: SocketIoConfig::default(),
             proxy: ProxyConfig::default(),
             webhooks: WebhooksConfig::default(),
             admin: AdminConfig::default(),
@@ -609,6 +749,30 @@ const ENV_KEYS: &[(&str, Option<&str>, &str, Kind)] = &[
         Kind::List,
     ),
     ("HERALD_ADMIN_ENABLED", Some("admin"), "enabled", Kind::Bool),
+    (
+        "HERALD_SOCKETIO_ENABLED",
+        Some("socketio"),
+        "enabled",
+        Kind::Bool,
+    ),
+    (
+        "HERALD_SOCKETIO_NAMESPACES",
+        Some("socketio"),
+        "namespaces",
+        Kind::List,
+    ),
+    (
+        "HERALD_SOCKETIO_PING_INTERVAL",
+        Some("socketio"),
+        "ping_interval",
+        Kind::Text,
+    ),
+    (
+        "HERALD_SOCKETIO_PING_TIMEOUT",
+        Some("socketio"),
+        "ping_timeout",
+        Kind::Text,
+    ),
     (
         "HERALD_ADMIN_PASSWORD",
         Some("admin"),
@@ -869,6 +1033,7 @@ impl Config {
 
     /// Checks what serde cannot: required secrets, sane numbers, features not in this release.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.socketio.validate()?;
         if !(1..=9).contains(&self.compression.level) {
             return Err(ConfigError::new(
                 "compression.level",
@@ -1301,6 +1466,21 @@ queue_size = 10000                   # events waiting; when full, new events are
 batch_size = 100                     # events per request
 max_attempts = 10                    # tries per batch (0.5s doubling to 30s between them)
 pending_size = 100000                # users and channels in their grace period, at most
+
+[socketio]
+# socket.io-client v4 apps connect to /socket.io/ unchanged (docs/socketio.md).
+enabled = true
+namespaces = ["/"]                   # each one a client may connect to, e.g. ["/", "/ws"]
+ping_interval = "25s"                # Engine.IO heartbeat ...
+ping_timeout = "20s"                 # ... and how long a ping may go unanswered
+# An app's own events mapped onto commands, so that its client code needs no change:
+# [[socketio.event]]
+# name = "subscribe:site"            # socket.emit('subscribe:site', {siteId: 1})
+# subscribe = "site:{siteId}"        # subscribes to site:1
+# reply = "subscribed"               # and emits 'subscribed' back with {channel}
+# [[socketio.event]]
+# name = "ping"
+# reply = "pong"                     # answered with {ts}
 
 [admin]
 # The admin page at /admin (docs/admin.md). Unset: served only when listen is a loopback

@@ -40,7 +40,7 @@ use crate::metrics::Metrics;
 use crate::openapi;
 use crate::store;
 use crate::transport::ws::heartbeat::Heartbeats;
-use crate::transport::{sse, ws};
+use crate::transport::{socketio, sse, ws};
 use crate::webhooks::Webhooks;
 
 /// Everything a request handler needs, shared by all of them.
@@ -63,6 +63,8 @@ pub struct AppState {
     pub started: Instant,
     /// This node's name in the node registry and `/api/stats`.
     pub node_name: String,
+    /// Open Socket.IO connections by `sid`.
+    pub socketio: crate::transport::socketio::Registry,
     /// The admin page's sign-in sessions and the figures' samples for its chart.
     pub admin: admin::AdminState,
     /// Set when shutdown begins: new WebSocket upgrades are refused and `/ready` fails.
@@ -188,6 +190,7 @@ pub async fn build(config: Config) -> Result<App, ConfigError> {
         connection_rate: ConnectionRate::new(config.limits.connections_per_ip_per_second),
         connection_cap: ConnectionCap::new(config.limits.max_connections),
         heartbeats: Heartbeats::start(config.limits.heartbeat_interval, hub.clone()),
+        socketio: Default::default(),
         config,
         hub,
         auth,
@@ -232,14 +235,21 @@ fn sse_routes() -> OpenApiRouter<App> {
     OpenApiRouter::new().routes(routes!(sse::stream))
 }
 
+/// Socket.IO's route (`[socketio] enabled`), with CORS like `/api` for polling from other origins.
+fn socketio_routes() -> OpenApiRouter<App> {
+    OpenApiRouter::new().routes(routes!(socketio::poll, socketio::post))
+}
+
 /// The OpenAPI document of every route [`router`] serves, made from the same route lists.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let (_, api) = api_routes().split_for_parts();
     let (_, root) = root_routes().split_for_parts();
     let (_, sse) = sse_routes().split_for_parts();
+    let (_, socketio) = socketio_routes().split_for_parts();
     openapi::base()
         .merge_from(root)
         .merge_from(sse)
+        .merge_from(socketio)
         .merge_from(admin::openapi())
         .nest("/api", api)
 }
@@ -271,6 +281,16 @@ pub fn router(app: App) -> Router {
     };
     let (root, _) = root_routes().split_for_parts();
     let mut router = root.merge(sse).nest("/api", api);
+    if app.config.socketio.enabled {
+        let (routes, _) = socketio_routes().split_for_parts();
+        let routes = routes
+            .method_not_allowed_fallback(socketio::wrong_method)
+            .layer(DefaultBodyLimit::disable());
+        router = router.merge(match cors(&app.config.allowed_origins) {
+            Some(layer) => routes.layer(layer),
+            None => routes,
+        });
+    }
     // Off, `/admin` is an unknown path like any other.
     if admin::enabled(&app.config) {
         router = router.merge(admin::router(app.clone()));

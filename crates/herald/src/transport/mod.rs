@@ -3,12 +3,18 @@
 //!
 //! - [`ws`]: WebSocket at `/ws`, the native JSON protocol in both directions.
 //! - [`sse`]: Server-Sent Events at `/sse`, receive-only, resumable with `Last-Event-ID`.
+//! - [`socketio`]: Socket.IO clients at `/socket.io/` (Engine.IO v4 long-polling and WebSocket,
+//!   Socket.IO v5), each namespace a session like a `/ws` connection.
+//!
+//! [`command`] is what a client's command does, whichever transport it came over.
 //!
 //! What every transport does the same way lives here: the admission checks before anything else,
 //! which give an admitted connection its place among the node's `limits.max_connections`
 //! ([`ConnectionSlot`], held until the connection ends), authentication (a token, or the backend's
 //! connect hook for a client that brings none), and when a connection's credentials run out.
 
+pub(crate) mod command;
+pub mod socketio;
 pub mod sse;
 pub mod ws;
 
@@ -94,6 +100,13 @@ impl ConnectionSlot {
         app.connection_cap
             .try_take()
             .then(|| ConnectionSlot { app: app.clone() })
+    }
+}
+
+impl ConnectionSlot {
+    /// The node's state, to keep beyond the connection.
+    pub(crate) fn app(&self) -> &App {
+        &self.app
     }
 }
 

@@ -28,6 +28,7 @@ const OPERATIONS: &[&str] = &[
     "GET /health",
     "GET /metrics",
     "GET /ready",
+    "GET /socket.io/",
     "GET /sse",
     "GET /ws",
     "POST /admin/api/disconnect",
@@ -39,6 +40,7 @@ const OPERATIONS: &[&str] = &[
     "POST /api/disconnect",
     "POST /api/publish",
     "POST /api/unsubscribe",
+    "POST /socket.io/",
 ];
 
 fn operations(doc: &Value) -> Vec<String> {

@@ -10,13 +10,13 @@
 //! holds a lock across an `.await`.
 
 use herald_core::protocol::{self, Command, RequestId};
-use herald_core::publication::now_millis;
 use herald_core::{CloseCode, Disconnect, ErrorCode, HeraldError, Session};
 
 use super::connection::{Connection, Ended};
 use super::frame::{self, Inbound};
 use crate::config::Limits;
 use crate::limits::CommandBucket;
+use crate::transport::command;
 
 /// A connection's command rate limit, and how many commands in a row it refused.
 pub(super) struct CommandRate {
@@ -49,7 +49,7 @@ impl Connection {
         session.outbox().claim();
         let parsed = match inbound {
             Inbound::Text(text) => protocol::parse_command(&text),
-            Inbound::Binary => Err(protocol::Rejected {
+            Inbound::Binary(_) => Err(protocol::Rejected {
                 id: None,
                 error: HeraldError::bad_request(
                     "binary frames are not accepted; send JSON text frames",
@@ -100,83 +100,35 @@ impl Connection {
         };
         let id = id.as_ref();
         let app = self.app.clone();
-        let outcome: Result<String, HeraldError> = match command {
-            Command::Auth { .. } => Err(HeraldError::bad_request("already authenticated")),
-            Command::Subscribe { channel, recovery } => session
-                .subscribe(&channel, recovery)
-                .await
-                .map(|subscribed| protocol::subscribed(id, &subscribed)),
-            Command::Unsubscribe { channel } => session
-                .unsubscribe(&channel)
-                .await
-                .map(|()| protocol::unsubscribed(id, &channel)),
-            Command::Publish {
-                channel,
-                event,
-                data,
-            } => {
-                let published = session.publish(channel, event, data).await;
-                if published.is_ok() {
-                    app.metrics.messages_in.inc();
+        if let Command::Refresh { token } = command {
+            return match app.auth.verify(&token) {
+                Err(e) => {
+                    self.send_error(id, &HeraldError::new(ErrorCode::Unauthorized, e.0))
+                        .await?;
+                    Ok(None)
                 }
-                published.map(|position| protocol::reply(id, &position))
-            }
-            Command::History {
-                channel,
-                since,
-                limit,
-            } => match protocol::history_query(since, limit) {
-                Ok(query) => {
-                    let since_given = query.since.is_some();
-                    session.history(&channel, query).await.map(|page| {
-                        protocol::reply(id, &protocol::history_result(&channel, &page, since_given))
-                    })
+                Ok(v) if v.identity.user != *session.user() => {
+                    let e = HeraldError::forbidden("a refresh token must be for the same user");
+                    self.send_error(id, &e).await?;
+                    Ok(None)
                 }
-                Err(e) => Err(e),
-            },
-            Command::Typing { channel } => match session.typing(&channel).await {
-                Ok(sent) => {
-                    if !sent {
-                        app.metrics.typing_throttled.inc();
-                    }
-                    // Only a command with an `id` gets an answer; a throttled one is no error.
-                    if id.is_none() {
-                        return Ok(None);
-                    }
-                    Ok(protocol::reply(id, &protocol::typing_result(sent)))
-                }
-                Err(e) => Err(e),
-            },
-            Command::Presence {
-                channel,
-                counts_only,
-            } => session
-                .presence(&channel, counts_only)
-                .await
-                .map(|presence| {
-                    protocol::reply(
-                        id,
-                        &protocol::presence_result(&channel, &presence, counts_only),
-                    )
-                }),
-            Command::Refresh { token } => match app.auth.verify(&token) {
-                Err(e) => Err(HeraldError::new(ErrorCode::Unauthorized, e.0)),
-                Ok(v) if v.identity.user != *session.user() => Err(HeraldError::forbidden(
-                    "a refresh token must be for the same user",
-                )),
                 Ok(v) => {
                     // A token always has an expiry.
                     let expires_at = v.expires_at.unwrap_or_default();
                     session.set_identity(v.identity);
                     self.send(protocol::reply(id, &protocol::refresh_result(expires_at)))
                         .await?;
-                    return Ok(Some(expires_at));
+                    Ok(Some(expires_at))
                 }
-            },
-            Command::Ping => Ok(protocol::reply(id, &protocol::ping_result(now_millis()))),
-        };
+            };
+        }
+        // Only a command with an `id` gets an answer to `typing`; a throttled one is no error.
+        let outcome = command::execute(&app, session, command)
+            .await
+            .map(|outcome| outcome.native_frame(id));
         match outcome {
-            Ok(frame) => self.send(frame).await?,
+            Ok(Some(frame)) => self.send(frame).await?,
+            Ok(None) => {}
             Err(e) => self.send_error(id, &e).await?,
         }
         Ok(None)

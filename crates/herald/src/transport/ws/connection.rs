@@ -231,7 +231,7 @@ impl Connection {
                         _ => Err(unauthorized(not_auth)),
                     }
                 }
-                Some(Inbound::Binary) => return Err(unauthorized(not_auth)),
+                Some(Inbound::Binary(_)) => return Err(unauthorized(not_auth)),
                 Some(Inbound::Ping(payload)) => self.write(frame::pong(&payload)).await?,
                 Some(Inbound::Pong) => {}
                 Some(Inbound::Close(code)) => return Err(self.answer_close(code).await),

@@ -51,6 +51,11 @@ pub fn text(payload: &str) -> Bytes {
     encode(OpCode::Data(Data::Text), payload.as_bytes())
 }
 
+/// A binary frame carrying `payload`.
+pub fn binary(payload: &[u8]) -> Bytes {
+    encode(OpCode::Data(Data::Binary), payload)
+}
+
 /// A text frame carrying `payload` compressed with permessage-deflate, or plain when it is
 /// shorter than the threshold (a client that negotiated the extension reads both).
 pub fn text_deflated(payload: &str, deflate: Deflate) -> Bytes {
@@ -105,8 +110,8 @@ pub fn close_echo(code: Option<u16>) -> Bytes {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Inbound {
     Text(String),
-    /// A binary message (Herald speaks JSON text; the content is not kept).
-    Binary,
+    /// A binary message (the native protocol refuses it; Socket.IO carries attachments in it).
+    Binary(Vec<u8>),
     Ping(Vec<u8>),
     Pong,
     /// The client's close, with its code if it gave one. The code is a valid one
@@ -325,7 +330,7 @@ fn whole_message(
 
 fn message_of(is_text: bool, payload: Vec<u8>) -> Result<Inbound, ReadError> {
     if !is_text {
-        return Ok(Inbound::Binary);
+        return Ok(Inbound::Binary(payload));
     }
     String::from_utf8(payload)
         .map(Inbound::Text)
@@ -503,7 +508,10 @@ mod tests {
         assert_eq!(reader.next(100, false), Err(ReadError::TooLarge));
         let mut reader = FrameReader::default();
         reader.buffer().extend(client(0x82, &[0; 70_000]));
-        assert_eq!(reader.next(100_000, false), Ok(Some(Inbound::Binary)));
+        assert_eq!(
+            reader.next(100_000, false),
+            Ok(Some(Inbound::Binary(vec![0; 70_000])))
+        );
     }
 
     #[test]

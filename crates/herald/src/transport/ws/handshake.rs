@@ -156,7 +156,7 @@ pub async fn upgrade(State(app): State<App>, Peer(peer): Peer, mut request: Requ
 
 /// permessage-deflate for this connection, when `[compression]` allows it and the client offers
 /// it in a form Herald accepts (see [`deflate`]).
-fn negotiate_deflate(app: &App, headers: &HeaderMap) -> Option<Deflate> {
+pub(crate) fn negotiate_deflate(app: &App, headers: &HeaderMap) -> Option<Deflate> {
     let compression = app.config.compression;
     let offers = headers
         .get_all(SEC_WEBSOCKET_EXTENSIONS)
@@ -174,7 +174,7 @@ fn negotiate_deflate(app: &App, headers: &HeaderMap) -> Option<Deflate> {
 
 /// Checks that `headers` ask for a WebSocket (RFC 6455 §4.2.1) and returns the
 /// `Sec-WebSocket-Accept` answer to the client's key.
-fn accept_key(headers: &HeaderMap) -> Result<HeaderValue, HeraldError> {
+pub(crate) fn accept_key(headers: &HeaderMap) -> Result<HeaderValue, HeraldError> {
     let lists = |name: HeaderName, token: &str| {
         headers.get_all(name).iter().any(|value| {
             value.to_str().is_ok_and(|value| {

@@ -37,11 +37,13 @@
 
 mod commands;
 mod connection;
-mod deflate;
-mod frame;
-mod handshake;
+pub(crate) mod deflate;
+pub(crate) mod frame;
+pub(crate) mod handshake;
 pub mod heartbeat;
-mod socket;
+pub(crate) mod socket;
+
+pub(crate) use self::deflate::Deflate;
 
 use std::time::Duration;
 
@@ -52,11 +54,11 @@ pub use self::handshake::__path_upgrade;
 
 /// Most bytes read from a socket at a time. Clients send small commands; a larger frame is read
 /// in several calls.
-const READ_CHUNK: usize = 4096;
+pub(crate) const READ_CHUNK: usize = 4096;
 /// Longest a write may wait for a full socket before the connection is considered dead.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest the closing handshake may take.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// RFC 6455 close codes for a client that breaks the protocol.
 const CLOSE_PROTOCOL_ERROR: u16 = 1002;
 const CLOSE_INVALID_PAYLOAD: u16 = 1007;

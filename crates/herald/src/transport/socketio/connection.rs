@@ -1,0 +1,607 @@
+//! One Engine.IO connection, whichever transport carries it at the moment.
+//!
+//! A [`Connection`] is what a client's `sid` names. Long-polling requests find it in the node's
+//! registry ([`Registry`]); a WebSocket task holds it for its whole life. It keeps:
+//!
+//! - a small bounded queue of the connection's own packets (the `open` and connect answers, acks,
+//!   pings, events a mapped command emits back), at most [`MAX_QUEUED_PACKETS`];
+//! - one hub [`Session`] per connected Socket.IO namespace, whose bounded outbox holds what the
+//!   hub delivers: a client that stops polling or reading fills it and is closed as a slow
+//!   consumer like any other;
+//! - the heartbeat: a task per connection pings every `ping_interval` and closes the connection
+//!   when the pong does not come within `ping_timeout`, or when its credentials run out.
+//!
+//! Whoever writes (a pending `GET`, or the WebSocket task) calls [`Connection::drain`], which
+//! takes the queue first and then each namespace's outbox; what the hub queued is encoded by
+//! [`super::encode`], once per publication, form and namespace. No lock is held across an
+//! `.await`: waiting is [`Connection::wait`], on the connection's `Notify` and the outboxes.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use herald_core::hub::Outbound;
+use herald_core::{Disconnect, Session};
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio::time::{sleep_until, Instant};
+
+use herald_core::protocol;
+
+use super::packet::{self, Kind, Outgoing};
+use super::{Application, Credentials};
+use crate::limits::CommandBucket;
+use crate::transport::ConnectionSlot;
+
+/// Most packets of its own a connection may have waiting for the client: answers come one per
+/// client event, within the command rate, so a client that keeps sending without reading is the
+/// one this stops.
+pub const MAX_QUEUED_PACKETS: usize = 1024;
+
+/// Which transport carries the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Polling,
+    /// A WebSocket answered the probe; a pending `GET` is answered with `noop`, and the
+    /// WebSocket takes over at the client's `upgrade`.
+    Upgrading,
+    WebSocket,
+}
+
+/// Why a connection ended.
+#[derive(Debug, Clone)]
+pub enum Ending {
+    /// The client sent `close`, or went away.
+    ClientClosed,
+    /// No pong within `ping_timeout` after a ping.
+    PingTimeout,
+    /// The client broke Engine.IO or Socket.IO.
+    Protocol(&'static str),
+    /// The hub (or a limit) closed it, with the code `/ws` would have used.
+    Closed(Disconnect),
+}
+
+impl Ending {
+    /// The `herald_disconnects_total` label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Ending::ClientClosed => "client_closed",
+            Ending::PingTimeout => "heartbeat_timeout",
+            Ending::Protocol(_) => "protocol_error",
+            Ending::Closed(d) => d.code.label(),
+        }
+    }
+}
+
+/// A connected Socket.IO namespace: its place in `[socketio] namespaces` and its hub session.
+pub struct NamespaceSocket {
+    pub index: usize,
+    pub session: Arc<Session>,
+}
+
+/// A binary packet waiting for its attachments.
+pub struct PendingBinary {
+    pub packet: packet::Packet,
+    pub attachments: Vec<Vec<u8>>,
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Outgoing>,
+    transport: Option<Transport>,
+    /// A `GET` is waiting (long-polling): a second one is a protocol error.
+    polling: bool,
+    /// A `POST` is being handled: the client sends one at a time.
+    posting: bool,
+    awaiting_pong: bool,
+    ending: Option<Ending>,
+    sockets: Vec<NamespaceSocket>,
+    pending_binary: Option<Box<PendingBinary>>,
+    /// A WebSocket is upgrading the connection.
+    upgrade_claimed: bool,
+    /// A namespace was connected at some point (the connect timeout is over).
+    connected_once: bool,
+    /// The namespaces a conformance server's client connected to.
+    #[cfg(feature = "socketio-conformance")]
+    pub test_namespaces: Vec<usize>,
+    /// When the credentials of the earliest-expiring namespace run out.
+    expires: Option<Instant>,
+}
+
+/// What [`Connection::drain`] took.
+#[derive(Default)]
+pub struct Drained {
+    /// The connection's own packets, first.
+    pub packets: Vec<Outgoing>,
+    /// What the hub queued, with the namespace's place in the configuration.
+    pub items: Vec<(usize, Outbound)>,
+    /// The connection's last packets (a close's farewell), written after the items.
+    pub last: Vec<Outgoing>,
+    /// Set when the connection is over: write what was drained, then close.
+    pub ending: Option<Ending>,
+}
+
+impl Drained {
+    pub fn is_empty(&self) -> bool {
+        self.packets.is_empty() && self.items.is_empty() && self.last.is_empty()
+    }
+}
+
+pub(crate) struct Connection {
+    pub sid: Arc<str>,
+    /// What answers the client's messages.
+    #[cfg_attr(not(feature = "socketio-conformance"), expect(dead_code))]
+    pub application: Application,
+    /// The connection's place on the node, and the node's state.
+    pub app: ConnectionSlot,
+    /// How the handshake authenticated, for each namespace's connect.
+    pub credentials: Credentials,
+    state: Mutex<State>,
+    wake: Notify,
+    /// The command rate limit, and how many events in a row it refused.
+    commands: Mutex<(CommandBucket, u32)>,
+}
+
+impl Connection {
+    /// A new connection on `transport`, registered (for polling and upgrades) and with its
+    /// heartbeat running.
+    pub fn start(
+        app: ConnectionSlot,
+        credentials: Credentials,
+        transport: Transport,
+        application: Application,
+    ) -> Arc<Connection> {
+        let sid: Arc<str> = new_sid().into();
+        let commands = Mutex::new((
+            CommandBucket::new(
+                app.config.limits.commands_per_minute,
+                app.config.limits.commands_burst,
+            ),
+            0,
+        ));
+        let connection = Arc::new(Connection {
+            sid: sid.clone(),
+            application,
+            app,
+            credentials,
+            state: Mutex::new(State {
+                transport: Some(transport),
+                ..State::default()
+            }),
+            wake: Notify::new(),
+            commands,
+        });
+        connection.app.socketio.insert(&connection);
+        let socketio = &connection.app.config.socketio;
+        tokio::spawn(heartbeat(
+            Arc::downgrade(&connection),
+            socketio.ping_interval,
+            socketio.ping_timeout,
+        ));
+        tokio::spawn(expect_namespace(
+            Arc::downgrade(&connection),
+            connection.app.config.limits.handshake_timeout,
+        ));
+        connection.app.metrics.connections_accepted.inc();
+        connection
+    }
+
+    /// The transport, even once the connection has ended.
+    pub fn last_transport(&self) -> Option<Transport> {
+        self.state.lock().transport
+    }
+
+    pub fn transport(&self) -> Option<Transport> {
+        let state = self.state.lock();
+        state.ending.is_none().then_some(()).and(state.transport)
+    }
+
+    /// Queues a packet of the connection's own; past [`MAX_QUEUED_PACKETS`] the connection is
+    /// closed as a slow consumer.
+    pub fn send(&self, packet: Outgoing) {
+        let mut state = self.state.lock();
+        if state.ending.is_some() {
+            return;
+        }
+        if state.queue.len() >= MAX_QUEUED_PACKETS {
+            drop(state);
+            self.app
+                .hub
+                .stats()
+                .slow_consumers
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.close(Ending::Closed(Disconnect::new(
+                herald_core::CloseCode::SlowConsumer,
+                "outgoing queue full: the client is not reading fast enough",
+            )));
+            return;
+        }
+        state.queue.push_back(packet);
+        drop(state);
+        self.wake.notify_one();
+    }
+
+    /// Ends the connection: the first reason wins. A close the server decided is announced on
+    /// every namespace first (`herald:disconnect` with the code, and a Socket.IO disconnect when
+    /// the client should not reconnect); the writer sends what is queued, then closes. The
+    /// namespaces leave the hub and the registry forgets the connection now.
+    pub fn close(&self, ending: Ending) {
+        let (sockets, linger) = {
+            let mut guard = self.state.lock();
+            let state = &mut *guard;
+            if state.ending.is_some() {
+                return;
+            }
+            let linger = matches!(ending, Ending::ClientClosed)
+                && state.transport == Some(Transport::Polling);
+            if let Ending::Closed(disconnect) = &ending {
+                let namespaces = &self.app.config.socketio.namespaces;
+                let body = protocol::socketio_event(
+                    "herald:disconnect",
+                    &protocol::socketio_disconnect(disconnect),
+                );
+                for socket in &state.sockets {
+                    let namespace = &namespaces[socket.index];
+                    let farewell = packet::text_packet(Kind::Event, namespace, None, &body);
+                    state.queue.push_back(farewell);
+                    if !disconnect.reconnect {
+                        let bye = packet::text_packet(Kind::Disconnect, namespace, None, "");
+                        state.queue.push_back(bye);
+                    }
+                }
+            }
+            tracing::debug!(sid = %self.sid, reason = ending.label(), "socket.io connection ends");
+            self.app.metrics.disconnect(ending.label());
+            state.ending = Some(ending);
+            state.pending_binary = None;
+            (std::mem::take(&mut state.sockets), linger)
+        };
+        drop(sockets);
+        self.wake.notify_one();
+        if linger {
+            // A long-poll sent with the client's `close` still finds the connection, and is
+            // answered `noop`; the registry forgets it then, or after `ping_timeout`.
+            let registry_entry = self.sid.clone();
+            let app = self.app.app().clone();
+            let linger_for = self.app.config.socketio.ping_timeout;
+            tokio::spawn(async move {
+                tokio::time::sleep(linger_for).await;
+                app.socketio.remove(&registry_entry);
+            });
+        } else {
+            self.app.socketio.remove(&self.sid);
+        }
+    }
+
+    /// A long-poll answered the close: the registry forgets the connection.
+    pub fn forget(&self) {
+        self.app.socketio.remove(&self.sid);
+    }
+
+    pub fn ending(&self) -> Option<Ending> {
+        self.state.lock().ending.clone()
+    }
+
+    /// Takes what is ready to write. An outbox that asks for a close ends the connection.
+    pub fn drain(&self) -> Drained {
+        let mut drained = Drained::default();
+        let sessions: Vec<(usize, Arc<Session>)> = {
+            let mut state = self.state.lock();
+            drained.packets.extend(state.queue.drain(..));
+            if state.queue.capacity() > 16 {
+                state.queue = VecDeque::new();
+            }
+            state
+                .sockets
+                .iter()
+                .map(|s| (s.index, s.session.clone()))
+                .collect()
+        };
+        let mut batch = Vec::new();
+        for (index, session) in sessions {
+            let close = session.outbox().take(&mut batch);
+            drained
+                .items
+                .extend(batch.drain(..).map(|item| (index, item)));
+            if let Some(disconnect) = close {
+                self.close(Ending::Closed(disconnect));
+            }
+        }
+        let mut state = self.state.lock();
+        drained.ending = state.ending.clone();
+        if drained.ending.is_some() {
+            drained.last.extend(state.queue.drain(..));
+        }
+        drained
+    }
+
+    /// Waits until there may be something to drain: a packet queued, a close, or an item in a
+    /// namespace's outbox.
+    pub async fn wait(&self) {
+        let notified = self.wake.notified();
+        let sessions: Vec<Arc<Session>> = self
+            .state
+            .lock()
+            .sockets
+            .iter()
+            .map(|s| s.session.clone())
+            .collect();
+        if sessions.is_empty() {
+            return notified.await;
+        }
+        let outboxes = futures_util::future::select_all(
+            sessions
+                .iter()
+                .map(|s| Box::pin(s.outbox().wait()))
+                .collect::<Vec<_>>(),
+        );
+        tokio::select! {
+            () = notified => {}
+            _ = outboxes => {}
+        }
+    }
+
+    /// Takes one event from the command rate limit: `Ok(false)` when refused (answer
+    /// `rate_limited`), `Err` when the client kept sending past the burst after refusals.
+    pub fn take_command(&self) -> Result<bool, ()> {
+        let mut commands = self.commands.lock();
+        if commands.0.try_take() {
+            commands.1 = 0;
+            return Ok(true);
+        }
+        commands.1 += 1;
+        if commands.1 > self.app.config.limits.commands_burst {
+            return Err(());
+        }
+        Ok(false)
+    }
+
+    /// A long-polling `GET` begins; false when one is already waiting.
+    pub fn begin_poll(&self) -> bool {
+        let mut state = self.state.lock();
+        !std::mem::replace(&mut state.polling, true)
+    }
+
+    pub fn end_poll(&self) {
+        self.state.lock().polling = false;
+    }
+
+    /// A `POST` begins; false when one is already being handled.
+    pub fn begin_post(&self) -> bool {
+        let mut state = self.state.lock();
+        !std::mem::replace(&mut state.posting, true)
+    }
+
+    pub fn end_post(&self) {
+        self.state.lock().posting = false;
+    }
+
+    /// A WebSocket with this connection's `sid` asks to upgrade it: true for the first, while the
+    /// connection is on long-polling.
+    pub fn claim_upgrade(&self) -> bool {
+        let mut state = self.state.lock();
+        let free = state.ending.is_none()
+            && state.transport == Some(Transport::Polling)
+            && !state.upgrade_claimed;
+        state.upgrade_claimed |= free;
+        free
+    }
+
+    /// Whether a WebSocket is upgrading the connection and has not finished.
+    pub fn upgrading(&self) -> bool {
+        let state = self.state.lock();
+        state.upgrade_claimed && state.transport != Some(Transport::WebSocket)
+    }
+
+    /// The upgrading WebSocket failed before `upgrade`: the connection stays on long-polling,
+    /// and may try again.
+    pub fn release_upgrade(&self) {
+        let mut state = self.state.lock();
+        state.upgrade_claimed = false;
+        if state.transport == Some(Transport::Upgrading) {
+            state.transport = Some(Transport::Polling);
+        }
+    }
+
+    /// The probe succeeded: the pending `GET` is answered with `noop`.
+    pub fn begin_upgrade(&self) -> bool {
+        let mut state = self.state.lock();
+        if state.transport != Some(Transport::Polling) || state.ending.is_some() {
+            return false;
+        }
+        state.transport = Some(Transport::Upgrading);
+        drop(state);
+        self.wake.notify_one();
+        true
+    }
+
+    /// The client sent `upgrade`: from now on the WebSocket writes, and `GET`s are refused.
+    pub fn complete_upgrade(&self) {
+        self.state.lock().transport = Some(Transport::WebSocket);
+    }
+
+    /// The client answered a ping.
+    pub fn pong(&self) {
+        self.state.lock().awaiting_pong = false;
+    }
+
+    /// Adds a connected namespace, whose credentials expire at `expires` (if they do).
+    pub fn add_socket(&self, socket: NamespaceSocket, expires: Option<Instant>) {
+        let mut state = self.state.lock();
+        state.connected_once = true;
+        if state.ending.is_some() {
+            drop(state);
+            return drop(socket);
+        }
+        state.sockets.push(socket);
+        state.expires = match (state.expires, expires) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        drop(state);
+        self.wake.notify_one();
+    }
+
+    /// Whether the client has connected to a namespace (or ever did).
+    fn has_namespace(&self) -> bool {
+        let state = self.state.lock();
+        state.connected_once || !state.sockets.is_empty()
+    }
+
+    /// The namespace's session, if the client connected to it.
+    pub fn socket(&self, index: usize) -> Option<Arc<Session>> {
+        self.state
+            .lock()
+            .sockets
+            .iter()
+            .find(|s| s.index == index)
+            .map(|s| s.session.clone())
+    }
+
+    /// Removes a namespace (the client disconnected from it); its session leaves the hub.
+    pub fn remove_socket(&self, index: usize) -> Option<Arc<Session>> {
+        let mut state = self.state.lock();
+        let at = state.sockets.iter().position(|s| s.index == index)?;
+        Some(state.sockets.remove(at).session)
+    }
+
+    /// The conformance server's namespaces, under the connection's lock.
+    #[cfg(feature = "socketio-conformance")]
+    pub fn with_test_namespaces<T>(&self, f: impl FnOnce(&mut Vec<usize>) -> T) -> T {
+        let mut state = self.state.lock();
+        state.connected_once = true;
+        f(&mut state.test_namespaces)
+    }
+
+    pub fn take_pending_binary(&self) -> Option<Box<PendingBinary>> {
+        self.state.lock().pending_binary.take()
+    }
+
+    pub fn set_pending_binary(&self, pending: Box<PendingBinary>) {
+        self.state.lock().pending_binary = Some(pending);
+    }
+
+    /// One heartbeat: ping, unless the previous one is unanswered. Returns false when the
+    /// connection is over.
+    fn beat(&self, expired: bool) -> bool {
+        let mut state = self.state.lock();
+        if state.ending.is_some() {
+            return false;
+        }
+        if expired || state.expires.is_some_and(|at| at <= Instant::now()) {
+            drop(state);
+            self.close(Ending::Closed(Disconnect::new(
+                herald_core::CloseCode::TokenExpired,
+                "token expired",
+            )));
+            return false;
+        }
+        state.awaiting_pong = true;
+        state.queue.push_back(Outgoing::text(packet::PING));
+        drop(state);
+        self.wake.notify_one();
+        true
+    }
+
+    fn pong_overdue(&self) -> bool {
+        let state = self.state.lock();
+        state.ending.is_none() && state.awaiting_pong
+    }
+
+    fn expires(&self) -> Option<Instant> {
+        self.state.lock().expires
+    }
+}
+
+/// The connection's heartbeat: a ping every `interval`, the connection closed when one goes
+/// unanswered for `timeout` or its credentials expire. Ends with the connection.
+async fn heartbeat(connection: Weak<Connection>, interval: Duration, timeout: Duration) {
+    let mut next_ping = Instant::now() + interval;
+    loop {
+        let expires = match connection.upgrade() {
+            Some(c) => c.expires(),
+            None => return,
+        };
+        let wake_at = expires.map_or(next_ping, |at| at.min(next_ping));
+        sleep_until(wake_at).await;
+        let Some(c) = connection.upgrade() else {
+            return;
+        };
+        let expired = expires.is_some_and(|at| at <= Instant::now());
+        if !expired && Instant::now() < next_ping {
+            continue;
+        }
+        if !c.beat(expired) {
+            return;
+        }
+        drop(c);
+        let answer_by = Instant::now() + timeout;
+        next_ping = Instant::now() + interval;
+        sleep_until(answer_by).await;
+        let Some(c) = connection.upgrade() else {
+            return;
+        };
+        if c.pong_overdue() {
+            return c.close(Ending::PingTimeout);
+        }
+    }
+}
+
+/// Closes a connection that has not connected to any namespace within `limits.handshake_timeout`
+/// (one that never authenticates must not hold its place on the node).
+async fn expect_namespace(connection: Weak<Connection>, within: Duration) {
+    tokio::time::sleep(within).await;
+    let Some(c) = connection.upgrade() else {
+        return;
+    };
+    #[cfg(feature = "socketio-conformance")]
+    if c.application == Application::EngineEcho {
+        return;
+    }
+    if !c.has_namespace() {
+        c.close(Ending::Closed(Disconnect::new(
+            herald_core::CloseCode::Unauthorized,
+            "no Socket.IO connect within the handshake timeout",
+        )));
+    }
+}
+
+/// The node's open Engine.IO connections by `sid`, for long-polling requests and upgrades. It
+/// holds each connection until it closes: between two polls, nothing else does.
+#[derive(Default)]
+pub struct Registry {
+    connections: Mutex<HashMap<Arc<str>, Arc<Connection>>>,
+}
+
+impl Registry {
+    fn insert(&self, connection: &Arc<Connection>) {
+        self.connections
+            .lock()
+            .insert(connection.sid.clone(), connection.clone());
+    }
+
+    fn remove(&self, sid: &str) {
+        self.connections.lock().remove(sid);
+    }
+
+    /// The open connection `sid` names.
+    pub(crate) fn get(&self, sid: &str) -> Option<Arc<Connection>> {
+        self.connections.lock().get(sid).cloned()
+    }
+
+    /// Open connections.
+    pub fn len(&self) -> usize {
+        self.connections.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.connections.lock().is_empty()
+    }
+}
+
+/// A fresh, unguessable `sid`: 16 random bytes, URL-safe base64.
+pub(crate) fn new_sid() -> String {
+    use base64::Engine as _;
+    let bytes: [u8; 16] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
