@@ -651,8 +651,11 @@ impl<'a> MessageFrame<'a> {
 // here, like every other body.
 
 /// The arguments of the event a publication is emitted as, after the event's name:
-/// `,<data>,{"channel","offset","epoch","ts","from"?}]`. The caller writes the packet's header
-/// and `["<event>"` before it; the whole is encoded once per publication and namespace.
+/// `,<data>,{"channel","offset","epoch","ts","from"?},"<offset>:<epoch>"]`. The caller writes
+/// the packet's header and `["<event>"` before it; the whole is encoded once per publication and
+/// namespace. The last argument is a string because socket.io-client keeps an event's last
+/// string argument as the offset it sends back when it reconnects (see
+/// [`socketio_recovery_record`]).
 pub fn socketio_publication_args(p: &Publication) -> String {
     #[derive(Serialize)]
     struct Meta<'a> {
@@ -676,8 +679,42 @@ pub fn socketio_publication_args(p: &Publication) -> String {
     args.push_str(data);
     args.push(',');
     args.push_str(&meta);
-    args.push(']');
+    args.push_str(",\"");
+    args.push_str(&p.offset.to_string());
+    args.push(':');
+    // An epoch is a short token of letters and digits; escaped anyway.
+    let epoch = encode(&&*p.epoch);
+    args.push_str(epoch.trim_matches('"'));
+    args.push_str("\"]");
     args
+}
+
+/// A Socket.IO connection's recovery record: the position of each channel it is subscribed to,
+/// as far as the server has written it, `[["<channel>",<offset>,"<epoch>"],...]`. It is sent as
+/// the last (string) argument of a `herald:recovery` event after each write, so that
+/// socket.io-client keeps it as the offset it sends back when it reconnects.
+pub fn socketio_recovery_record<'a>(
+    positions: impl Iterator<Item = (&'a ChannelName, &'a StreamPosition)>,
+) -> String {
+    let entries: Vec<(&ChannelName, u64, &str)> = positions
+        .map(|(channel, position)| (channel, position.offset, position.epoch.as_str()))
+        .collect();
+    encode(&entries)
+}
+
+/// Reads a recovery record back ([`socketio_recovery_record`]); `None` when the text is not one
+/// (the client's offset was a publication's own, written after its last record).
+pub fn parse_socketio_recovery_record(text: &str) -> Option<Vec<(ChannelName, StreamPosition)>> {
+    let entries: Vec<(String, u64, String)> = serde_json::from_str(text).ok()?;
+    entries
+        .into_iter()
+        .map(|(channel, offset, epoch)| {
+            Some((
+                ChannelName::parse(&channel).ok()?,
+                StreamPosition { offset, epoch },
+            ))
+        })
+        .collect()
 }
 
 /// The event name a publication is emitted as: its `event`, or `message`.
@@ -695,6 +732,18 @@ pub fn socketio_event(name: &str, json: &str) -> String {
     event.push_str(json);
     event.push(']');
     event
+}
+
+/// `{"sid","pid"}`: the answer to a Socket.IO connect: the connection's client id, and the id
+/// socket.io-client sends back with its last offset when it reconnects (its own, when everything
+/// it missed follows).
+pub fn socketio_connect_answer(sid: &str, pid: &str) -> String {
+    #[derive(Serialize)]
+    struct Answer<'a> {
+        sid: &'a str,
+        pid: &'a str,
+    }
+    encode(&Answer { sid, pid })
 }
 
 /// `{"client","user"}`: the `connected` event's argument.

@@ -229,3 +229,73 @@ test("the server's disconnect reaches the client with its code", async () => {
   const [reason] = await closed;
   assert.ok(reason);
 });
+
+test("after a server restart (disk store), socket.io-client recovers: what it missed, once, in order", async () => {
+  const durable = await Herald.start({ durable: true, socketio: SOCKETIO, namespaces: ALARMS });
+  try {
+    const user = unique("resume");
+    const socket = io(durable.http, {
+      auth: { token: token(user) },
+      transports: ["websocket"],
+      reconnectionDelay: 1500,
+      reconnectionDelayMax: 1500,
+      randomizationFactor: 0,
+    });
+    sockets.push(socket);
+    await next(socket, "connected");
+    assert.equal(socket.recovered, false);
+    const channel = unique("room:");
+    assert.equal((await socket.emitWithAck("subscribe", channel)).ok, true);
+    const got = [];
+    const personal = [];
+    socket.on("note", (data) => got.push(data.n));
+    socket.on("notification:new", (data) => personal.push(data.n));
+    for (let n = 1; n <= 3; n++) await durable.publish(channel, { n }, "note");
+    await eventually(() => got.length === 3, { what: "the first three" });
+
+    const back = next(socket, "connected", 10_000);
+    await durable.restart();
+    // While the client waits to reconnect: on its channel and on its personal channel.
+    for (let n = 4; n <= 6; n++) await durable.publish(channel, { n }, "note");
+    await durable.publish(`user:${user}`, { n: 7 }, "notification:new");
+    await back;
+    await eventually(() => got.length >= 6 && personal.length >= 1, { what: "what was missed" });
+    assert.equal(socket.recovered, true);
+    for (let n = 8; n <= 9; n++) await durable.publish(channel, { n }, "note");
+    await eventually(() => got.length >= 8, { what: "live again" });
+    // Each channel in its order, each publication once.
+    assert.deepEqual(got, [1, 2, 3, 4, 5, 6, 8, 9]);
+    assert.deepEqual(personal, [7]);
+    socket.close();
+  } finally {
+    await durable.close();
+  }
+});
+
+test("a client whose history is gone is told so: socket.recovered stays false", async () => {
+  // Memory history: a restart begins every stream again, in a new epoch.
+  const volatile = await Herald.start({ socketio: SOCKETIO, namespaces: ALARMS });
+  try {
+    const user = unique("fresh");
+    const socket = io(volatile.http, {
+      auth: { token: token(user) },
+      transports: ["websocket"],
+      reconnectionDelay: 300,
+      randomizationFactor: 0,
+    });
+    sockets.push(socket);
+    await next(socket, "connected");
+    const channel = unique("room:");
+    await socket.emitWithAck("subscribe", channel);
+    const first = next(socket, "note");
+    await volatile.publish(channel, { n: 1 }, "note");
+    await first;
+    const back = next(socket, "connected", 10_000);
+    await volatile.restart();
+    await back;
+    assert.equal(socket.recovered, false);
+    socket.close();
+  } finally {
+    await volatile.close();
+  }
+});

@@ -21,7 +21,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use herald_core::hub::Outbound;
-use herald_core::{Disconnect, Session};
+use herald_core::{ChannelName, Disconnect, Session, StreamPosition};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::time::{sleep_until, Instant};
@@ -73,10 +73,53 @@ impl Ending {
     }
 }
 
-/// A connected Socket.IO namespace: its place in `[socketio] namespaces` and its hub session.
+/// A connected Socket.IO namespace: its place in `[socketio] namespaces`, its hub session, and
+/// how far each of its channels has been written (its recovery record).
 pub struct NamespaceSocket {
     pub index: usize,
     pub session: Arc<Session>,
+    pub positions: Arc<Positions>,
+}
+
+/// How far each subscribed channel of a namespace has been written to the client: a channel's
+/// position when it was subscribed, moved on by each publication written.
+#[derive(Default)]
+pub struct Positions(Mutex<Vec<(ChannelName, StreamPosition)>>);
+
+impl Positions {
+    pub fn set(&self, channel: &ChannelName, position: StreamPosition) {
+        let mut positions = self.0.lock();
+        match positions.iter_mut().find(|(c, _)| c == channel) {
+            Some((_, at)) => *at = position,
+            None => positions.push((channel.clone(), position)),
+        }
+    }
+
+    pub fn remove(&self, channel: &ChannelName) {
+        self.0.lock().retain(|(c, _)| c != channel);
+    }
+
+    /// Notes what an item written to the client changes.
+    fn written(&self, item: &Outbound) {
+        match item {
+            Outbound::Publication(p) => self.set(
+                &p.channel,
+                StreamPosition {
+                    offset: p.offset,
+                    epoch: p.epoch.to_string(),
+                },
+            ),
+            Outbound::Resubscribed(s) => self.set(&s.channel, s.position.clone()),
+            Outbound::Unsubscribed(channel) => self.remove(channel),
+            Outbound::Event(_) | Outbound::Heartbeat => {}
+        }
+    }
+
+    /// The record, as socket.io-client keeps it.
+    pub fn record(&self) -> String {
+        let positions = self.0.lock();
+        protocol::socketio_recovery_record(positions.iter().map(|(c, p)| (c, p)))
+    }
 }
 
 /// A binary packet waiting for its attachments.
@@ -115,6 +158,8 @@ pub struct Drained {
     pub packets: Vec<Outgoing>,
     /// What the hub queued, with the namespace's place in the configuration.
     pub items: Vec<(usize, Outbound)>,
+    /// After the items, each namespace's recovery record where publications were written.
+    pub records: Vec<Outgoing>,
     /// The connection's last packets (a close's farewell), written after the items.
     pub last: Vec<Outgoing>,
     /// Set when the connection is over: write what was drained, then close.
@@ -123,7 +168,10 @@ pub struct Drained {
 
 impl Drained {
     pub fn is_empty(&self) -> bool {
-        self.packets.is_empty() && self.items.is_empty() && self.last.is_empty()
+        self.packets.is_empty()
+            && self.items.is_empty()
+            && self.records.is_empty()
+            && self.last.is_empty()
     }
 }
 
@@ -285,7 +333,7 @@ impl Connection {
     /// Takes what is ready to write. An outbox that asks for a close ends the connection.
     pub fn drain(&self) -> Drained {
         let mut drained = Drained::default();
-        let sessions: Vec<(usize, Arc<Session>)> = {
+        let sessions: Vec<(usize, Arc<Session>, Arc<Positions>)> = {
             let mut state = self.state.lock();
             drained.packets.extend(state.queue.drain(..));
             if state.queue.capacity() > 16 {
@@ -294,15 +342,33 @@ impl Connection {
             state
                 .sockets
                 .iter()
-                .map(|s| (s.index, s.session.clone()))
+                .map(|s| (s.index, s.session.clone(), s.positions.clone()))
                 .collect()
         };
         let mut batch = Vec::new();
-        for (index, session) in sessions {
+        let namespaces = &self.app.config.socketio.namespaces;
+        for (index, session, positions) in sessions {
             let close = session.outbox().take(&mut batch);
+            let mut moved = false;
+            for item in &batch {
+                positions.written(item);
+                moved |= matches!(item, Outbound::Publication(_));
+            }
             drained
                 .items
                 .extend(batch.drain(..).map(|item| (index, item)));
+            if moved {
+                let record = protocol::socketio_event(
+                    "herald:recovery",
+                    &serde_json::to_string(&positions.record()).unwrap_or_default(),
+                );
+                drained.records.push(packet::text_packet(
+                    Kind::Event,
+                    &namespaces[index],
+                    None,
+                    &record,
+                ));
+            }
             if let Some(disconnect) = close {
                 self.close(Ending::Closed(disconnect));
             }
@@ -448,14 +514,14 @@ impl Connection {
         state.connected_once || !state.sockets.is_empty()
     }
 
-    /// The namespace's session, if the client connected to it.
-    pub fn socket(&self, index: usize) -> Option<Arc<Session>> {
+    /// The namespace's session and recovery record, if the client connected to it.
+    pub fn socket(&self, index: usize) -> Option<(Arc<Session>, Arc<Positions>)> {
         self.state
             .lock()
             .sockets
             .iter()
             .find(|s| s.index == index)
-            .map(|s| s.session.clone())
+            .map(|s| (s.session.clone(), s.positions.clone()))
     }
 
     /// Removes a namespace (the client disconnected from it); its session leaves the hub.

@@ -18,14 +18,16 @@ use std::sync::Arc;
 use herald_core::hub::Recovery;
 use herald_core::protocol::{self, Command};
 use herald_core::publication::now_millis;
-use herald_core::{ChannelName, CloseCode, Disconnect, ErrorCode, HeraldError, Session};
+use herald_core::{
+    ChannelName, CloseCode, Disconnect, ErrorCode, HeraldError, Session, StreamPosition, Subscribed,
+};
 use serde_json::value::RawValue;
 
-use super::connection::{Connection, Ending, NamespaceSocket, PendingBinary};
+use super::connection::{Connection, Ending, NamespaceSocket, PendingBinary, Positions};
 use super::packet::{self, Kind, Malformed, Packet};
 use super::{ChannelTemplate, Credentials};
 use crate::config::SocketIoEvent;
-use crate::transport::command;
+use crate::transport::command::{self, Outcome};
 use crate::transport::{deadline_of, verify_token};
 
 /// The events Herald answers itself; their first argument is a channel's name or the native
@@ -115,14 +117,27 @@ fn namespace_index(connection: &Connection, namespace: &str) -> Option<usize> {
         .position(|n| n == namespace)
 }
 
-/// The token the connect's `auth` object carries, if any.
-fn auth_token(data: Option<&RawValue>) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Auth {
-        token: Option<String>,
-    }
+/// What the connect's `auth` object carries: a token, and (from a socket.io-client coming back)
+/// the `pid` it was given and the last offset it kept.
+#[derive(serde::Deserialize, Default)]
+struct Auth {
+    token: Option<String>,
+    pid: Option<String>,
+    offset: Option<String>,
+}
+
+fn auth_of(data: Option<&RawValue>) -> Auth {
     data.and_then(|d| serde_json::from_str::<Auth>(d.get()).ok())
-        .and_then(|auth| auth.token)
+        .unwrap_or_default()
+}
+
+/// Where a subscription's record starts: where the client was, when what it missed follows;
+/// otherwise where the stream is.
+fn start_of(subscribed: &Subscribed, since: Option<&StreamPosition>) -> StreamPosition {
+    match since {
+        Some(since) if subscribed.recovered == Some(true) => since.clone(),
+        _ => subscribed.position.clone(),
+    }
 }
 
 async fn connect(connection: &Arc<Connection>, packet: Packet) {
@@ -150,7 +165,8 @@ async fn connect(connection: &Arc<Connection>, packet: Packet) {
     if connection.socket(index).is_some() {
         return refuse(ErrorCode::BadRequest, "already connected to this namespace");
     }
-    let verified = match (auth_token(packet.data.as_deref()), &connection.credentials) {
+    let auth = auth_of(packet.data.as_deref());
+    let verified = match (auth.token, &connection.credentials) {
         (Some(token), Credentials::Token(_, forwarded) | Credentials::None(forwarded)) => {
             verify_token(app, &token, forwarded.clone())
         }
@@ -169,8 +185,23 @@ async fn connect(connection: &Arc<Connection>, packet: Packet) {
     let expires = verified
         .expires_at
         .map(|at| deadline_of(Some(at), app.config.auth.jwt_leeway));
-    let session = match app.hub.connect(verified.identity, Recovery::Live).await {
-        Ok((session, _personal)) => session,
+    // A client coming back with the record of what it was written resumes every channel in it.
+    let record = match (&auth.pid, &auth.offset) {
+        (Some(_), Some(offset)) => protocol::parse_socketio_recovery_record(offset),
+        _ => None,
+    };
+    let personal = ChannelName::personal(&verified.identity.user);
+    let personal_since = record.as_ref().and_then(|record| {
+        record
+            .iter()
+            .find(|(c, _)| Some(c) == personal.as_ref())
+            .map(|(_, at)| at.clone())
+    });
+    let personal_recovery = personal_since
+        .clone()
+        .map_or(Recovery::Live, Recovery::Since);
+    let (session, personal) = match app.hub.connect(verified.identity, personal_recovery).await {
+        Ok(connected) => connected,
         Err(disconnect) => {
             let code = match disconnect.code {
                 CloseCode::TooManyConnections => ErrorCode::LimitExceeded,
@@ -179,12 +210,45 @@ async fn connect(connection: &Arc<Connection>, packet: Packet) {
             return refuse(code, &disconnect.reason);
         }
     };
-    tracing::debug!(client = %session.client_id(), user = %session.user(), namespace, "socket.io connected");
+    let positions = Arc::new(Positions::default());
+    let mut recovered = record.is_some();
+    if let Some(subscribed) = &personal {
+        positions.set(
+            &subscribed.channel,
+            start_of(subscribed, personal_since.as_ref()),
+        );
+        recovered &= personal_since.is_none() || subscribed.recovered == Some(true);
+    }
+    for (channel, since) in record.iter().flatten() {
+        if Some(channel) == personal.as_ref().map(|p| &p.channel) {
+            continue;
+        }
+        match session
+            .subscribe(channel, Recovery::Since(since.clone()))
+            .await
+        {
+            Ok(subscribed) => {
+                positions.set(channel, start_of(&subscribed, Some(since)));
+                recovered &= subscribed.recovered == Some(true);
+            }
+            Err(e) => {
+                tracing::debug!(%channel, error = %e, "socket.io recovery: not resubscribed");
+                recovered = false;
+            }
+        }
+    }
+    // Answered with the client's own `pid` only when everything it missed follows:
+    // socket.io-client then reports `socket.recovered`.
+    let pid = match auth.pid {
+        Some(pid) if recovered => pid,
+        _ => super::connection::new_sid(),
+    };
+    tracing::debug!(client = %session.client_id(), user = %session.user(), namespace, recovered, "socket.io connected");
     connection.send(packet::text_packet(
         Kind::Connect,
         namespace,
         None,
-        &format!("{{\"sid\":{}}}", json_string(session.client_id())),
+        &protocol::socketio_connect_answer(session.client_id(), &pid),
     ));
     connection.send(packet::text_packet(
         Kind::Event,
@@ -199,13 +263,10 @@ async fn connect(connection: &Arc<Connection>, packet: Packet) {
         NamespaceSocket {
             index,
             session: Arc::new(session),
+            positions,
         },
         expires,
     );
-}
-
-fn json_string(text: &str) -> String {
-    serde_json::to_string(text).unwrap_or_default()
 }
 
 async fn event(connection: &Arc<Connection>, packet: Packet, attachments: Vec<Vec<u8>>) {
@@ -213,7 +274,7 @@ async fn event(connection: &Arc<Connection>, packet: Packet, attachments: Vec<Ve
         return;
     };
     // Events on a namespace the client has not connected to are ignored, as Socket.IO does.
-    let Some(session) = connection.socket(index) else {
+    let Some((session, positions)) = connection.socket(index) else {
         return;
     };
     let namespace = packet.namespace.as_str();
@@ -242,7 +303,8 @@ async fn event(connection: &Arc<Connection>, packet: Packet, attachments: Vec<Ve
         )),
         Ok(true) => {
             let first = args.get(1).map(|a| &**a);
-            answer(connection, &session, namespace, &name, first).await
+            let socket = (&*session, &*positions);
+            answer(connection, socket, namespace, &name, first).await
         }
     };
     match (answer, packet.ack) {
@@ -277,14 +339,28 @@ async fn event(connection: &Arc<Connection>, packet: Packet, attachments: Vec<Ve
 /// Carries out the event `name`; returns its ack's arguments.
 async fn answer(
     connection: &Arc<Connection>,
-    session: &Session,
+    (session, positions): (&Session, &Positions),
     namespace: &str,
     name: &str,
     first: Option<&RawValue>,
 ) -> Result<String, HeraldError> {
     if BUILT_IN.contains(&name) {
         let command = built_in(name, first)?;
+        let since = match &command {
+            Command::Subscribe {
+                recovery: Recovery::Since(since),
+                ..
+            } => Some(since.clone()),
+            _ => None,
+        };
         let outcome = command::execute(&connection.app, session, command).await?;
+        match &outcome {
+            Outcome::Subscribed(subscribed) => {
+                positions.set(&subscribed.channel, start_of(subscribed, since.as_ref()))
+            }
+            Outcome::Unsubscribed(channel) => positions.remove(channel),
+            _ => {}
+        }
         return Ok(outcome.socketio_ack());
     }
     let config = &connection.app.config.socketio;
@@ -294,7 +370,7 @@ async fn answer(
             BUILT_IN.join(", ")
         )));
     };
-    mapped_event(connection, session, namespace, mapped, first).await
+    mapped_event(connection, (session, positions), namespace, mapped, first).await
 }
 
 /// A built-in event as the native command it stands for.
@@ -322,7 +398,7 @@ fn built_in(name: &str, first: Option<&RawValue>) -> Result<Command, HeraldError
 /// `reply`, and ack with the same body.
 async fn mapped_event(
     connection: &Arc<Connection>,
-    session: &Session,
+    (session, positions): (&Session, &Positions),
     namespace: &str,
     mapped: &SocketIoEvent,
     first: Option<&RawValue>,
@@ -336,6 +412,7 @@ async fn mapped_event(
     let (body, ack) = if let Some(template) = &mapped.subscribe {
         let channel = channel(template)?;
         let subscribed = session.subscribe(&channel, Recovery::Live).await?;
+        positions.set(&channel, subscribed.position.clone());
         let result = protocol::subscribed_result(&subscribed);
         (
             serde_json::to_string(&result).unwrap_or_default(),
@@ -344,6 +421,7 @@ async fn mapped_event(
     } else if let Some(template) = &mapped.unsubscribe {
         let channel = channel(template)?;
         session.unsubscribe(&channel).await?;
+        positions.remove(&channel);
         let result = protocol::channel_result(&channel);
         (
             serde_json::to_string(&result).unwrap_or_default(),

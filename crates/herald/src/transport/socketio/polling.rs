@@ -219,6 +219,7 @@ async fn long_poll(app: &App, connection: std::sync::Arc<Connection>) -> Respons
                     None,
                 )));
             }
+            packets.extend(drained.records);
             packets.extend(drained.last);
             if drained.ending.is_some() {
                 packets.push(Outgoing::text(packet::CLOSE));

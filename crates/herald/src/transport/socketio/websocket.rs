@@ -319,6 +319,7 @@ impl Task {
             }
             frames.push_back(encode(item, *namespace, form, names, self.deflate));
         }
+        frames.extend(drained.records.iter().map(|p| self.packet_frame(p)));
         frames.extend(drained.last.iter().map(|p| self.packet_frame(p)));
         app.metrics.messages_out.inc_by(publications);
         if let Some(oldest) = oldest {
