@@ -24,6 +24,7 @@ mod presence;
 mod recovery;
 mod shutdown;
 mod slow_consumer;
+mod socketio;
 mod sse;
 mod webhooks;
 mod websocket_rfc6455;

@@ -424,6 +424,19 @@ impl RawClient {
 
     /// Connects as `user` with `headers` (each line ending in `\r\n`) added to the request.
     pub(crate) async fn open_with(server: &TestServer, user: &str, headers: &str) -> RawClient {
+        let headers = format!("Authorization: Bearer {}\r\n{headers}", server.token(user));
+        let client = RawClient::handshake(server, "/ws", &headers).await;
+        let mut client = client;
+        for kind in ["connected", "subscribed"] {
+            let frame = client.frame().await.unwrap().expect("the greeting");
+            let greeting: Value = serde_json::from_slice(&frame.payload).unwrap();
+            assert_eq!(greeting["type"], kind, "{greeting}");
+        }
+        client
+    }
+
+    /// Opens a WebSocket to `target` (path and query) with `headers` added, up to the `101`.
+    pub(crate) async fn handshake(server: &TestServer, target: &str, headers: &str) -> RawClient {
         let stream = TcpStream::connect(server.addr).await.unwrap();
         let mut client = RawClient {
             stream,
@@ -431,11 +444,9 @@ impl RawClient {
             response: String::new(),
         };
         let request = format!(
-            "GET /ws HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {KEY}\r\n\
-             Authorization: Bearer {}\r\n{headers}\r\n",
+            "GET {target} HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {KEY}\r\n{headers}\r\n",
             server.addr,
-            server.token(user)
         );
         client.send(request.as_bytes()).await.unwrap();
         let response = loop {
@@ -458,11 +469,6 @@ impl RawClient {
             "{response}"
         );
         client.response = response;
-        for kind in ["connected", "subscribed"] {
-            let frame = client.frame().await.unwrap().expect("the greeting");
-            let greeting: Value = serde_json::from_slice(&frame.payload).unwrap();
-            assert_eq!(greeting["type"], kind, "{greeting}");
-        }
         client
     }
 

@@ -66,7 +66,7 @@ impl Ending {
     pub fn label(&self) -> &'static str {
         match self {
             Ending::ClientClosed => "client_closed",
-            Ending::PingTimeout => "heartbeat_timeout",
+            Ending::PingTimeout => herald_core::CloseCode::IdleTimeout.label(),
             Ending::Protocol(_) => "protocol_error",
             Ending::Closed(d) => d.code.label(),
         }
@@ -552,6 +552,20 @@ impl Connection {
     fn beat(&self, expired: bool) -> bool {
         let mut state = self.state.lock();
         if state.ending.is_some() {
+            return false;
+        }
+        // A long-polling client that stopped polling is found here: the hub closed its outbox,
+        // and no poll came to drain it.
+        let overflowed = state
+            .sockets
+            .iter()
+            .any(|s| s.session.outbox().closing() == Some(herald_core::CloseCode::SlowConsumer));
+        if overflowed {
+            drop(state);
+            self.close(Ending::Closed(Disconnect::new(
+                herald_core::CloseCode::SlowConsumer,
+                "outgoing queue full: the client is not reading fast enough",
+            )));
             return false;
         }
         if expired || state.expires.is_some_and(|at| at <= Instant::now()) {
