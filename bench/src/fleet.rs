@@ -105,20 +105,41 @@ pub async fn open_in(
     let base = target
         .ws_base(index)
         .ok_or_else(|| "no server to connect to".to_string())?;
-    let mut socket =
-        ClientSocket::connect(base, &token(&target.jwt_secret, &user), target.compress)
-            .await
-            .map_err(|e| format!("connect {user}: {e}"))?;
-    socket.expect_frame("connected").await?;
-    // The personal channel's subscription is announced right after `connected`.
-    socket.expect_frame("subscribed").await?;
-    if let Some(channel) = channel {
-        let subscribe = format!(r#"{{"type":"subscribe","channel":"{channel}"}}"#);
-        socket
-            .send_text(&subscribe)
-            .await
-            .map_err(|e| e.to_string())?;
+    let socketio = target.socketio;
+    let mut socket = ClientSocket::connect(
+        base,
+        &token(&target.jwt_secret, &user),
+        target.compress,
+        socketio,
+    )
+    .await
+    .map_err(|e| format!("connect {user}: {e}"))?;
+    if socketio {
+        // Engine.IO's open, then the main namespace's connect, its answer and `connected`.
+        socket.expect_prefix("0{").await?;
+        socket.send_text("40").await.map_err(|e| e.to_string())?;
+        socket.expect_prefix("40{").await?;
+        socket.expect_prefix(r#"42["connected""#).await?;
+        if let Some(channel) = channel {
+            let subscribe = format!(r#"421["subscribe","{channel}"]"#);
+            socket
+                .send_text(&subscribe)
+                .await
+                .map_err(|e| e.to_string())?;
+            socket.expect_prefix("431[").await?;
+        }
+    } else {
+        socket.expect_frame("connected").await?;
+        // The personal channel's subscription is announced right after `connected`.
         socket.expect_frame("subscribed").await?;
+        if let Some(channel) = channel {
+            let subscribe = format!(r#"{{"type":"subscribe","channel":"{channel}"}}"#);
+            socket
+                .send_text(&subscribe)
+                .await
+                .map_err(|e| e.to_string())?;
+            socket.expect_frame("subscribed").await?;
+        }
     }
     let paused = Rc::new(Cell::new(false));
     let ended = Rc::new(Cell::new(false));
@@ -132,9 +153,17 @@ pub async fn open_in(
     let task_paused = paused.clone();
     let task_ended = ended.clone();
     tokio::task::spawn_local(async move {
+        // Engine.IO pings (`2`) come as text frames and are answered after the read.
+        let ping_due = Cell::new(false);
         let record = |frame: Frame<'_>| match frame {
+            Frame::Text("2") if socketio => ping_due.set(true),
             Frame::Text(text) => {
-                if let Some((stream, n, t)) = parse_delivery(text) {
+                let delivery = if socketio {
+                    parse_socketio_delivery(text)
+                } else {
+                    parse_delivery(text)
+                };
+                if let Some((stream, n, t)) = delivery {
                     recorder.borrow_mut().record(index, stream, n, t);
                 } else {
                     recorder.borrow_mut().note_frame(text);
@@ -163,6 +192,9 @@ pub async fn open_in(
                 }
                 read = socket.read_frames(record) => {
                     if read.is_err() {
+                        break;
+                    }
+                    if ping_due.replace(false) && socket.send_text("3").await.is_err() {
                         break;
                     }
                 }
@@ -211,7 +243,12 @@ thread_local! {
 impl ClientSocket {
     /// Connects to `ws_base` and does the opening handshake, authenticating with `token` in a
     /// header.
-    async fn connect(ws_base: &str, token: &str, compress: bool) -> std::io::Result<ClientSocket> {
+    async fn connect(
+        ws_base: &str,
+        token: &str,
+        compress: bool,
+        socketio: bool,
+    ) -> std::io::Result<ClientSocket> {
         let address = ws_base.trim_start_matches("ws://").trim_end_matches('/');
         let stream = TcpStream::connect(address).await?;
         // TCP_NODELAY, as browsers set it on WebSockets: a client's frames go out at once.
@@ -222,8 +259,13 @@ impl ClientSocket {
         } else {
             ""
         };
+        let path = if socketio {
+            "/socket.io/?EIO=4&transport=websocket"
+        } else {
+            "/ws"
+        };
         let request = format!(
-            "GET /ws HTTP/1.1\r\nHost: {address}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+            "GET {path} HTTP/1.1\r\nHost: {address}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
              Authorization: Bearer {token}\r\n{offer}\r\n"
         );
@@ -283,6 +325,36 @@ impl ClientSocket {
             Ok(Err(e)) => Err(format!("expected {kind}: {e}")),
             Ok(Ok(text)) if text.contains(&wanted) => Ok(()),
             Ok(Ok(text)) => Err(format!("expected {kind}, got {text}")),
+        }
+    }
+
+    /// Waits up to 30 s for the next text frame other than an Engine.IO ping, and checks that
+    /// it starts with `prefix` (Socket.IO, while the connection is set up).
+    async fn expect_prefix(&mut self, prefix: &str) -> Result<(), String> {
+        let read = async {
+            loop {
+                if let Some(text) = self.early.pop_front() {
+                    if text == "2" {
+                        self.send_text("3").await?;
+                        continue;
+                    }
+                    return Ok::<String, std::io::Error>(text);
+                }
+                let mut early = std::mem::take(&mut self.early);
+                self.read_frames(|frame| {
+                    if let Frame::Text(t) = frame {
+                        early.push_back(t.to_string());
+                    }
+                })
+                .await?;
+                self.early = early;
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(30), read).await {
+            Err(_) => Err(format!("nothing starting {prefix} within 30 s")),
+            Ok(Err(e)) => Err(format!("expected {prefix}: {e}")),
+            Ok(Ok(text)) if text.starts_with(prefix) => Ok(()),
+            Ok(Ok(text)) => Err(format!("expected {prefix}…, got {text}")),
         }
     }
 
@@ -486,6 +558,25 @@ pub fn parse_delivery(text: &str) -> Option<(Stream, u64, u64)> {
     Some((stream, offset, t))
 }
 
+/// Reads `(stream, offset, t)` from a Socket.IO event a publication was emitted as,
+/// `42["<event>",{"n":..,"t":..},{"channel":"..","offset":..,..},..]`, as cheaply as
+/// [`parse_delivery`] (Herald's adapter and Socket.IO's own bench server write the same shape).
+pub fn parse_socketio_delivery(text: &str) -> Option<(Stream, u64, u64)> {
+    let rest = text.strip_prefix("42[\"")?;
+    let data = &rest[rest.find(r#"{"n":"#)?..];
+    let t_at = data.find(r#""t":"#)? + 4;
+    let (t, after) = number(&data[t_at..])?;
+    let channel_at = after.find(r#""channel":""#)? + 11;
+    let stream = if after[channel_at..].starts_with("user:") {
+        Stream::Personal
+    } else {
+        Stream::Shared
+    };
+    let offset_at = after.find(r#""offset":"#)? + 9;
+    let (offset, _) = number(&after[offset_at..])?;
+    Some((stream, offset, t))
+}
+
 fn number(s: &str) -> Option<(u64, &str)> {
     let end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     Some((s[..end].parse().ok()?, &s[end..]))
@@ -505,6 +596,17 @@ mod tests {
         let (stream, offset, t) = parse_delivery(personal).expect("parses");
         assert!(stream == Stream::Personal && offset == 4 && t == 99);
         assert!(parse_delivery(r#"{"type":"subscribed"}"#).is_none());
+    }
+
+    #[test]
+    fn parses_socketio_deliveries() {
+        let shared = r#"42["message",{"n":12,"t":345},{"channel":"bench:all","offset":12,"epoch":"e","ts":1},"12:e"]"#;
+        let (stream, offset, t) = parse_socketio_delivery(shared).expect("parses");
+        assert!(stream == Stream::Shared && offset == 12 && t == 345);
+        let personal = r#"42["message",{"n":3,"t":99},{"channel":"user:u7","offset":4}]"#;
+        let (stream, offset, t) = parse_socketio_delivery(personal).expect("parses");
+        assert!(stream == Stream::Personal && offset == 4 && t == 99);
+        assert!(parse_socketio_delivery(r#"42["herald:recovery","[]"]"#).is_none());
     }
 
     #[test]

@@ -45,6 +45,9 @@ pub struct Target {
     /// Publications to the shared channel carry a plant site's dashboard update (about 1 KB of
     /// JSON, as seed 002 sends) beside their number and stamp.
     pub site_payload: bool,
+    /// Clients speak Socket.IO (Engine.IO v4 over WebSocket at `/socket.io/`) instead of
+    /// Herald's native protocol.
+    pub socketio: bool,
 }
 
 impl Target {
@@ -145,6 +148,11 @@ struct Cli {
     /// update, about 1 KB of JSON, beside their number and stamp.
     #[arg(long, global = true)]
     site_payload: bool,
+    /// Clients speak Socket.IO: Engine.IO v4 over WebSocket at /socket.io/, as socket.io-client
+    /// does after its upgrade (Herald's adapter, or `bench/socketio/server.mjs`, Socket.IO's own
+    /// server with the same HTTP publish route).
+    #[arg(long, global = true)]
+    socketio: bool,
     /// Run as one of several generator processes started by `mixed --processes` (meeting the
     /// others over stdin and stdout between steps).
     #[arg(long, global = true, hide = true)]
@@ -291,6 +299,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             let mut target = spawn::target_of(&nodes, cli.user_offset);
             target.compress = cli.compress;
             target.site_payload = cli.site_payload;
+            target.socketio = cli.socketio;
             let pids = nodes.iter().map(SpawnedServer::pid).collect();
             (target, pids, redis, nodes)
         }
@@ -373,6 +382,7 @@ fn running_target(cli: &Cli) -> Result<Target, String> {
         user_offset: cli.user_offset,
         compress: cli.compress,
         site_payload: cli.site_payload,
+        socketio: cli.socketio,
     })
 }
 
@@ -623,6 +633,7 @@ mod tests {
             user_offset: 0,
             compress: false,
             site_payload: false,
+            socketio: false,
         }
         .ws_base(0)
         .is_none());

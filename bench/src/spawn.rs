@@ -146,6 +146,7 @@ pub fn target_of(nodes: &[SpawnedServer], user_offset: usize) -> Target {
         jwt_secret: BENCH_SECRET.into(),
         user_offset,
         compress: false,
+        socketio: false,
         site_payload: false,
     }
 }
