@@ -35,8 +35,9 @@ function readJson(req) {
 
 const http = createServer(async (req, res) => {
   const reply = (status, body) => {
-    res.writeHead(status, { "content-type": "application/json" });
-    res.end(JSON.stringify(body));
+    const text = JSON.stringify(body);
+    res.writeHead(status, { "content-type": "application/json", "content-length": Buffer.byteLength(text) });
+    res.end(text);
   };
   try {
     if (req.method === "POST" && req.url === "/api/publish") return reply(200, publish(await readJson(req)));

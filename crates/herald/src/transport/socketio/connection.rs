@@ -385,25 +385,35 @@ impl Connection {
     /// namespace's outbox.
     pub async fn wait(&self) {
         let notified = self.wake.notified();
-        let sessions: Vec<Arc<Session>> = self
+        let mut sessions: Vec<Arc<Session>> = self
             .state
             .lock()
             .sockets
             .iter()
             .map(|s| s.session.clone())
             .collect();
-        if sessions.is_empty() {
-            return notified.await;
-        }
-        let outboxes = futures_util::future::select_all(
-            sessions
-                .iter()
-                .map(|s| Box::pin(s.outbox().wait()))
-                .collect::<Vec<_>>(),
-        );
-        tokio::select! {
-            () = notified => {}
-            _ = outboxes => {}
+        match sessions.len() {
+            0 => notified.await,
+            // The usual case, one namespace, allocates nothing more while it waits.
+            1 => {
+                let session = sessions.remove(0);
+                tokio::select! {
+                    () = notified => {}
+                    () = session.outbox().wait() => {}
+                }
+            }
+            _ => {
+                let outboxes = futures_util::future::select_all(
+                    sessions
+                        .iter()
+                        .map(|s| Box::pin(s.outbox().wait()))
+                        .collect::<Vec<_>>(),
+                );
+                tokio::select! {
+                    () = notified => {}
+                    _ = outboxes => {}
+                }
+            }
         }
     }
 

@@ -171,7 +171,7 @@ impl Task {
             }
             return;
         }
-        self.serve().await;
+        Box::pin(self.serve()).await;
     }
 
     /// The upgrade of a polling connection: the probe, then `upgrade`. A failed probe leaves the
@@ -235,13 +235,15 @@ impl Task {
             let ending = drained.ending.clone();
             if !drained.is_empty() {
                 let frames = self.frames(drained);
-                if self.write(frames).await.is_err() {
+                // Boxed, like every path that only runs now and then: this future is what an idle
+                // connection keeps.
+                if Box::pin(self.write(frames)).await.is_err() {
                     self.connection.close(Ending::ClientClosed);
                     return;
                 }
             }
             if let Some(ending) = ending {
-                return self.finish(ending).await;
+                return Box::pin(self.finish(ending)).await;
             }
             tokio::select! {
                 () = self.connection.wait() => {}
@@ -251,7 +253,7 @@ impl Task {
                         continue;
                     }
                     while let Some(inbound) = self.read_one() {
-                        self.on_inbound(inbound).await;
+                        Box::pin(self.on_inbound(inbound)).await;
                         if self.connection.ending().is_some() {
                             break;
                         }
