@@ -387,3 +387,151 @@ fn text_of(frame: &Frame) -> String {
     };
     String::from_utf8(bytes).unwrap()
 }
+
+/// A Socket.IO client on the main namespace over WebSocket, spoken by hand: it keeps the `pid`
+/// and the last string argument of each event (the offset socket.io-client keeps), and answers
+/// pings.
+struct SioClient {
+    socket: Socket,
+    pid: String,
+    offset: Option<String>,
+}
+
+impl SioClient {
+    /// Connects to `addr` with `token`; with `resume`, as socket.io-client does when it comes
+    /// back (`pid` and `offset` in the connect's auth). Returns the client and whether the
+    /// server said it recovered (the same `pid` answered).
+    async fn connect(
+        addr: std::net::SocketAddr,
+        token: &str,
+        resume: Option<&SioClient>,
+    ) -> (SioClient, bool) {
+        let url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket");
+        let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let open = next_text(&mut socket).await;
+        assert!(open.starts_with("0{"), "{open}");
+        let mut auth = json!({ "token": token });
+        if let Some(previous) = resume {
+            auth["pid"] = json!(previous.pid);
+            auth["offset"] = json!(previous.offset);
+        }
+        socket
+            .send(Message::Text(format!("40{auth}").into()))
+            .await
+            .unwrap();
+        let answer = next_text(&mut socket).await;
+        let answer: Value =
+            serde_json::from_str(answer.strip_prefix("40").expect("a connect answer")).unwrap();
+        let pid = answer["pid"].as_str().expect("a pid").to_owned();
+        let recovered = resume.is_some_and(|previous| previous.pid == pid);
+        let client = SioClient {
+            socket,
+            pid,
+            offset: resume.and_then(|previous| previous.offset.clone()),
+        };
+        (client, recovered)
+    }
+
+    /// The next event's name and arguments, or `None` once the connection is gone or silent for
+    /// `wait`.
+    async fn next_event(&mut self, wait: Duration) -> Option<(String, Vec<Value>)> {
+        loop {
+            let frame = match tokio::time::timeout(wait, self.socket.next()).await {
+                Ok(Some(Ok(frame))) => frame,
+                _ => return None,
+            };
+            let Message::Text(text) = frame else {
+                if matches!(frame, Message::Close(_)) {
+                    return None;
+                }
+                continue;
+            };
+            if text.as_str() == "2" {
+                let _ = self.socket.send(Message::Text("3".into())).await;
+                continue;
+            }
+            let Some(body) = text.strip_prefix("42") else {
+                continue;
+            };
+            let mut args: Vec<Value> = serde_json::from_str(body).unwrap();
+            if let Some(Value::String(last)) = args.last() {
+                self.offset = Some(last.clone());
+            }
+            let name = args.remove(0).as_str().unwrap().to_owned();
+            return Some((name, args));
+        }
+    }
+}
+
+/// Reads `client`'s `message` events into `seen` (the publications' `n`) until it holds `until`.
+async fn read_messages(client: &mut SioClient, seen: &mut Vec<u64>, until: u64) {
+    while seen.last().copied().unwrap_or(0) < until {
+        let (name, args) = client
+            .next_event(patience())
+            .await
+            .unwrap_or_else(|| panic!("connection ended at {:?}", seen.last()));
+        if name == "message" {
+            seen.push(args[0]["n"].as_u64().unwrap());
+        }
+    }
+}
+
+#[tokio::test]
+async fn socketio_clients_span_a_cluster_and_recover_on_another_node() {
+    use herald_redis::testing;
+
+    use crate::common::ServerProcess;
+
+    let prefix = testing::unique_prefix("it.sio");
+    let url = &testing::shared().url;
+    let node = |name: &str| {
+        ServerProcess::start_with(
+            &format!(
+                "engine = \"redis\"\nredis_url = \"{url}\"\nredis_prefix = \"{prefix}\"\n\
+                 node_name = \"{name}\"\nredis_presence_ttl = \"2s\"\nredis_timeout = \"500ms\""
+            ),
+            "[[namespace]]\nname = \"log\"\nhistory_size = 1000\nhistory_ttl = \"5m\"\n",
+        )
+    };
+    let mut n1 = node("n1");
+    let n2 = node("n2");
+    let (h1, h2) = (n1.handle(), n2.handle());
+    let token = h1.token("roamer");
+    let (mut client, _) = SioClient::connect(h1.addr, &token, None).await;
+    assert_eq!(
+        client.next_event(patience()).await.expect("connected").0,
+        "connected"
+    );
+    client
+        .socket
+        .send(Message::Text("421[\"subscribe\",\"log:roam\"]".into()))
+        .await
+        .unwrap();
+    // Publications enter through the other node.
+    const TOTAL: u64 = 80;
+    let publisher = n2.handle();
+    let publishing = tokio::spawn(async move {
+        for n in 1..=TOTAL {
+            publisher.publish("log:roam", json!({ "n": n })).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    let mut seen = Vec::new();
+    read_messages(&mut client, &mut seen, 20).await;
+    // Node 1 dies without a word; what was on the wire still arrives.
+    n1.child.kill().unwrap();
+    while let Some((name, args)) = client.next_event(Duration::from_secs(2)).await {
+        if name == "message" {
+            seen.push(args[0]["n"].as_u64().unwrap());
+        }
+    }
+    let (mut again, recovered) = SioClient::connect(h2.addr, &token, Some(&client)).await;
+    assert!(recovered, "the record from node 1 resumes on node 2");
+    read_messages(&mut again, &mut seen, TOTAL).await;
+    assert_eq!(
+        seen,
+        (1..=TOTAL).collect::<Vec<_>>(),
+        "none lost, none twice, in order"
+    );
+    publishing.await.unwrap();
+}

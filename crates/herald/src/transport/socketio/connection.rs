@@ -8,8 +8,9 @@
 //! - one hub [`Session`] per connected Socket.IO namespace, whose bounded outbox holds what the
 //!   hub delivers: a client that stops polling or reading fills it and is closed as a slow
 //!   consumer like any other;
-//! - the heartbeat: a task per connection pings every `ping_interval` and closes the connection
-//!   when the pong does not come within `ping_timeout`, or when its credentials run out.
+//! - its deadlines, kept by the node's [`Clock`](super::clock::Clock): a ping every
+//!   `ping_interval`, the close when the pong does not come within `ping_timeout`, when its
+//!   credentials run out, or when it connects no namespace within `limits.handshake_timeout`.
 //!
 //! Whoever writes (a pending `GET`, or the WebSocket task) calls [`Connection::drain`], which
 //! takes the queue first and then each namespace's outbox; what the hub queued is encoded by
@@ -17,17 +18,17 @@
 //! `.await`: waiting is [`Connection::wait`], on the connection's `Notify` and the outboxes.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::sync::Arc;
 
 use herald_core::hub::Outbound;
 use herald_core::{ChannelName, Disconnect, Session, StreamPosition};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
-use tokio::time::{sleep_until, Instant};
+use tokio::time::Instant;
 
 use herald_core::protocol;
 
+use super::clock::Clock;
 use super::packet::{self, Kind, Outgoing};
 use super::{Application, Credentials};
 use crate::limits::CommandBucket;
@@ -91,7 +92,10 @@ impl Positions {
         let mut positions = self.0.lock();
         match positions.iter_mut().find(|(c, _)| c == channel) {
             Some((_, at)) => *at = position,
-            None => positions.push((channel.clone(), position)),
+            None => {
+                positions.reserve_exact(1);
+                positions.push((channel.clone(), position));
+            }
         }
     }
 
@@ -128,7 +132,6 @@ pub struct PendingBinary {
     pub attachments: Vec<Vec<u8>>,
 }
 
-#[derive(Default)]
 struct State {
     queue: VecDeque<Outgoing>,
     transport: Option<Transport>,
@@ -149,6 +152,48 @@ struct State {
     pub test_namespaces: Vec<usize>,
     /// When the credentials of the earliest-expiring namespace run out.
     expires: Option<Instant>,
+    /// When the next ping is due.
+    next_ping: Instant,
+    /// When the pong to the last ping is due, until the check.
+    answer_by: Option<Instant>,
+    /// When a namespace must have been connected by (`limits.handshake_timeout`).
+    connect_by: Option<Instant>,
+    /// The deadline the node's clock will come back at; an entry for any other is stale.
+    scheduled: Option<Instant>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            queue: VecDeque::new(),
+            transport: None,
+            polling: false,
+            posting: false,
+            awaiting_pong: false,
+            ending: None,
+            sockets: Vec::new(),
+            pending_binary: None,
+            connected_once: false,
+            upgrade_claimed: false,
+            #[cfg(feature = "socketio-conformance")]
+            test_namespaces: Vec::new(),
+            expires: None,
+            next_ping: Instant::now(),
+            answer_by: None,
+            connect_by: None,
+            scheduled: None,
+        }
+    }
+}
+
+impl State {
+    /// The earliest of the connection's deadlines.
+    fn next_deadline(&self) -> Instant {
+        [self.answer_by, self.expires, self.connect_by]
+            .into_iter()
+            .flatten()
+            .fold(self.next_ping, Instant::min)
+    }
 }
 
 /// What [`Connection::drain`] took.
@@ -183,7 +228,7 @@ pub(crate) struct Connection {
     /// The connection's place on the node, and the node's state.
     pub app: ConnectionSlot,
     /// How the handshake authenticated, for each namespace's connect.
-    pub credentials: Credentials,
+    pub credentials: Mutex<Credentials>,
     state: Mutex<State>,
     wake: Notify,
     /// The command rate limit, and how many events in a row it refused.
@@ -211,7 +256,7 @@ impl Connection {
             sid: sid.clone(),
             application,
             app,
-            credentials,
+            credentials: Mutex::new(credentials),
             state: Mutex::new(State {
                 transport: Some(transport),
                 ..State::default()
@@ -220,16 +265,21 @@ impl Connection {
             commands,
         });
         connection.app.socketio.insert(&connection);
-        let socketio = &connection.app.config.socketio;
-        tokio::spawn(heartbeat(
-            Arc::downgrade(&connection),
-            socketio.ping_interval,
-            socketio.ping_timeout,
-        ));
-        tokio::spawn(expect_namespace(
-            Arc::downgrade(&connection),
-            connection.app.config.limits.handshake_timeout,
-        ));
+        let now = Instant::now();
+        let first = {
+            let mut state = connection.state.lock();
+            state.next_ping = now + connection.app.config.socketio.ping_interval;
+            #[cfg(feature = "socketio-conformance")]
+            let connects = application != Application::EngineEcho;
+            #[cfg(not(feature = "socketio-conformance"))]
+            let connects = true;
+            state.connect_by =
+                connects.then(|| now + connection.app.config.limits.handshake_timeout);
+            let first = state.next_deadline();
+            state.scheduled = Some(first);
+            first
+        };
+        connection.app.socketio.clock.schedule(&connection, first);
         connection.app.metrics.connections_accepted.inc();
         connection
     }
@@ -502,26 +552,30 @@ impl Connection {
     }
 
     /// Adds a connected namespace, whose credentials expire at `expires` (if they do).
-    pub fn add_socket(&self, socket: NamespaceSocket, expires: Option<Instant>) {
+    pub fn add_socket(self: &Arc<Self>, socket: NamespaceSocket, expires: Option<Instant>) {
         let mut state = self.state.lock();
         state.connected_once = true;
         if state.ending.is_some() {
             drop(state);
             return drop(socket);
         }
+        // Most connections have one namespace: no room kept for more.
+        state.sockets.reserve_exact(1);
         state.sockets.push(socket);
         state.expires = match (state.expires, expires) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        let next = state.next_deadline();
+        let sooner = state.scheduled.is_none_or(|at| next < at);
+        if sooner {
+            state.scheduled = Some(next);
+        }
         drop(state);
+        if sooner {
+            self.app.socketio.clock.schedule(self, next);
+        }
         self.wake.notify_one();
-    }
-
-    /// Whether the client has connected to a namespace (or ever did).
-    fn has_namespace(&self) -> bool {
-        let state = self.state.lock();
-        state.connected_once || !state.sockets.is_empty()
     }
 
     /// The namespace's session and recovery record, if the client connected to it.
@@ -557,102 +611,70 @@ impl Connection {
         self.state.lock().pending_binary = Some(pending);
     }
 
-    /// One heartbeat: ping, unless the previous one is unanswered. Returns false when the
-    /// connection is over.
-    fn beat(&self, expired: bool) -> bool {
+    /// What the node's clock does when this connection's deadline at `at` comes: closes it
+    /// when its pong is overdue, its credentials expired, it connected no namespace in time, or
+    /// (long-polling) its outbox overflowed with no poll to drain it; pings it when a ping is
+    /// due; then says when to come back. An entry for a deadline since replaced does nothing.
+    pub(crate) fn tick(self: &Arc<Self>, at: Instant) {
+        let now = Instant::now();
         let mut state = self.state.lock();
-        if state.ending.is_some() {
-            return false;
+        if state.ending.is_some() || state.scheduled != Some(at) {
+            return;
         }
-        // A long-polling client that stopped polling is found here: the hub closed its outbox,
-        // and no poll came to drain it.
         let overflowed = state
             .sockets
             .iter()
             .any(|s| s.session.outbox().closing() == Some(herald_core::CloseCode::SlowConsumer));
-        if overflowed {
-            drop(state);
-            self.close(Ending::Closed(Disconnect::new(
-                herald_core::CloseCode::SlowConsumer,
-                "outgoing queue full: the client is not reading fast enough",
-            )));
-            return false;
-        }
-        if expired || state.expires.is_some_and(|at| at <= Instant::now()) {
-            drop(state);
-            self.close(Ending::Closed(Disconnect::new(
+        let ending = if state.answer_by.is_some_and(|by| by <= now) && state.awaiting_pong {
+            Some(Ending::PingTimeout)
+        } else if state.expires.is_some_and(|by| by <= now) {
+            Some(Ending::Closed(Disconnect::new(
                 herald_core::CloseCode::TokenExpired,
                 "token expired",
-            )));
-            return false;
+            )))
+        } else if state.connect_by.is_some_and(|by| by <= now) && !state.connected_once {
+            Some(Ending::Closed(Disconnect::new(
+                herald_core::CloseCode::Unauthorized,
+                "no Socket.IO connect within the handshake timeout",
+            )))
+        } else if overflowed {
+            Some(Ending::Closed(Disconnect::new(
+                herald_core::CloseCode::SlowConsumer,
+                "outgoing queue full: the client is not reading fast enough",
+            )))
+        } else {
+            None
+        };
+        if let Some(ending) = ending {
+            drop(state);
+            return self.close(ending);
         }
-        state.awaiting_pong = true;
-        state.queue.push_back(Outgoing::text(packet::PING));
+        if state.answer_by.is_some_and(|by| by <= now) {
+            state.answer_by = None;
+        }
+        if state.connect_by.is_some_and(|by| by <= now) {
+            state.connect_by = None;
+        }
+        let mut pinged = false;
+        if state.next_ping <= now {
+            let socketio = &self.app.config.socketio;
+            // Counted from when the ping was due, so that a late tick does not push the
+            // deadlines back; but a client always gets at least half its timeout to answer.
+            let due = state.next_ping;
+            let answer_by = (due + socketio.ping_timeout).max(now + socketio.ping_timeout / 2);
+            state.awaiting_pong = true;
+            state.answer_by = Some(answer_by);
+            state.next_ping = (due + socketio.ping_interval).max(now);
+            state.queue.push_back(Outgoing::text(packet::PING));
+            pinged = true;
+        }
+        let next = state.next_deadline();
+        state.scheduled = Some(next);
         drop(state);
-        self.wake.notify_one();
-        true
-    }
-
-    fn pong_overdue(&self) -> bool {
-        let state = self.state.lock();
-        state.ending.is_none() && state.awaiting_pong
-    }
-
-    fn expires(&self) -> Option<Instant> {
-        self.state.lock().expires
-    }
-}
-
-/// The connection's heartbeat: a ping every `interval`, the connection closed when one goes
-/// unanswered for `timeout` or its credentials expire. Ends with the connection.
-async fn heartbeat(connection: Weak<Connection>, interval: Duration, timeout: Duration) {
-    let mut next_ping = Instant::now() + interval;
-    loop {
-        let expires = match connection.upgrade() {
-            Some(c) => c.expires(),
-            None => return,
-        };
-        let wake_at = expires.map_or(next_ping, |at| at.min(next_ping));
-        sleep_until(wake_at).await;
-        let Some(c) = connection.upgrade() else {
-            return;
-        };
-        let expired = expires.is_some_and(|at| at <= Instant::now());
-        if !expired && Instant::now() < next_ping {
-            continue;
+        if pinged {
+            self.wake.notify_one();
         }
-        if !c.beat(expired) {
-            return;
-        }
-        drop(c);
-        let answer_by = Instant::now() + timeout;
-        next_ping = Instant::now() + interval;
-        sleep_until(answer_by).await;
-        let Some(c) = connection.upgrade() else {
-            return;
-        };
-        if c.pong_overdue() {
-            return c.close(Ending::PingTimeout);
-        }
-    }
-}
-
-/// Closes a connection that has not connected to any namespace within `limits.handshake_timeout`
-/// (one that never authenticates must not hold its place on the node).
-async fn expect_namespace(connection: Weak<Connection>, within: Duration) {
-    tokio::time::sleep(within).await;
-    let Some(c) = connection.upgrade() else {
-        return;
-    };
-    #[cfg(feature = "socketio-conformance")]
-    if c.application == Application::EngineEcho {
-        return;
-    }
-    if !c.has_namespace() {
-        c.close(Ending::Closed(Disconnect::new(
-            herald_core::CloseCode::Unauthorized,
-            "no Socket.IO connect within the handshake timeout",
-        )));
+        self.app.socketio.clock.schedule(self, next);
     }
 }
 
@@ -661,6 +683,8 @@ async fn expect_namespace(connection: Weak<Connection>, within: Duration) {
 #[derive(Default)]
 pub struct Registry {
     connections: Mutex<HashMap<Arc<str>, Arc<Connection>>>,
+    /// Every connection's deadlines.
+    pub(crate) clock: Arc<Clock>,
 }
 
 impl Registry {

@@ -166,7 +166,8 @@ async fn connect(connection: &Arc<Connection>, packet: Packet) {
         return refuse(ErrorCode::BadRequest, "already connected to this namespace");
     }
     let auth = auth_of(packet.data.as_deref());
-    let verified = match (auth.token, &connection.credentials) {
+    let credentials = connection.credentials.lock().clone();
+    let verified = match (auth.token, &credentials) {
         (Some(token), Credentials::Token(_, forwarded) | Credentials::None(forwarded)) => {
             verify_token(app, &token, forwarded.clone())
         }
@@ -182,6 +183,11 @@ async fn connect(connection: &Arc<Connection>, packet: Packet) {
         Ok(verified) => verified,
         Err(e) => return refuse(e.code, &e.message),
     };
+    // With one namespace configured there is nothing more to connect on this connection: the
+    // handshake's token (a few hundred bytes) is not kept for its whole life.
+    if app.config.socketio.namespaces.len() == 1 {
+        *connection.credentials.lock() = Credentials::None(None);
+    }
     let expires = verified
         .expires_at
         .map(|at| deadline_of(Some(at), app.config.auth.jwt_leeway));

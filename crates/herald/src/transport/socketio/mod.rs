@@ -24,6 +24,7 @@
 //! (or `message`), framed once per namespace and form (polling packet, WebSocket frame,
 //! compressed WebSocket frame) and shared by every Socket.IO subscriber.
 
+pub(crate) mod clock;
 #[cfg(feature = "socketio-conformance")]
 pub mod conformance;
 pub(crate) mod connection;
@@ -67,6 +68,7 @@ pub(crate) enum Application {
 
 /// How the handshake's request authenticated the client; each namespace's connect may bring
 /// `auth.token` instead.
+#[derive(Clone)]
 pub enum Credentials {
     /// A token from `Authorization: Bearer` or `?token=`, verified at each connect.
     Token(String, Option<ForwardedHeaders>),
