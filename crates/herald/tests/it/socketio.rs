@@ -535,3 +535,55 @@ async fn socketio_clients_span_a_cluster_and_recover_on_another_node() {
     );
     publishing.await.unwrap();
 }
+
+#[tokio::test]
+async fn one_connection_serves_several_namespaces_each_its_own_session() {
+    let mut config = TestServer::config();
+    config.socketio.namespaces = vec!["/".into(), "/ws".into()];
+    let server = TestServer::start(config).await;
+    let mut socket = open_websocket(&server).await;
+    connect_namespace(&server, &mut socket, "multi").await;
+    let connect = format!("40/ws,{}", json!({"token": server.token("multi")}));
+    socket.send(Message::Text(connect.into())).await.unwrap();
+    assert!(next_text(&mut socket).await.starts_with("40/ws,{\"sid\""));
+    assert!(next_text(&mut socket).await.starts_with("42/ws,[\"connected\""));
+    // Two sessions of one user: each is subscribed to the personal channel.
+    server.publish("user:multi", json!({"n": 1})).await;
+    let mut got = vec![next_text(&mut socket).await, next_text(&mut socket).await];
+    got.retain(|packet| !packet.contains("herald:recovery"));
+    while got.len() < 2 {
+        let packet = next_text(&mut socket).await;
+        if !packet.contains("herald:recovery") {
+            got.push(packet);
+        }
+    }
+    got.sort();
+    // Any publication is followed by its namespace's recovery record.
+    assert!(got[0].starts_with("42/ws,[\"message\",{\"n\":1}"), "{got:?}");
+    assert!(got[1].starts_with("42[\"message\",{\"n\":1}"), "{got:?}");
+    // Leaving one namespace leaves the other as it was.
+    socket.send(Message::Text("41/ws,".into())).await.unwrap();
+    socket
+        .send(Message::Text("421[\"subscribe\",\"chat:multi\"]".into()))
+        .await
+        .unwrap();
+    assert!(next_unrecorded(&mut socket).await.starts_with("431[{\"ok\":true"));
+    server.publish("chat:multi", json!({"n": 2})).await;
+    let packet = next_unrecorded(&mut socket).await;
+    assert!(packet.starts_with("42[\"message\",{\"n\":2}"), "{packet}");
+    eventually("one session left", async || {
+        let (_, user) = server.get("/api/users/multi").await;
+        user["connections"] == 1
+    })
+    .await;
+}
+
+/// The next packet that is not a ping nor a recovery record.
+async fn next_unrecorded(socket: &mut Socket) -> String {
+    loop {
+        let packet = next_text(socket).await;
+        if !packet.contains("\"herald:recovery\"") {
+            return packet;
+        }
+    }
+}
