@@ -271,6 +271,22 @@ enum Scenario {
 
 fn main() {
     let cli = Cli::parse();
+    let native_only = matches!(
+        cli.scenario,
+        Scenario::Chat { .. }
+            | Scenario::Presence { .. }
+            | Scenario::Mixed { .. }
+            | Scenario::Resubscribe { .. }
+            | Scenario::All
+            | Scenario::Smoke
+    );
+    if cli.socketio && native_only {
+        eprintln!(
+            "herald-bench: --socketio measures idle, broadcast, personal, churn and slow \
+             (the others send the native protocol's commands)"
+        );
+        std::process::exit(2);
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

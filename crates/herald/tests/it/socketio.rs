@@ -546,7 +546,9 @@ async fn one_connection_serves_several_namespaces_each_its_own_session() {
     let connect = format!("40/ws,{}", json!({"token": server.token("multi")}));
     socket.send(Message::Text(connect.into())).await.unwrap();
     assert!(next_text(&mut socket).await.starts_with("40/ws,{\"sid\""));
-    assert!(next_text(&mut socket).await.starts_with("42/ws,[\"connected\""));
+    assert!(next_text(&mut socket)
+        .await
+        .starts_with("42/ws,[\"connected\""));
     // Two sessions of one user: each is subscribed to the personal channel.
     server.publish("user:multi", json!({"n": 1})).await;
     let mut got = vec![next_text(&mut socket).await, next_text(&mut socket).await];
@@ -559,7 +561,10 @@ async fn one_connection_serves_several_namespaces_each_its_own_session() {
     }
     got.sort();
     // Any publication is followed by its namespace's recovery record.
-    assert!(got[0].starts_with("42/ws,[\"message\",{\"n\":1}"), "{got:?}");
+    assert!(
+        got[0].starts_with("42/ws,[\"message\",{\"n\":1}"),
+        "{got:?}"
+    );
     assert!(got[1].starts_with("42[\"message\",{\"n\":1}"), "{got:?}");
     // Leaving one namespace leaves the other as it was.
     socket.send(Message::Text("41/ws,".into())).await.unwrap();
@@ -567,7 +572,9 @@ async fn one_connection_serves_several_namespaces_each_its_own_session() {
         .send(Message::Text("421[\"subscribe\",\"chat:multi\"]".into()))
         .await
         .unwrap();
-    assert!(next_unrecorded(&mut socket).await.starts_with("431[{\"ok\":true"));
+    assert!(next_unrecorded(&mut socket)
+        .await
+        .starts_with("431[{\"ok\":true"));
     server.publish("chat:multi", json!({"n": 2})).await;
     let packet = next_unrecorded(&mut socket).await;
     assert!(packet.starts_with("42[\"message\",{\"n\":2}"), "{packet}");

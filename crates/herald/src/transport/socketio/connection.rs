@@ -719,3 +719,14 @@ pub(crate) fn new_sid() -> String {
     let bytes: [u8; 16] = rand::random();
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
+
+#[cfg(test)]
+mod tests {
+    /// An idle connection keeps one of these: kept within jemalloc's 384-byte class (with the
+    /// `Arc`'s two counts), see "Where an idle connection's memory goes" in docs/benchmarks.md.
+    #[test]
+    fn a_connection_fits_its_size_class() {
+        let size = std::mem::size_of::<super::Connection>() + 16;
+        assert!(size <= 384, "Connection with its Arc counts: {size} bytes");
+    }
+}

@@ -173,7 +173,7 @@ async fn connect(connection: &Arc<Connection>, packet: Packet) {
         }
         (Some(token), Credentials::Hooked(_)) => verify_token(app, &token, None),
         (None, Credentials::Token(token, forwarded)) => verify_token(app, token, forwarded.clone()),
-        (None, Credentials::Hooked(answer)) => answer.clone(),
+        (None, Credentials::Hooked(answer)) => (**answer).clone(),
         (None, Credentials::None(_)) => Err(HeraldError::new(
             ErrorCode::Unauthorized,
             "no token: pass it as auth: {token}, an Authorization header or ?token=",

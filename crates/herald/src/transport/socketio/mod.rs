@@ -73,7 +73,7 @@ pub enum Credentials {
     /// A token from `Authorization: Bearer` or `?token=`, verified at each connect.
     Token(String, Option<ForwardedHeaders>),
     /// The backend's connect hook answered (for a client that brought no token).
-    Hooked(Result<Verified, HeraldError>),
+    Hooked(Box<Result<Verified, HeraldError>>),
     /// Nothing: `auth.token` must come with the connect.
     None(Option<ForwardedHeaders>),
 }

@@ -91,7 +91,7 @@ pub(super) async fn credentials(
     match bearer_token(headers).map(str::to_owned).or(query_token) {
         Some(token) => Credentials::Token(token, forwarded),
         None => match connect_hook(app, "socketio", peer, headers).await {
-            Some(answer) => Credentials::Hooked(answer),
+            Some(answer) => Credentials::Hooked(Box::new(answer)),
             None => Credentials::None(forwarded),
         },
     }

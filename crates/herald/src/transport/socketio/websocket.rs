@@ -123,7 +123,14 @@ pub(super) async fn upgrade(
             deflate,
             connection,
         };
-        tokio::spawn(task.run(probe));
+        // The task's future is what an idle connection keeps: the task's state and the serve
+        // loop's, with the setup boxed.
+        tokio::spawn(async move {
+            let mut task = task;
+            if Box::pin(task.start(probe)).await {
+                task.serve().await;
+            }
+        });
     });
     switching_protocols(accept, deflate)
 }
@@ -156,7 +163,9 @@ struct Task {
 struct Gone;
 
 impl Task {
-    async fn run(mut self, probe: bool) {
+    /// Sends the `open` packet, or runs the upgrade's probe; false when the connection cannot go
+    /// on.
+    async fn start(&mut self, probe: bool) -> bool {
         let started = if probe {
             self.probe().await
         } else {
@@ -169,9 +178,9 @@ impl Task {
             } else {
                 self.connection.close(Ending::ClientClosed);
             }
-            return;
+            return false;
         }
-        Box::pin(self.serve()).await;
+        true
     }
 
     /// The upgrade of a polling connection: the probe, then `upgrade`. A failed probe leaves the
@@ -229,7 +238,7 @@ impl Task {
     }
 
     /// The connection's life on this socket: write what is ready, read what comes.
-    async fn serve(mut self) {
+    async fn serve(&mut self) {
         loop {
             let drained = self.connection.drain();
             let ending = drained.ending.clone();
@@ -364,7 +373,7 @@ impl Task {
     }
 
     /// Closes the socket after the ending's packets: a normal close frame.
-    async fn finish(self, ending: Ending) {
+    async fn finish(&mut self, ending: Ending) {
         let (code, reason) = match &ending {
             Ending::Protocol(reason) => (1002, *reason),
             Ending::Closed(d) => (d.code.code(), d.reason.as_str()),
