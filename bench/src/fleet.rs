@@ -305,36 +305,30 @@ impl ClientSocket {
     /// set up; frames that arrive with it wait in `early`).
     async fn expect_frame(&mut self, kind: &str) -> Result<(), String> {
         let wanted = format!(r#""type":"{kind}""#);
-        let read = async {
-            loop {
-                if let Some(text) = self.early.pop_front() {
-                    return Ok::<String, std::io::Error>(text);
-                }
-                let mut early = std::mem::take(&mut self.early);
-                self.read_frames(|frame| {
-                    if let Frame::Text(t) = frame {
-                        early.push_back(t.to_string());
-                    }
-                })
-                .await?;
-                self.early = early;
-            }
-        };
-        match tokio::time::timeout(Duration::from_secs(30), read).await {
-            Err(_) => Err(format!("no {kind} frame within 30 s")),
-            Ok(Err(e)) => Err(format!("expected {kind}: {e}")),
-            Ok(Ok(text)) if text.contains(&wanted) => Ok(()),
-            Ok(Ok(text)) => Err(format!("expected {kind}, got {text}")),
+        match self.next_setup_text(false).await {
+            Err(e) => Err(format!("expected {kind}: {e}")),
+            Ok(text) if text.contains(&wanted) => Ok(()),
+            Ok(text) => Err(format!("expected {kind}, got {text}")),
         }
     }
 
     /// Waits up to 30 s for the next text frame other than an Engine.IO ping, and checks that
     /// it starts with `prefix` (Socket.IO, while the connection is set up).
     async fn expect_prefix(&mut self, prefix: &str) -> Result<(), String> {
+        match self.next_setup_text(true).await {
+            Err(e) => Err(format!("expected {prefix}: {e}")),
+            Ok(text) if text.starts_with(prefix) => Ok(()),
+            Ok(text) => Err(format!("expected {prefix}…, got {text}")),
+        }
+    }
+
+    /// The next text frame within 30 s, while the connection is set up (frames that arrive with
+    /// it wait in `early`); with `engine_io`, Engine.IO pings are answered and skipped.
+    async fn next_setup_text(&mut self, engine_io: bool) -> Result<String, String> {
         let read = async {
             loop {
                 if let Some(text) = self.early.pop_front() {
-                    if text == "2" {
+                    if engine_io && text == "2" {
                         self.send_text("3").await?;
                         continue;
                     }
@@ -351,10 +345,8 @@ impl ClientSocket {
             }
         };
         match tokio::time::timeout(Duration::from_secs(30), read).await {
-            Err(_) => Err(format!("nothing starting {prefix} within 30 s")),
-            Ok(Err(e)) => Err(format!("expected {prefix}: {e}")),
-            Ok(Ok(text)) if text.starts_with(prefix) => Ok(()),
-            Ok(Ok(text)) => Err(format!("expected {prefix}…, got {text}")),
+            Err(_) => Err("nothing within 30 s".to_string()),
+            Ok(result) => result.map_err(|e| e.to_string()),
         }
     }
 

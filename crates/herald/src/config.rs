@@ -178,7 +178,11 @@ impl SocketIoConfig {
         }
         for (i, event) in self.events.iter().enumerate() {
             let at = |field: &str| format!("socketio.event[{i}].{field}");
-            if event.name.is_empty() || SOCKETIO_RESERVED_EVENTS.contains(&event.name.as_str()) {
+            let name = event.name.as_str();
+            if name.is_empty()
+                || SOCKETIO_RESERVED_EVENTS.contains(&name)
+                || crate::transport::socketio::BUILT_IN_EVENTS.contains(&name)
+            {
                 return Err(ConfigError::new(
                     at("name"),
                     format!(
@@ -290,20 +294,14 @@ pub struct SocketIoEvent {
 /// Most namespaces `[socketio] namespaces` may list.
 pub const MAX_SOCKETIO_NAMESPACES: usize = 16;
 
-/// Event names a Socket.IO client keeps for itself, or that Herald answers itself.
-pub const SOCKETIO_RESERVED_EVENTS: [&str; 12] = [
+/// Event names socket.io-client keeps for itself.
+pub const SOCKETIO_RESERVED_EVENTS: [&str; 6] = [
     "connect",
     "connect_error",
     "disconnect",
     "disconnecting",
     "newListener",
     "removeListener",
-    "subscribe",
-    "unsubscribe",
-    "presence",
-    "history",
-    "publish",
-    "typing",
 ];
 
 /// The SSE settings, from configuration.
@@ -1713,6 +1711,50 @@ mod tests {
                 base.replace("url = \"\"", "url = \"http://backend/events\"")
                     .replace("queue_size = 10000", "queue_size = 0"),
                 "webhooks.queue_size",
+            ),
+            (
+                base.replace("namespaces = [\"/\"]", "namespaces = [\"ws\"]"),
+                "socketio.namespaces",
+            ),
+            (
+                base.replace("namespaces = [\"/\"]", "namespaces = [\"/\", \"/\"]"),
+                "socketio.namespaces",
+            ),
+            (
+                base.replace("namespaces = [\"/\"]", "namespaces = []"),
+                "socketio.namespaces",
+            ),
+            (
+                base.replace("ping_timeout = \"20s\"", "ping_timeout = \"0s\""),
+                "socketio.ping_interval",
+            ),
+            (
+                format!("{base}\n[[socketio.event]]\nname = \"disconnect\"\n"),
+                "socketio.event[0].name",
+            ),
+            (
+                format!("{base}\n[[socketio.event]]\nname = \"subscribe\"\n"),
+                "socketio.event[0].name",
+            ),
+            (
+                format!(
+                    "{base}\n[[socketio.event]]\nname = \"a\"\n[[socketio.event]]\nname = \"a\"\n"
+                ),
+                "socketio.event[1].name",
+            ),
+            (
+                format!("{base}\n[[socketio.event]]\nname = \"a\"\nsubscribe = \"site:{{id\"\n"),
+                "socketio.event[0].subscribe",
+            ),
+            (
+                format!(
+                    "{base}\n[[socketio.event]]\nname = \"a\"\nsubscribe = \"x\"\nunsubscribe = \"y\"\n"
+                ),
+                "socketio.event[0].subscribe",
+            ),
+            (
+                format!("{base}\n[[socketio.event]]\nname = \"a\"\nreply = \"\"\n"),
+                "socketio.event[0].reply",
             ),
         ];
         for (text, needle) in cases {

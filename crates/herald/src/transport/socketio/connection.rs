@@ -32,6 +32,7 @@ use super::clock::Clock;
 use super::packet::{self, Kind, Outgoing};
 use super::{Application, Credentials};
 use crate::limits::CommandBucket;
+use crate::metrics::Metrics;
 use crate::transport::ConnectionSlot;
 
 /// Most packets of its own a connection may have waiting for the client: answers come one per
@@ -89,12 +90,29 @@ pub struct Positions(Mutex<Vec<(ChannelName, StreamPosition)>>);
 
 impl Positions {
     pub fn set(&self, channel: &ChannelName, position: StreamPosition) {
+        self.advance(channel, position.offset, &position.epoch);
+    }
+
+    /// Moves `channel` to `offset` in `epoch`; the epoch's text is copied only when it changes,
+    /// so a write allocates nothing here.
+    fn advance(&self, channel: &ChannelName, offset: u64, epoch: &str) {
         let mut positions = self.0.lock();
         match positions.iter_mut().find(|(c, _)| c == channel) {
-            Some((_, at)) => *at = position,
+            Some((_, at)) => {
+                at.offset = offset;
+                if at.epoch != epoch {
+                    at.epoch = epoch.to_owned();
+                }
+            }
             None => {
                 positions.reserve_exact(1);
-                positions.push((channel.clone(), position));
+                positions.push((
+                    channel.clone(),
+                    StreamPosition {
+                        offset,
+                        epoch: epoch.to_owned(),
+                    },
+                ));
             }
         }
     }
@@ -106,13 +124,7 @@ impl Positions {
     /// Notes what an item written to the client changes.
     fn written(&self, item: &Outbound) {
         match item {
-            Outbound::Publication(p) => self.set(
-                &p.channel,
-                StreamPosition {
-                    offset: p.offset,
-                    epoch: p.epoch.to_string(),
-                },
-            ),
+            Outbound::Publication(p) => self.advance(&p.channel, p.offset, &p.epoch),
             Outbound::Resubscribed(s) => self.set(&s.channel, s.position.clone()),
             Outbound::Unsubscribed(channel) => self.remove(channel),
             Outbound::Event(_) | Outbound::Heartbeat => {}
@@ -212,6 +224,23 @@ pub struct Drained {
 }
 
 impl Drained {
+    /// Counts the publications among the items as written: `herald_messages_out_total`, and
+    /// the publish-to-write latency of the oldest.
+    pub fn count_written(&self, metrics: &Metrics) {
+        let mut publications = 0u64;
+        let mut oldest = None;
+        for (_, item) in &self.items {
+            if let Outbound::Publication(p) = item {
+                publications += 1;
+                oldest = oldest.or(Some(p.received_at));
+            }
+        }
+        metrics.messages_out.inc_by(publications);
+        if let Some(oldest) = oldest {
+            metrics.observe_write(oldest.elapsed());
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.packets.is_empty()
             && self.items.is_empty()
@@ -383,45 +412,42 @@ impl Connection {
     /// Takes what is ready to write. An outbox that asks for a close ends the connection.
     pub fn drain(&self) -> Drained {
         let mut drained = Drained::default();
-        let sessions: Vec<(usize, Arc<Session>, Arc<Positions>)> = {
+        let mut close = None;
+        {
+            // Lock order: the connection's state, then an outbox (as the clock's tick does).
             let mut state = self.state.lock();
             drained.packets.extend(state.queue.drain(..));
             if state.queue.capacity() > 16 {
                 state.queue = VecDeque::new();
             }
-            state
-                .sockets
-                .iter()
-                .map(|s| (s.index, s.session.clone(), s.positions.clone()))
-                .collect()
-        };
-        let mut batch = Vec::new();
-        let namespaces = &self.app.config.socketio.namespaces;
-        for (index, session, positions) in sessions {
-            let close = session.outbox().take(&mut batch);
-            let mut moved = false;
-            for item in &batch {
-                positions.written(item);
-                moved |= matches!(item, Outbound::Publication(_));
+            let mut batch = Vec::new();
+            let namespaces = &self.app.config.socketio.namespaces;
+            for socket in &state.sockets {
+                close = close.or(socket.session.outbox().take(&mut batch));
+                let mut moved = false;
+                for item in &batch {
+                    socket.positions.written(item);
+                    moved |= matches!(item, Outbound::Publication(_));
+                }
+                drained
+                    .items
+                    .extend(batch.drain(..).map(|item| (socket.index, item)));
+                if moved {
+                    let record = protocol::socketio_event(
+                        "herald:recovery",
+                        &serde_json::to_string(&socket.positions.record()).unwrap_or_default(),
+                    );
+                    drained.records.push(packet::text_packet(
+                        Kind::Event,
+                        &namespaces[socket.index],
+                        None,
+                        &record,
+                    ));
+                }
             }
-            drained
-                .items
-                .extend(batch.drain(..).map(|item| (index, item)));
-            if moved {
-                let record = protocol::socketio_event(
-                    "herald:recovery",
-                    &serde_json::to_string(&positions.record()).unwrap_or_default(),
-                );
-                drained.records.push(packet::text_packet(
-                    Kind::Event,
-                    &namespaces[index],
-                    None,
-                    &record,
-                ));
-            }
-            if let Some(disconnect) = close {
-                self.close(Ending::Closed(disconnect));
-            }
+        }
+        if let Some(disconnect) = close {
+            self.close(Ending::Closed(disconnect));
         }
         let mut state = self.state.lock();
         drained.ending = state.ending.clone();
@@ -435,35 +461,23 @@ impl Connection {
     /// namespace's outbox.
     pub async fn wait(&self) {
         let notified = self.wake.notified();
-        let mut sessions: Vec<Arc<Session>> = self
-            .state
-            .lock()
-            .sockets
-            .iter()
-            .map(|s| s.session.clone())
-            .collect();
-        match sessions.len() {
-            0 => notified.await,
-            // The usual case, one namespace, allocates nothing more while it waits.
-            1 => {
-                let session = sessions.remove(0);
+        let sessions = {
+            let state = self.state.lock();
+            match state.sockets.as_slice() {
+                [only] => Ok(only.session.clone()),
+                all => Err(all.iter().map(|s| s.session.clone()).collect::<Vec<_>>()),
+            }
+        };
+        match sessions {
+            // The usual case, one namespace, allocates nothing while it waits.
+            Ok(session) => {
                 tokio::select! {
                     () = notified => {}
                     () = session.outbox().wait() => {}
                 }
             }
-            _ => {
-                let outboxes = futures_util::future::select_all(
-                    sessions
-                        .iter()
-                        .map(|s| Box::pin(s.outbox().wait()))
-                        .collect::<Vec<_>>(),
-                );
-                tokio::select! {
-                    () = notified => {}
-                    _ = outboxes => {}
-                }
-            }
+            // Boxed: it would make every idle connection's task larger.
+            Err(sessions) => Box::pin(wait_any(notified, sessions)).await,
         }
     }
 
@@ -675,6 +689,23 @@ impl Connection {
             self.wake.notify_one();
         }
         self.app.socketio.clock.schedule(self, next);
+    }
+}
+
+/// Waits for `notified` or any of `sessions`' outboxes (none: `notified` alone).
+async fn wait_any(notified: tokio::sync::futures::Notified<'_>, sessions: Vec<Arc<Session>>) {
+    if sessions.is_empty() {
+        return notified.await;
+    }
+    let outboxes = futures_util::future::select_all(
+        sessions
+            .iter()
+            .map(|s| Box::pin(s.outbox().wait()))
+            .collect::<Vec<_>>(),
+    );
+    tokio::select! {
+        () = notified => {}
+        _ = outboxes => {}
     }
 }
 

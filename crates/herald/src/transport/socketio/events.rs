@@ -32,7 +32,7 @@ use crate::transport::{deadline_of, verify_token};
 
 /// The events Herald answers itself; their first argument is a channel's name or the native
 /// command's fields.
-const BUILT_IN: [&str; 6] = [
+pub const BUILT_IN_EVENTS: [&str; 6] = [
     "subscribe",
     "unsubscribe",
     "presence",
@@ -350,7 +350,7 @@ async fn answer(
     name: &str,
     first: Option<&RawValue>,
 ) -> Result<String, HeraldError> {
-    if BUILT_IN.contains(&name) {
+    if BUILT_IN_EVENTS.contains(&name) {
         let command = built_in(name, first)?;
         let since = match &command {
             Command::Subscribe {
@@ -373,7 +373,7 @@ async fn answer(
     let Some(mapped) = config.events.iter().find(|e| e.name == name) else {
         return Err(HeraldError::bad_request(format!(
             "unknown event {name:?}: not one of Herald's ({}) nor in [[socketio.event]]",
-            BUILT_IN.join(", ")
+            BUILT_IN_EVENTS.join(", ")
         )));
     };
     mapped_event(connection, (session, positions), namespace, mapped, first).await

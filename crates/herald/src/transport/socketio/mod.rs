@@ -45,10 +45,10 @@ use serde::Deserialize;
 
 use self::packet::Kind;
 use crate::auth::Verified;
-use crate::config::MAX_SOCKETIO_NAMESPACES;
 use crate::transport::ws::{self, Deflate};
 
 pub use self::connection::Registry;
+pub use self::events::BUILT_IN_EVENTS;
 #[doc(hidden)]
 pub use self::polling::{__path_poll, __path_post};
 pub use self::polling::{poll, post};
@@ -205,22 +205,24 @@ pub enum Form {
 
 const FORMS: usize = 3;
 
-/// A publication's (or event's) Socket.IO encodings: one slot per form and namespace, each
-/// filled by the first connection that needs it and shared by the rest.
-struct Encoded(Box<[OnceLock<Bytes>]>);
+/// A publication's (or event's) Socket.IO encodings: one slot per form and configured
+/// namespace, each filled by the first connection that needs it and shared by the rest.
+struct Encoded {
+    namespaces: usize,
+    slots: Box<[OnceLock<Bytes>]>,
+}
 
 impl Encoded {
-    fn new() -> Arc<Encoded> {
-        Arc::new(Encoded(
-            (0..FORMS * MAX_SOCKETIO_NAMESPACES)
-                .map(|_| OnceLock::new())
-                .collect(),
-        ))
+    fn new(namespaces: usize) -> Arc<Encoded> {
+        Arc::new(Encoded {
+            namespaces,
+            slots: (0..FORMS * namespaces).map(|_| OnceLock::new()).collect(),
+        })
     }
 
     fn get(&self, form: Form, namespace: usize, encode: impl FnOnce() -> Bytes) -> Bytes {
-        let slot = form as usize * MAX_SOCKETIO_NAMESPACES + namespace;
-        match self.0.get(slot) {
+        let slot = form as usize * self.namespaces + namespace;
+        match self.slots.get(slot).filter(|_| namespace < self.namespaces) {
             Some(cell) => cell.get_or_init(encode).clone(),
             None => encode(),
         }
@@ -250,14 +252,14 @@ pub fn encode(
                 packet.push_str(&protocol::socketio_publication_args(p));
                 packet
             },
-            p.encoded(WireFormat::SocketIo, |_| Encoded::new()),
+            p.encoded(WireFormat::SocketIo, |_| Encoded::new(names.len())),
         ),
         Outbound::Event(e) => shared(
             &|| {
                 let body = protocol::socketio_event(e.kind.as_str(), &protocol::channel_event(e));
                 packet::header(Kind::Event, name, 0, None) + &body
             },
-            e.encoded(WireFormat::SocketIo, |_| Encoded::new()),
+            e.encoded(WireFormat::SocketIo, |_| Encoded::new(names.len())),
         ),
         Outbound::Unsubscribed(channel) => {
             let body = protocol::socketio_event(

@@ -256,9 +256,8 @@ pub fn parse(text: &str) -> Result<Packet, Malformed> {
 
 /// Whether `data` is an array whose first element is a string.
 fn event_name_first(data: &RawValue) -> bool {
-    serde_json::from_str::<(String, serde::de::IgnoredAny)>(data.get()).is_ok()
-        || serde_json::from_str::<Vec<Box<RawValue>>>(data.get())
-            .is_ok_and(|args| args.first().is_some_and(|a| a.get().starts_with('"')))
+    serde_json::from_str::<Vec<Box<RawValue>>>(data.get())
+        .is_ok_and(|args| args.first().is_some_and(|a| a.get().starts_with('"')))
 }
 
 /// The header of a Socket.IO packet for the client, `4` (Engine.IO message) included:

@@ -15,7 +15,6 @@ use axum::body::{to_bytes, Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use herald_core::hub::Outbound;
 use herald_core::{CloseCode, Disconnect, HeraldError};
 
 use super::connection::{Connection, Ending, Transport};
@@ -203,14 +202,9 @@ async fn long_poll(app: &App, connection: std::sync::Arc<Connection>) -> Respons
             }
         }
         if !drained.is_empty() || drained.ending.is_some() {
+            drained.count_written(&app.metrics);
             let mut packets = drained.packets;
-            let mut publications = 0u64;
-            let mut oldest = None;
             for (namespace, item) in &drained.items {
-                if let Outbound::Publication(p) = item {
-                    publications += 1;
-                    oldest = oldest.or(Some(p.received_at));
-                }
                 packets.push(Outgoing::Text(encode(
                     item,
                     *namespace,
@@ -223,10 +217,6 @@ async fn long_poll(app: &App, connection: std::sync::Arc<Connection>) -> Respons
             packets.extend(drained.last);
             if drained.ending.is_some() {
                 packets.push(Outgoing::text(packet::CLOSE));
-            }
-            app.metrics.messages_out.inc_by(publications);
-            if let Some(oldest) = oldest {
-                app.metrics.observe_write(oldest.elapsed());
             }
             return payload_response(packet::payload(&packets));
         }

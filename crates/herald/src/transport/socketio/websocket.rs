@@ -8,16 +8,12 @@
 //! ([`Connection::drain`]) whenever it is woken, and reads the client's packets between.
 
 use std::collections::VecDeque;
-use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::Request;
-use axum::http::header::{CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_EXTENSIONS, UPGRADE};
-use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use herald_core::hub::Outbound;
 use herald_core::{CloseCode, Disconnect, HeraldError};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -33,7 +29,7 @@ use crate::server::{App, RawTcp};
 use crate::transport::admit_connection;
 use crate::transport::ws::frame::{self, FrameReader, Inbound, ReadError};
 use crate::transport::ws::socket::Socket;
-use crate::transport::ws::{self, Deflate, CLOSE_TIMEOUT, READ_CHUNK, WRITE_TIMEOUT};
+use crate::transport::ws::{self, Deflate, CLOSE_TIMEOUT, WRITE_TIMEOUT};
 
 /// The WebSocket handshake for `/socket.io/`: a new connection, or the upgrade of a polling one.
 pub(super) async fn upgrade(
@@ -75,7 +71,7 @@ pub(super) async fn upgrade(
                         }
                     }
                 });
-                return switching_protocols(accept, None);
+                return ws::handshake::switching_protocols(accept, None);
             }
             None => {
                 return refuse(HeraldError::bad_request(
@@ -132,23 +128,7 @@ pub(super) async fn upgrade(
             }
         });
     });
-    switching_protocols(accept, deflate)
-}
-
-fn switching_protocols(accept: HeaderValue, deflate: Option<Deflate>) -> Response {
-    let switching = [
-        (CONNECTION, HeaderValue::from_static("upgrade")),
-        (UPGRADE, HeaderValue::from_static("websocket")),
-        (SEC_WEBSOCKET_ACCEPT, accept),
-    ];
-    let mut response = (StatusCode::SWITCHING_PROTOCOLS, switching).into_response();
-    if deflate.is_some() {
-        response.headers_mut().insert(
-            SEC_WEBSOCKET_EXTENSIONS,
-            HeaderValue::from_static(ws::deflate::ACCEPTED),
-        );
-    }
-    response
+    ws::handshake::switching_protocols(accept, deflate)
 }
 
 /// The WebSocket's task.
@@ -321,21 +301,12 @@ impl Task {
             .iter()
             .map(|p| self.packet_frame(p))
             .collect();
-        let mut publications = 0u64;
-        let mut oldest = None;
+        drained.count_written(&app.metrics);
         for (namespace, item) in &drained.items {
-            if let Outbound::Publication(p) = item {
-                publications += 1;
-                oldest = oldest.or(Some(p.received_at));
-            }
             frames.push_back(encode(item, *namespace, form, names, self.deflate));
         }
         frames.extend(drained.records.iter().map(|p| self.packet_frame(p)));
         frames.extend(drained.last.iter().map(|p| self.packet_frame(p)));
-        app.metrics.messages_out.inc_by(publications);
-        if let Some(oldest) = oldest {
-            app.metrics.observe_write(oldest.elapsed());
-        }
         frames
     }
 
@@ -384,13 +355,7 @@ impl Task {
     }
 
     fn read_available(&mut self) -> bool {
-        let buffer = self.reader.buffer();
-        buffer.reserve(READ_CHUNK);
-        match self.socket.stream().try_read_buf(buffer) {
-            Ok(0) => false,
-            Ok(_) => true,
-            Err(e) => e.kind() == io::ErrorKind::WouldBlock,
-        }
+        self.socket.read_into(&mut self.reader)
     }
 
     fn next_inbound(&mut self) -> Result<Option<Inbound>, Ending> {

@@ -28,9 +28,7 @@ use super::deflate::Deflate;
 use super::frame::{self, FrameReader, Inbound, ReadError};
 use super::handshake::{Credentials, Handshake};
 use super::socket::Socket;
-use super::{
-    CLOSE_INVALID_PAYLOAD, CLOSE_PROTOCOL_ERROR, CLOSE_TIMEOUT, READ_CHUNK, WRITE_TIMEOUT,
-};
+use super::{CLOSE_INVALID_PAYLOAD, CLOSE_PROTOCOL_ERROR, CLOSE_TIMEOUT, WRITE_TIMEOUT};
 use crate::auth::Verified;
 use crate::transport::{deadline_of, verify_token, ConnectionSlot};
 
@@ -253,13 +251,7 @@ impl Connection {
     /// Reads what the socket has, after it reported readable. False when the client closed its
     /// side or the socket failed.
     fn read_available(&mut self) -> bool {
-        let buffer = self.reader.buffer();
-        buffer.reserve(READ_CHUNK);
-        match self.socket.stream().try_read_buf(buffer) {
-            Ok(0) => false,
-            Ok(_) => true,
-            Err(e) => e.kind() == io::ErrorKind::WouldBlock,
-        }
+        self.socket.read_into(&mut self.reader)
     }
 
     /// The next whole message the client sent, if one has arrived.

@@ -139,6 +139,12 @@ pub async fn upgrade(State(app): State<App>, Peer(peer): Peer, mut request: Requ
         }));
         tokio::spawn(task);
     });
+    switching_protocols(accept, deflate)
+}
+
+/// The `101 Switching Protocols` answer, with permessage-deflate's acceptance when it was
+/// negotiated.
+pub(crate) fn switching_protocols(accept: HeaderValue, deflate: Option<Deflate>) -> Response {
     let switching = [
         (CONNECTION, HeaderValue::from_static("upgrade")),
         (UPGRADE, HeaderValue::from_static("websocket")),

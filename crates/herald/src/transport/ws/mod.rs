@@ -54,7 +54,7 @@ pub use self::handshake::__path_upgrade;
 
 /// Most bytes read from a socket at a time. Clients send small commands; a larger frame is read
 /// in several calls.
-pub(crate) const READ_CHUNK: usize = 4096;
+const READ_CHUNK: usize = 4096;
 /// Longest a write may wait for a full socket before the connection is considered dead.
 pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest the closing handshake may take.

@@ -19,7 +19,8 @@ use parking_lot::Mutex;
 use tokio::net::TcpStream;
 
 use super::deflate::Deflate;
-use super::frame;
+use super::frame::{self, FrameReader};
+use super::READ_CHUNK;
 use crate::metrics::Metrics;
 
 /// Frames handed to one `writev` call at most.
@@ -68,6 +69,18 @@ impl Socket {
 
     pub fn stream(&self) -> &TcpStream {
         &self.stream
+    }
+
+    /// Reads what the socket has into `reader`, after it reported readable. False when the
+    /// client closed its side or the socket failed.
+    pub fn read_into(&self, reader: &mut FrameReader) -> bool {
+        let buffer = reader.buffer();
+        buffer.reserve(READ_CHUNK);
+        match self.stream.try_read_buf(buffer) {
+            Ok(0) => false,
+            Ok(_) => true,
+            Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+        }
     }
 
     /// Whether a direct write left part of a frame for the task to write.
