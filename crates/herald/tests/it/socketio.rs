@@ -507,6 +507,17 @@ async fn socketio_clients_span_a_cluster_and_recover_on_another_node() {
         .send(Message::Text("421[\"subscribe\",\"log:roam\"]".into()))
         .await
         .unwrap();
+    // A publication counts for a subscriber once its subscribe is acknowledged.
+    loop {
+        match tokio::time::timeout(patience(), client.socket.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) if text.starts_with("431") => {
+                assert!(text.contains("\"ok\":true"), "{text}");
+                break;
+            }
+            Ok(Some(Ok(_))) => {}
+            other => panic!("no acknowledgement of the subscribe: {other:?}"),
+        }
+    }
     // Publications enter through the other node.
     const TOTAL: u64 = 80;
     let publisher = n2.handle();
