@@ -527,12 +527,16 @@ impl Outbox {
     /// Waits until the connection's task has something to do: an item queued, a close asked for,
     /// or the socket handed back by a direct write that could not finish.
     pub async fn wait(&self) {
-        poll_fn(|cx| {
-            self.poll_wait(cx, |state| {
-                !state.is_empty() || state.close.is_some() || state.task_holds_socket()
-            })
+        poll_fn(|cx| self.poll_ready(cx)).await
+    }
+
+    /// [`Outbox::wait`] as a poll, for a transport that waits on several things in one future:
+    /// ready when the connection's task has something to do, otherwise the waker is kept (one
+    /// waiter per outbox).
+    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.poll_wait(cx, |state| {
+            !state.is_empty() || state.close.is_some() || state.task_holds_socket()
         })
-        .await
     }
 
     /// Waits until a close was asked for (used while a write is in progress, when queued items

@@ -15,15 +15,16 @@
 //! Whoever writes (a pending `GET`, or the WebSocket task) calls [`Connection::drain`], which
 //! takes the queue first and then each namespace's outbox; what the hub queued is encoded by
 //! [`super::encode`], once per publication, form and namespace. No lock is held across an
-//! `.await`: waiting is [`Connection::wait`], on the connection's `Notify` and the outboxes.
+//! `.await`: waiting is [`Connection::wait`], one poll of the connection's state and the outboxes,
+//! which keeps a waker for each of its two possible waiters and allocates nothing.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 
 use herald_core::hub::Outbound;
 use herald_core::{ChannelName, Disconnect, Session, StreamPosition};
 use parking_lot::Mutex;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use herald_core::protocol;
@@ -48,6 +49,14 @@ pub enum Transport {
     /// WebSocket takes over at the client's `upgrade`.
     Upgrading,
     WebSocket,
+}
+
+/// Who waits on a connection: the pending long-poll, or the WebSocket's task (during an upgrade
+/// both may, for a moment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waiter {
+    Poll = 0,
+    WebSocket = 1,
 }
 
 /// Why a connection ended.
@@ -80,24 +89,24 @@ impl Ending {
 pub struct NamespaceSocket {
     pub index: usize,
     pub session: Arc<Session>,
-    pub positions: Arc<Positions>,
+    pub positions: Positions,
 }
 
 /// How far each subscribed channel of a namespace has been written to the client: a channel's
-/// position when it was subscribed, moved on by each publication written.
+/// position when it was subscribed, moved on by each publication written. Kept under the
+/// connection's lock, where drains move it.
 #[derive(Default)]
-pub struct Positions(Mutex<Vec<(ChannelName, StreamPosition)>>);
+pub struct Positions(Vec<(ChannelName, StreamPosition)>);
 
 impl Positions {
-    pub fn set(&self, channel: &ChannelName, position: StreamPosition) {
+    pub fn set(&mut self, channel: &ChannelName, position: StreamPosition) {
         self.advance(channel, position.offset, &position.epoch);
     }
 
     /// Moves `channel` to `offset` in `epoch`; the epoch's text is copied only when it changes,
     /// so a write allocates nothing here.
-    fn advance(&self, channel: &ChannelName, offset: u64, epoch: &str) {
-        let mut positions = self.0.lock();
-        match positions.iter_mut().find(|(c, _)| c == channel) {
+    fn advance(&mut self, channel: &ChannelName, offset: u64, epoch: &str) {
+        match self.0.iter_mut().find(|(c, _)| c == channel) {
             Some((_, at)) => {
                 at.offset = offset;
                 if at.epoch != epoch {
@@ -105,8 +114,8 @@ impl Positions {
                 }
             }
             None => {
-                positions.reserve_exact(1);
-                positions.push((
+                self.0.reserve_exact(1);
+                self.0.push((
                     channel.clone(),
                     StreamPosition {
                         offset,
@@ -117,12 +126,12 @@ impl Positions {
         }
     }
 
-    pub fn remove(&self, channel: &ChannelName) {
-        self.0.lock().retain(|(c, _)| c != channel);
+    pub fn remove(&mut self, channel: &ChannelName) {
+        self.0.retain(|(c, _)| c != channel);
     }
 
     /// Notes what an item written to the client changes.
-    fn written(&self, item: &Outbound) {
+    fn written(&mut self, item: &Outbound) {
         match item {
             Outbound::Publication(p) => self.advance(&p.channel, p.offset, &p.epoch),
             Outbound::Resubscribed(s) => self.set(&s.channel, s.position.clone()),
@@ -133,8 +142,7 @@ impl Positions {
 
     /// The record, as socket.io-client keeps it.
     pub fn record(&self) -> String {
-        let positions = self.0.lock();
-        protocol::socketio_recovery_record(positions.iter().map(|(c, p)| (c, p)))
+        protocol::socketio_recovery_record(self.0.iter().map(|(c, p)| (c, p)))
     }
 }
 
@@ -172,6 +180,18 @@ struct State {
     connect_by: Option<Instant>,
     /// The deadline the node's clock will come back at; an entry for any other is stale.
     scheduled: Option<Instant>,
+    /// Something changed that a waiter must look at (a namespace connected, an upgrade began);
+    /// taken by the next wait, like a `Notify`'s permit.
+    signalled: bool,
+    /// The waiters' wakers, by [`Waiter`].
+    wakers: [Option<Waker>; 2],
+    /// The command rate limit (always there once started), and how many events in a row it
+    /// refused.
+    commands: Option<CommandBucket>,
+    refused_in_a_row: u32,
+    /// How the handshake authenticated, for each namespace's connect; `None` once nothing more
+    /// can be connected (a connection keeps no token it will not use).
+    credentials: Option<Box<Credentials>>,
 }
 
 impl Default for State {
@@ -194,6 +214,11 @@ impl Default for State {
             answer_by: None,
             connect_by: None,
             scheduled: None,
+            signalled: false,
+            wakers: [None, None],
+            commands: None,
+            refused_in_a_row: 0,
+            credentials: None,
         }
     }
 }
@@ -256,12 +281,7 @@ pub(crate) struct Connection {
     pub application: Application,
     /// The connection's place on the node, and the node's state.
     pub app: ConnectionSlot,
-    /// How the handshake authenticated, for each namespace's connect.
-    pub credentials: Mutex<Credentials>,
     state: Mutex<State>,
-    wake: Notify,
-    /// The command rate limit, and how many events in a row it refused.
-    commands: Mutex<(CommandBucket, u32)>,
 }
 
 impl Connection {
@@ -274,24 +294,20 @@ impl Connection {
         application: Application,
     ) -> Arc<Connection> {
         let sid: Arc<str> = new_sid().into();
-        let commands = Mutex::new((
-            CommandBucket::new(
-                app.config.limits.commands_per_minute,
-                app.config.limits.commands_burst,
-            ),
-            0,
-        ));
+        let commands = CommandBucket::new(
+            app.config.limits.commands_per_minute,
+            app.config.limits.commands_burst,
+        );
         let connection = Arc::new(Connection {
             sid: sid.clone(),
             application,
             app,
-            credentials: Mutex::new(credentials),
             state: Mutex::new(State {
                 transport: Some(transport),
+                commands: Some(commands),
+                credentials: Some(Box::new(credentials)),
                 ..State::default()
             }),
-            wake: Notify::new(),
-            commands,
         });
         connection.app.socketio.insert(&connection);
         let now = Instant::now();
@@ -344,8 +360,9 @@ impl Connection {
             return;
         }
         state.queue.push_back(packet);
+        let wakers = std::mem::take(&mut state.wakers);
         drop(state);
-        self.wake.notify_one();
+        wake_all(wakers);
     }
 
     /// Ends the connection: the first reason wins. A close the server decided is announced on
@@ -353,7 +370,7 @@ impl Connection {
     /// the client should not reconnect); the writer sends what is queued, then closes. The
     /// namespaces leave the hub and the registry forgets the connection now.
     pub fn close(&self, ending: Ending) {
-        let (sockets, linger) = {
+        let (sockets, linger, wakers) = {
             let mut guard = self.state.lock();
             let state = &mut *guard;
             if state.ending.is_some() {
@@ -381,10 +398,11 @@ impl Connection {
             self.app.metrics.disconnect(ending.label());
             state.ending = Some(ending);
             state.pending_binary = None;
-            (std::mem::take(&mut state.sockets), linger)
+            let wakers = std::mem::take(&mut state.wakers);
+            (std::mem::take(&mut state.sockets), linger, wakers)
         };
         drop(sockets);
-        self.wake.notify_one();
+        wake_all(wakers);
         if linger {
             // A long-poll sent with the client's `close` still finds the connection, and is
             // answered `noop`; the registry forgets it then, or after `ping_timeout`.
@@ -416,13 +434,11 @@ impl Connection {
         {
             // Lock order: the connection's state, then an outbox (as the clock's tick does).
             let mut state = self.state.lock();
-            drained.packets.extend(state.queue.drain(..));
-            if state.queue.capacity() > 16 {
-                state.queue = VecDeque::new();
-            }
+            // Taken whole: an idle connection keeps no room for packets between writes.
+            drained.packets = Vec::from(std::mem::take(&mut state.queue));
             let mut batch = Vec::new();
             let namespaces = &self.app.config.socketio.namespaces;
-            for socket in &state.sockets {
+            for socket in &mut state.sockets {
                 close = close.or(socket.session.outbox().take(&mut batch));
                 let mut moved = false;
                 for item in &batch {
@@ -452,45 +468,59 @@ impl Connection {
         let mut state = self.state.lock();
         drained.ending = state.ending.clone();
         if drained.ending.is_some() {
-            drained.last.extend(state.queue.drain(..));
+            drained.last = Vec::from(std::mem::take(&mut state.queue));
         }
         drained
     }
 
-    /// Waits until there may be something to drain: a packet queued, a close, or an item in a
-    /// namespace's outbox.
-    pub async fn wait(&self) {
-        let notified = self.wake.notified();
-        let sessions = {
-            let state = self.state.lock();
-            match state.sockets.as_slice() {
-                [only] => Ok(only.session.clone()),
-                all => Err(all.iter().map(|s| s.session.clone()).collect::<Vec<_>>()),
-            }
-        };
-        match sessions {
-            // The usual case, one namespace, allocates nothing while it waits.
-            Ok(session) => {
-                tokio::select! {
-                    () = notified => {}
-                    () = session.outbox().wait() => {}
-                }
-            }
-            // Boxed: it would make every idle connection's task larger.
-            Err(sessions) => Box::pin(wait_any(notified, sessions)).await,
+    /// Waits until there may be something to drain: a packet queued, a close, a change a waiter
+    /// must see ([`Connection::signal`]), or an item in a namespace's outbox.
+    pub async fn wait(&self, waiter: Waiter) {
+        std::future::poll_fn(|cx| self.poll_wait(cx, waiter)).await
+    }
+
+    fn poll_wait(&self, cx: &mut Context<'_>, waiter: Waiter) -> Poll<()> {
+        // Lock order: the connection's state, then an outbox (as a drain takes them).
+        let mut state = self.state.lock();
+        if std::mem::take(&mut state.signalled)
+            || !state.queue.is_empty()
+            || state.ending.is_some()
+            || state
+                .sockets
+                .iter()
+                .any(|s| s.session.outbox().poll_ready(cx).is_ready())
+        {
+            return Poll::Ready(());
         }
+        match &mut state.wakers[waiter as usize] {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    /// Wakes whoever waits on the connection, or the next to wait, for a change it must see
+    /// that is not a packet or the close (which a wait finds by itself).
+    fn signal(&self) {
+        let wakers = {
+            let mut state = self.state.lock();
+            state.signalled = true;
+            std::mem::take(&mut state.wakers)
+        };
+        wake_all(wakers);
     }
 
     /// Takes one event from the command rate limit: `Ok(false)` when refused (answer
     /// `rate_limited`), `Err` when the client kept sending past the burst after refusals.
     pub fn take_command(&self) -> Result<bool, ()> {
-        let mut commands = self.commands.lock();
-        if commands.0.try_take() {
-            commands.1 = 0;
+        let mut state = self.state.lock();
+        let state = &mut *state;
+        if state.commands.as_mut().is_none_or(CommandBucket::try_take) {
+            state.refused_in_a_row = 0;
             return Ok(true);
         }
-        commands.1 += 1;
-        if commands.1 > self.app.config.limits.commands_burst {
+        state.refused_in_a_row += 1;
+        if state.refused_in_a_row > self.app.config.limits.commands_burst {
             return Err(());
         }
         Ok(false)
@@ -551,7 +581,7 @@ impl Connection {
         }
         state.transport = Some(Transport::Upgrading);
         drop(state);
-        self.wake.notify_one();
+        self.signal();
         true
     }
 
@@ -589,17 +619,48 @@ impl Connection {
         if sooner {
             self.app.socketio.clock.schedule(self, next);
         }
-        self.wake.notify_one();
+        self.signal();
     }
 
-    /// The namespace's session and recovery record, if the client connected to it.
-    pub fn socket(&self, index: usize) -> Option<(Arc<Session>, Arc<Positions>)> {
+    /// How the handshake authenticated, for a namespace's connect.
+    pub fn credentials(&self) -> Credentials {
+        let state = self.state.lock();
+        state
+            .credentials
+            .as_deref()
+            .cloned()
+            .unwrap_or(Credentials::None(None))
+    }
+
+    /// Nothing more will be connected: the handshake's credentials are not kept.
+    pub fn forget_credentials(&self) {
+        self.state.lock().credentials = None;
+    }
+
+    /// The namespace's session, if the client connected to it.
+    pub fn socket(&self, index: usize) -> Option<Arc<Session>> {
         self.state
             .lock()
             .sockets
             .iter()
             .find(|s| s.index == index)
-            .map(|s| (s.session.clone(), s.positions.clone()))
+            .map(|s| s.session.clone())
+    }
+
+    /// A namespace subscribed `channel`: its recovery record starts it at `position`.
+    pub fn set_position(&self, index: usize, channel: &ChannelName, position: StreamPosition) {
+        let mut state = self.state.lock();
+        if let Some(socket) = state.sockets.iter_mut().find(|s| s.index == index) {
+            socket.positions.set(channel, position);
+        }
+    }
+
+    /// A namespace unsubscribed `channel`: its recovery record forgets it.
+    pub fn remove_position(&self, index: usize, channel: &ChannelName) {
+        let mut state = self.state.lock();
+        if let Some(socket) = state.sockets.iter_mut().find(|s| s.index == index) {
+            socket.positions.remove(channel);
+        }
     }
 
     /// Removes a namespace (the client disconnected from it); its session leaves the hub.
@@ -684,28 +745,21 @@ impl Connection {
         }
         let next = state.next_deadline();
         state.scheduled = Some(next);
+        let wakers = if pinged {
+            std::mem::take(&mut state.wakers)
+        } else {
+            Default::default()
+        };
         drop(state);
-        if pinged {
-            self.wake.notify_one();
-        }
+        wake_all(wakers);
         self.app.socketio.clock.schedule(self, next);
     }
 }
 
-/// Waits for `notified` or any of `sessions`' outboxes (none: `notified` alone).
-async fn wait_any(notified: tokio::sync::futures::Notified<'_>, sessions: Vec<Arc<Session>>) {
-    if sessions.is_empty() {
-        return notified.await;
-    }
-    let outboxes = futures_util::future::select_all(
-        sessions
-            .iter()
-            .map(|s| Box::pin(s.outbox().wait()))
-            .collect::<Vec<_>>(),
-    );
-    tokio::select! {
-        () = notified => {}
-        _ = outboxes => {}
+/// Wakes the waiters whose wakers were taken, after the connection's lock is released.
+fn wake_all(wakers: [Option<Waker>; 2]) {
+    for waker in wakers.into_iter().flatten() {
+        waker.wake();
     }
 }
 
@@ -753,11 +807,11 @@ pub(crate) fn new_sid() -> String {
 
 #[cfg(test)]
 mod tests {
-    /// An idle connection keeps one of these: kept within jemalloc's 384-byte class (with the
+    /// An idle connection keeps one of these: kept within jemalloc's 320-byte class (with the
     /// `Arc`'s two counts), see "Where an idle connection's memory goes" in docs/benchmarks.md.
     #[test]
     fn a_connection_fits_its_size_class() {
         let size = std::mem::size_of::<super::Connection>() + 16;
-        assert!(size <= 384, "Connection with its Arc counts: {size} bytes");
+        assert!(size <= 320, "Connection with its Arc counts: {size} bytes");
     }
 }

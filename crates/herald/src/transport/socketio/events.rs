@@ -166,7 +166,7 @@ async fn connect(connection: &Arc<Connection>, packet: Packet) {
         return refuse(ErrorCode::BadRequest, "already connected to this namespace");
     }
     let auth = auth_of(packet.data.as_deref());
-    let credentials = connection.credentials.lock().clone();
+    let credentials = connection.credentials();
     let verified = match (auth.token, &credentials) {
         (Some(token), Credentials::Token(_, forwarded) | Credentials::None(forwarded)) => {
             verify_token(app, &token, forwarded.clone())
@@ -186,7 +186,7 @@ async fn connect(connection: &Arc<Connection>, packet: Packet) {
     // With one namespace configured there is nothing more to connect on this connection: the
     // handshake's token (a few hundred bytes) is not kept for its whole life.
     if app.config.socketio.namespaces.len() == 1 {
-        *connection.credentials.lock() = Credentials::None(None);
+        connection.forget_credentials();
     }
     let expires = verified
         .expires_at
@@ -216,7 +216,7 @@ async fn connect(connection: &Arc<Connection>, packet: Packet) {
             return refuse(code, &disconnect.reason);
         }
     };
-    let positions = Arc::new(Positions::default());
+    let mut positions = Positions::default();
     let mut recovered = record.is_some();
     if let Some(subscribed) = &personal {
         positions.set(
@@ -280,7 +280,7 @@ async fn event(connection: &Arc<Connection>, packet: Packet, attachments: Vec<Ve
         return;
     };
     // Events on a namespace the client has not connected to are ignored, as Socket.IO does.
-    let Some((session, positions)) = connection.socket(index) else {
+    let Some(session) = connection.socket(index) else {
         return;
     };
     let namespace = packet.namespace.as_str();
@@ -309,8 +309,7 @@ async fn event(connection: &Arc<Connection>, packet: Packet, attachments: Vec<Ve
         )),
         Ok(true) => {
             let first = args.get(1).map(|a| &**a);
-            let socket = (&*session, &*positions);
-            answer(connection, socket, namespace, &name, first).await
+            answer(connection, (&session, index), namespace, &name, first).await
         }
     };
     match (answer, packet.ack) {
@@ -345,7 +344,7 @@ async fn event(connection: &Arc<Connection>, packet: Packet, attachments: Vec<Ve
 /// Carries out the event `name`; returns its ack's arguments.
 async fn answer(
     connection: &Arc<Connection>,
-    (session, positions): (&Session, &Positions),
+    (session, index): (&Session, usize),
     namespace: &str,
     name: &str,
     first: Option<&RawValue>,
@@ -362,9 +361,10 @@ async fn answer(
         let outcome = command::execute(&connection.app, session, command).await?;
         match &outcome {
             Outcome::Subscribed(subscribed) => {
-                positions.set(&subscribed.channel, start_of(subscribed, since.as_ref()))
+                let start = start_of(subscribed, since.as_ref());
+                connection.set_position(index, &subscribed.channel, start);
             }
-            Outcome::Unsubscribed(channel) => positions.remove(channel),
+            Outcome::Unsubscribed(channel) => connection.remove_position(index, channel),
             _ => {}
         }
         return Ok(outcome.socketio_ack());
@@ -376,7 +376,7 @@ async fn answer(
             BUILT_IN_EVENTS.join(", ")
         )));
     };
-    mapped_event(connection, (session, positions), namespace, mapped, first).await
+    mapped_event(connection, (session, index), namespace, mapped, first).await
 }
 
 /// A built-in event as the native command it stands for.
@@ -404,7 +404,7 @@ fn built_in(name: &str, first: Option<&RawValue>) -> Result<Command, HeraldError
 /// `reply`, and ack with the same body.
 async fn mapped_event(
     connection: &Arc<Connection>,
-    (session, positions): (&Session, &Positions),
+    (session, index): (&Session, usize),
     namespace: &str,
     mapped: &SocketIoEvent,
     first: Option<&RawValue>,
@@ -418,7 +418,7 @@ async fn mapped_event(
     let (body, ack) = if let Some(template) = &mapped.subscribe {
         let channel = channel(template)?;
         let subscribed = session.subscribe(&channel, Recovery::Live).await?;
-        positions.set(&channel, subscribed.position.clone());
+        connection.set_position(index, &channel, subscribed.position.clone());
         let result = protocol::subscribed_result(&subscribed);
         (
             serde_json::to_string(&result).unwrap_or_default(),
@@ -427,7 +427,7 @@ async fn mapped_event(
     } else if let Some(template) = &mapped.unsubscribe {
         let channel = channel(template)?;
         session.unsubscribe(&channel).await?;
-        positions.remove(&channel);
+        connection.remove_position(index, &channel);
         let result = protocol::channel_result(&channel);
         (
             serde_json::to_string(&result).unwrap_or_default(),

@@ -17,7 +17,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use herald_core::{CloseCode, Disconnect, HeraldError};
 
-use super::connection::{Connection, Ending, Transport};
+use super::connection::{Connection, Ending, Transport, Waiter};
 use super::packet::{self, EngineIn, Outgoing};
 use super::{encode, events, websocket, Application, Credentials, EngineQuery, Form};
 use crate::api::{counted, parse_query};
@@ -220,7 +220,7 @@ async fn long_poll(app: &App, connection: std::sync::Arc<Connection>) -> Respons
             }
             return payload_response(packet::payload(&packets));
         }
-        connection.wait().await;
+        connection.wait(Waiter::Poll).await;
     }
 }
 

@@ -8,7 +8,9 @@
 //! ([`Connection::drain`]) whenever it is woken, and reads the client's packets between.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::extract::Request;
@@ -20,7 +22,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use super::connection::{Connection, Ending, Transport};
+use super::connection::{Connection, Drained, Ending, Transport, Waiter};
 use super::packet::{self, EngineIn, Outgoing};
 use super::polling::{credentials, open_packet};
 use super::{encode, events, Application, EngineQuery, Form};
@@ -113,16 +115,15 @@ pub(super) async fn upgrade(
             connection.app.metrics.clone(),
             deflate,
         );
-        let task = Task {
+        let mut task = Task {
             reader: FrameReader::with_bytes(&parts.read_buf),
             socket,
             deflate,
             connection,
         };
-        // The task's future is what an idle connection keeps: the task's state and the serve
-        // loop's, with the setup boxed.
+        // The task's future is what an idle connection keeps: the task's state (moved in once, not
+        // rebound, which would keep a second copy) and the serve loop's, with the setup boxed.
         tokio::spawn(async move {
-            let mut task = task;
             if Box::pin(task.start(probe)).await {
                 task.serve().await;
             }
@@ -217,25 +218,20 @@ impl Task {
         }
     }
 
-    /// The connection's life on this socket: write what is ready, read what comes.
+    /// The connection's life on this socket: write what is ready, read what comes. This future
+    /// is what an idle connection keeps, so nothing that is only needed now and then lives in it
+    /// across a wait: what a drain took is written by a boxed future it is moved into.
     async fn serve(&mut self) {
         loop {
-            let drained = self.connection.drain();
-            let ending = drained.ending.clone();
-            if !drained.is_empty() {
-                let frames = self.frames(drained);
-                // Boxed, like every path that only runs now and then: this future is what an idle
-                // connection keeps.
-                if Box::pin(self.write(frames)).await.is_err() {
-                    self.connection.close(Ending::ClientClosed);
-                    return;
-                }
-            }
-            if let Some(ending) = ending {
-                return Box::pin(self.finish(ending)).await;
+            let flushed = match self.drain() {
+                Some(flush) => flush.await,
+                None => Ok(()),
+            };
+            if flushed.is_err() {
+                return;
             }
             tokio::select! {
-                () = self.connection.wait() => {}
+                () = self.connection.wait(Waiter::WebSocket) => {}
                 readable = std::future::poll_fn(|cx| self.socket.stream().poll_read_ready(cx)) => {
                     if readable.is_err() || !self.read_available() {
                         self.connection.close(Ending::ClientClosed);
@@ -249,6 +245,33 @@ impl Task {
                     }
                 }
             }
+        }
+    }
+
+    /// What is ready to write, as the boxed future that writes it (the drain moved into it).
+    fn drain(&mut self) -> Option<Pin<Box<impl Future<Output = Result<(), Gone>> + '_>>> {
+        let drained = self.connection.drain();
+        (!drained.is_empty() || drained.ending.is_some())
+            .then(move || Box::pin(self.flush(drained)))
+    }
+
+    /// Writes what a drain took; after the connection's last packets, closes the socket. `Err`
+    /// when the connection is over.
+    async fn flush(&mut self, drained: Drained) -> Result<(), Gone> {
+        let ending = drained.ending.clone();
+        if !drained.is_empty() {
+            let frames = self.frames(drained);
+            if self.write(frames).await.is_err() {
+                self.connection.close(Ending::ClientClosed);
+                return Err(Gone);
+            }
+        }
+        match ending {
+            Some(ending) => {
+                self.finish(ending).await;
+                Err(Gone)
+            }
+            None => Ok(()),
         }
     }
 
@@ -288,7 +311,7 @@ impl Task {
 
     /// The drained packets and items as frames, in order: the connection's own packets, then
     /// what the hub queued (each publication's frame shared).
-    fn frames(&self, drained: super::connection::Drained) -> VecDeque<Bytes> {
+    fn frames(&self, drained: Drained) -> VecDeque<Bytes> {
         let app = &self.connection.app;
         let names = &app.config.socketio.namespaces;
         let form = if self.deflate.is_some() {
