@@ -285,8 +285,9 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    /// A new connection on `transport`, registered (for polling and upgrades) and with its
-    /// heartbeat running.
+    /// A new connection on `transport`, with its heartbeat running; registered when it is on
+    /// long-polling, which later requests (polls, posts, the upgrade) find by `sid`. A connection
+    /// that starts on WebSocket is held by its task alone: no request ever names it.
     pub fn start(
         app: ConnectionSlot,
         credentials: Credentials,
@@ -309,7 +310,9 @@ impl Connection {
                 ..State::default()
             }),
         });
-        connection.app.socketio.insert(&connection);
+        if transport == Transport::Polling {
+            connection.app.socketio.insert(&connection);
+        }
         let now = Instant::now();
         let first = {
             let mut state = connection.state.lock();
@@ -763,8 +766,9 @@ fn wake_all(wakers: [Option<Waker>; 2]) {
     }
 }
 
-/// The node's open Engine.IO connections by `sid`, for long-polling requests and upgrades. It
-/// holds each connection until it closes: between two polls, nothing else does.
+/// The node's open long-polling Engine.IO connections by `sid` (upgraded ones included), for
+/// polls, posts and upgrades. It holds each connection until it closes: between two polls,
+/// nothing else does.
 #[derive(Default)]
 pub struct Registry {
     connections: Mutex<HashMap<Arc<str>, Arc<Connection>>>,
