@@ -196,7 +196,7 @@ impl State {
     }
 
     /// Moves everything queued into `batch`, keeping a small allocation for the next items.
-    fn drain_into(&mut self, batch: &mut Vec<Outbound>) {
+    fn drain_into(&mut self, batch: &mut impl Extend<Outbound>) {
         batch.extend(self.first.take());
         batch.extend(self.second.take());
         batch.extend(self.rest.drain(..));
@@ -515,10 +515,11 @@ impl Outbox {
     }
 
     /// Moves everything queued into `batch` (in order) and returns the close, if one was asked for.
+    /// `batch` is any collection, so that a transport can take straight into its own.
     ///
     /// The queue keeps a small allocation between takes, so that a steady stream does not
     /// allocate and free once per delivery; one that grew past that during a burst is released.
-    pub fn take(&self, batch: &mut Vec<Outbound>) -> Option<Disconnect> {
+    pub fn take(&self, batch: &mut impl Extend<Outbound>) -> Option<Disconnect> {
         let mut state = self.state.lock();
         state.drain_into(batch);
         state.close.as_deref().cloned()

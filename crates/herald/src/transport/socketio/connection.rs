@@ -154,7 +154,7 @@ pub struct PendingBinary {
 
 struct State {
     queue: VecDeque<Outgoing>,
-    transport: Option<Transport>,
+    transport: Transport,
     /// A `GET` is waiting (long-polling): a second one is a protocol error.
     polling: bool,
     /// A `POST` is being handled: the client sends one at a time.
@@ -185,45 +185,52 @@ struct State {
     signalled: bool,
     /// The waiters' wakers, by [`Waiter`].
     wakers: [Option<Waker>; 2],
-    /// The command rate limit (always there once started), and how many events in a row it
-    /// refused.
-    commands: Option<CommandBucket>,
+    /// The command rate limit, and how many events in a row it refused.
+    commands: CommandBucket,
     refused_in_a_row: u32,
     /// How the handshake authenticated, for each namespace's connect; `None` once nothing more
     /// can be connected (a connection keeps no token it will not use).
     credentials: Option<Box<Credentials>>,
 }
 
-impl Default for State {
-    fn default() -> Self {
-        State {
+impl State {
+    /// A new connection's state, with its first ping due at `next_ping` and, for a connection
+    /// that must connect a namespace, its connect due by `connect_by`.
+    fn new(
+        transport: Transport,
+        credentials: Credentials,
+        commands: CommandBucket,
+        next_ping: Instant,
+        connect_by: Option<Instant>,
+    ) -> State {
+        let mut state = State {
             queue: VecDeque::new(),
-            transport: None,
+            transport,
             polling: false,
             posting: false,
             awaiting_pong: false,
             ending: None,
             sockets: Vec::new(),
             pending_binary: None,
-            connected_once: false,
             upgrade_claimed: false,
+            connected_once: false,
             #[cfg(feature = "socketio-conformance")]
             test_namespaces: Vec::new(),
             expires: None,
-            next_ping: Instant::now(),
+            next_ping,
             answer_by: None,
-            connect_by: None,
+            connect_by,
             scheduled: None,
             signalled: false,
             wakers: [None, None],
-            commands: None,
+            commands,
             refused_in_a_row: 0,
-            credentials: None,
-        }
+            credentials: Some(Box::new(credentials)),
+        };
+        state.scheduled = Some(state.next_deadline());
+        state
     }
-}
 
-impl State {
     /// The earliest of the connection's deadlines.
     fn next_deadline(&self) -> Instant {
         [self.answer_by, self.expires, self.connect_by]
@@ -246,6 +253,16 @@ pub struct Drained {
     pub last: Vec<Outgoing>,
     /// Set when the connection is over: write what was drained, then close.
     pub ending: Option<Ending>,
+}
+
+/// The drained items, as an outbox hands them over: each tagged with its namespace's place.
+struct Tagged<'a>(&'a mut Vec<(usize, Outbound)>, usize);
+
+impl Extend<Outbound> for Tagged<'_> {
+    fn extend<I: IntoIterator<Item = Outbound>>(&mut self, items: I) {
+        let index = self.1;
+        self.0.extend(items.into_iter().map(|item| (index, item)));
+    }
 }
 
 impl Drained {
@@ -295,51 +312,43 @@ impl Connection {
         application: Application,
     ) -> Arc<Connection> {
         let sid: Arc<str> = new_sid().into();
-        let commands = CommandBucket::new(
-            app.config.limits.commands_per_minute,
-            app.config.limits.commands_burst,
+        let limits = &app.config.limits;
+        let commands = CommandBucket::new(limits.commands_per_minute, limits.commands_burst);
+        let now = Instant::now();
+        #[cfg(feature = "socketio-conformance")]
+        let connects = application != Application::EngineEcho;
+        #[cfg(not(feature = "socketio-conformance"))]
+        let connects = true;
+        let state = State::new(
+            transport,
+            credentials,
+            commands,
+            now + app.config.socketio.ping_interval,
+            connects.then(|| now + limits.handshake_timeout),
         );
+        let first = state.next_deadline();
         let connection = Arc::new(Connection {
-            sid: sid.clone(),
+            sid,
             application,
             app,
-            state: Mutex::new(State {
-                transport: Some(transport),
-                commands: Some(commands),
-                credentials: Some(Box::new(credentials)),
-                ..State::default()
-            }),
+            state: Mutex::new(state),
         });
         if transport == Transport::Polling {
             connection.app.socketio.insert(&connection);
         }
-        let now = Instant::now();
-        let first = {
-            let mut state = connection.state.lock();
-            state.next_ping = now + connection.app.config.socketio.ping_interval;
-            #[cfg(feature = "socketio-conformance")]
-            let connects = application != Application::EngineEcho;
-            #[cfg(not(feature = "socketio-conformance"))]
-            let connects = true;
-            state.connect_by =
-                connects.then(|| now + connection.app.config.limits.handshake_timeout);
-            let first = state.next_deadline();
-            state.scheduled = Some(first);
-            first
-        };
         connection.app.socketio.clock.schedule(&connection, first);
         connection.app.metrics.connections_accepted.inc();
         connection
     }
 
     /// The transport, even once the connection has ended.
-    pub fn last_transport(&self) -> Option<Transport> {
+    pub fn last_transport(&self) -> Transport {
         self.state.lock().transport
     }
 
     pub fn transport(&self) -> Option<Transport> {
         let state = self.state.lock();
-        state.ending.is_none().then_some(()).and(state.transport)
+        state.ending.is_none().then_some(state.transport)
     }
 
     /// Queues a packet of the connection's own; past [`MAX_QUEUED_PACKETS`] the connection is
@@ -379,17 +388,14 @@ impl Connection {
             if state.ending.is_some() {
                 return;
             }
-            let linger = matches!(ending, Ending::ClientClosed)
-                && state.transport == Some(Transport::Polling);
+            let linger =
+                matches!(ending, Ending::ClientClosed) && state.transport == Transport::Polling;
             if let Ending::Closed(disconnect) = &ending {
                 let namespaces = &self.app.config.socketio.namespaces;
-                let body = protocol::socketio_event(
-                    "herald:disconnect",
-                    &protocol::socketio_disconnect(disconnect),
-                );
+                let body = protocol::socketio_disconnect(disconnect);
                 for socket in &state.sockets {
                     let namespace = &namespaces[socket.index];
-                    let farewell = packet::text_packet(Kind::Event, namespace, None, &body);
+                    let farewell = packet::event(namespace, "herald:disconnect", &body);
                     state.queue.push_back(farewell);
                     if !disconnect.reconnect {
                         let bye = packet::text_packet(Kind::Disconnect, namespace, None, "");
@@ -439,27 +445,22 @@ impl Connection {
             let mut state = self.state.lock();
             // Taken whole: an idle connection keeps no room for packets between writes.
             drained.packets = Vec::from(std::mem::take(&mut state.queue));
-            let mut batch = Vec::new();
             let namespaces = &self.app.config.socketio.namespaces;
             for socket in &mut state.sockets {
-                close = close.or(socket.session.outbox().take(&mut batch));
+                let start = drained.items.len();
+                let mut taken = Tagged(&mut drained.items, socket.index);
+                close = close.or(socket.session.outbox().take(&mut taken));
                 let mut moved = false;
-                for item in &batch {
+                for (_, item) in &drained.items[start..] {
                     socket.positions.written(item);
                     moved |= matches!(item, Outbound::Publication(_));
                 }
-                drained
-                    .items
-                    .extend(batch.drain(..).map(|item| (socket.index, item)));
                 if moved {
-                    let record = protocol::socketio_event(
-                        "herald:recovery",
-                        &serde_json::to_string(&socket.positions.record()).unwrap_or_default(),
-                    );
-                    drained.records.push(packet::text_packet(
-                        Kind::Event,
+                    let record =
+                        serde_json::to_string(&socket.positions.record()).unwrap_or_default();
+                    drained.records.push(packet::event(
                         &namespaces[socket.index],
-                        None,
+                        "herald:recovery",
                         &record,
                     ));
                 }
@@ -518,7 +519,7 @@ impl Connection {
     pub fn take_command(&self) -> Result<bool, ()> {
         let mut state = self.state.lock();
         let state = &mut *state;
-        if state.commands.as_mut().is_none_or(CommandBucket::try_take) {
+        if state.commands.try_take() {
             state.refused_in_a_row = 0;
             return Ok(true);
         }
@@ -554,7 +555,7 @@ impl Connection {
     pub fn claim_upgrade(&self) -> bool {
         let mut state = self.state.lock();
         let free = state.ending.is_none()
-            && state.transport == Some(Transport::Polling)
+            && state.transport == Transport::Polling
             && !state.upgrade_claimed;
         state.upgrade_claimed |= free;
         free
@@ -563,7 +564,7 @@ impl Connection {
     /// Whether a WebSocket is upgrading the connection and has not finished.
     pub fn upgrading(&self) -> bool {
         let state = self.state.lock();
-        state.upgrade_claimed && state.transport != Some(Transport::WebSocket)
+        state.upgrade_claimed && state.transport != Transport::WebSocket
     }
 
     /// The upgrading WebSocket failed before `upgrade`: the connection stays on long-polling,
@@ -571,18 +572,18 @@ impl Connection {
     pub fn release_upgrade(&self) {
         let mut state = self.state.lock();
         state.upgrade_claimed = false;
-        if state.transport == Some(Transport::Upgrading) {
-            state.transport = Some(Transport::Polling);
+        if state.transport == Transport::Upgrading {
+            state.transport = Transport::Polling;
         }
     }
 
     /// The probe succeeded: the pending `GET` is answered with `noop`.
     pub fn begin_upgrade(&self) -> bool {
         let mut state = self.state.lock();
-        if state.transport != Some(Transport::Polling) || state.ending.is_some() {
+        if state.transport != Transport::Polling || state.ending.is_some() {
             return false;
         }
-        state.transport = Some(Transport::Upgrading);
+        state.transport = Transport::Upgrading;
         drop(state);
         self.signal();
         true
@@ -590,7 +591,7 @@ impl Connection {
 
     /// The client sent `upgrade`: from now on the WebSocket writes, and `GET`s are refused.
     pub fn complete_upgrade(&self) {
-        self.state.lock().transport = Some(Transport::WebSocket);
+        self.state.lock().transport = Transport::WebSocket;
     }
 
     /// The client answered a ping.

@@ -256,14 +256,10 @@ async fn connect(connection: &Arc<Connection>, packet: Packet) {
         None,
         &protocol::socketio_connect_answer(session.client_id(), &pid),
     ));
-    connection.send(packet::text_packet(
-        Kind::Event,
+    connection.send(packet::event(
         namespace,
-        None,
-        &protocol::socketio_event(
-            "connected",
-            &protocol::socketio_connected(session.client_id(), session.user()),
-        ),
+        "connected",
+        &protocol::socketio_connected(session.client_id(), session.user()),
     ));
     connection.add_socket(
         NamespaceSocket {
@@ -326,14 +322,10 @@ async fn event(connection: &Arc<Connection>, packet: Packet, attachments: Vec<Ve
                     Some(id),
                     &format!("[{}]", protocol::socketio_error(e.code, &e.message, None)),
                 ),
-                None => packet::text_packet(
-                    Kind::Event,
+                None => packet::event(
                     namespace,
-                    None,
-                    &protocol::socketio_event(
-                        "error",
-                        &protocol::socketio_error(e.code, &e.message, Some(&name)),
-                    ),
+                    "error",
+                    &protocol::socketio_error(e.code, &e.message, Some(&name)),
                 ),
             };
             connection.send(packet);
@@ -441,12 +433,7 @@ async fn mapped_event(
         )
     };
     if let Some(reply) = &mapped.reply {
-        connection.send(packet::text_packet(
-            Kind::Event,
-            namespace,
-            None,
-            &protocol::socketio_event(reply, &body),
-        ));
+        connection.send(packet::event(namespace, reply, &body));
     }
     Ok(ack)
 }

@@ -255,34 +255,18 @@ pub fn encode(
             p.encoded(WireFormat::SocketIo, |_| Encoded::new(names.len())),
         ),
         Outbound::Event(e) => shared(
-            &|| {
-                let body = protocol::socketio_event(e.kind.as_str(), &protocol::channel_event(e));
-                packet::header(Kind::Event, name, 0, None) + &body
-            },
+            &|| packet::event_text(name, e.kind.as_str(), &protocol::channel_event(e)),
             e.encoded(WireFormat::SocketIo, |_| Encoded::new(names.len())),
         ),
         Outbound::Unsubscribed(channel) => {
-            let body = protocol::socketio_event(
-                "unsubscribed",
-                &serde_json::to_string(&protocol::channel_result(channel)).unwrap_or_default(),
-            );
-            frame(
-                &(packet::header(Kind::Event, name, 0, None) + &body),
-                form,
-                deflate,
-            )
+            let result = serde_json::to_string(&protocol::channel_result(channel));
+            let text = packet::event_text(name, "unsubscribed", &result.unwrap_or_default());
+            frame(&text, form, deflate)
         }
         Outbound::Resubscribed(subscribed) => {
-            let body = protocol::socketio_event(
-                "subscribed",
-                &serde_json::to_string(&protocol::subscribed_result(subscribed))
-                    .unwrap_or_default(),
-            );
-            frame(
-                &(packet::header(Kind::Event, name, 0, None) + &body),
-                form,
-                deflate,
-            )
+            let result = serde_json::to_string(&protocol::subscribed_result(subscribed));
+            let text = packet::event_text(name, "subscribed", &result.unwrap_or_default());
+            frame(&text, form, deflate)
         }
         Outbound::Heartbeat => frame(packet::PING, form, deflate),
     }

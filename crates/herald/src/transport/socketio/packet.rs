@@ -281,6 +281,16 @@ pub fn header(kind: Kind, namespace: &str, attachments: usize, ack: Option<u64>)
 }
 
 /// A whole Socket.IO text packet for the client: its header, then `json`.
+/// The text of the event `name` on `namespace`, with `json` as its one argument.
+pub fn event_text(namespace: &str, name: &str, json: &str) -> String {
+    header(Kind::Event, namespace, 0, None) + &herald_core::protocol::socketio_event(name, json)
+}
+
+/// [`event_text`], as a packet to send.
+pub fn event(namespace: &str, name: &str, json: &str) -> Outgoing {
+    Outgoing::text(event_text(namespace, name, json))
+}
+
 pub fn text_packet(kind: Kind, namespace: &str, ack: Option<u64>, json: &str) -> Outgoing {
     let mut text = header(kind, namespace, 0, ack);
     text.push_str(json);

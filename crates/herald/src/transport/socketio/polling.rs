@@ -144,16 +144,12 @@ impl Drop for PollGuard<'_> {
 }
 
 async fn long_poll(app: &App, connection: std::sync::Arc<Connection>) -> Response {
-    match connection.last_transport() {
-        Some(Transport::Polling | Transport::Upgrading) => {}
-        Some(Transport::WebSocket) => {
-            return counted(
-                app,
-                HeraldError::bad_request("this connection moved to its WebSocket"),
-            )
-            .into_response()
-        }
-        None => return counted(app, unknown_session()).into_response(),
+    if connection.last_transport() == Transport::WebSocket {
+        return counted(
+            app,
+            HeraldError::bad_request("this connection moved to its WebSocket"),
+        )
+        .into_response();
     }
     if connection.upgrading() {
         // A long-poll sent while a WebSocket upgrades the connection: the client's `upgrade`
@@ -166,10 +162,10 @@ async fn long_poll(app: &App, connection: std::sync::Arc<Connection>) -> Respons
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         match connection.last_transport() {
-            Some(Transport::Upgrading) => {
+            Transport::Upgrading => {
                 return payload_response(Bytes::from_static(packet::NOOP.as_bytes()))
             }
-            Some(Transport::WebSocket) => {
+            Transport::WebSocket => {
                 return counted(
                     app,
                     HeraldError::bad_request("this connection moved to its WebSocket"),
@@ -177,7 +173,7 @@ async fn long_poll(app: &App, connection: std::sync::Arc<Connection>) -> Respons
                 .into_response()
             }
             // The probe failed, or has not come yet: long-poll as before.
-            _ => {}
+            Transport::Polling => {}
         }
     }
     if !connection.begin_poll() {
