@@ -74,7 +74,13 @@ pub(crate) async fn poll_with(
     }
 }
 
-fn unknown_session() -> HeraldError {
+/// The refusal of a polling request on a connection its WebSocket has taken over.
+fn moved_to_websocket() -> HeraldError {
+    HeraldError::bad_request("this connection moved to its WebSocket")
+}
+
+/// The refusal of a `sid` the node does not have open (also the upgrade's).
+pub(super) fn unknown_session() -> HeraldError {
     HeraldError::bad_request("unknown or closed session id (sid): open a new connection")
 }
 
@@ -145,11 +151,7 @@ impl Drop for PollGuard<'_> {
 
 async fn long_poll(app: &App, connection: std::sync::Arc<Connection>) -> Response {
     if connection.last_transport() == Transport::WebSocket {
-        return counted(
-            app,
-            HeraldError::bad_request("this connection moved to its WebSocket"),
-        )
-        .into_response();
+        return counted(app, moved_to_websocket()).into_response();
     }
     if connection.upgrading() {
         // A long-poll sent while a WebSocket upgrades the connection: the client's `upgrade`
@@ -165,13 +167,7 @@ async fn long_poll(app: &App, connection: std::sync::Arc<Connection>) -> Respons
             Transport::Upgrading => {
                 return payload_response(Bytes::from_static(packet::NOOP.as_bytes()))
             }
-            Transport::WebSocket => {
-                return counted(
-                    app,
-                    HeraldError::bad_request("this connection moved to its WebSocket"),
-                )
-                .into_response()
-            }
+            Transport::WebSocket => return counted(app, moved_to_websocket()).into_response(),
             // The probe failed, or has not come yet: long-poll as before.
             Transport::Polling => {}
         }
@@ -257,9 +253,7 @@ pub async fn post(State(app): State<App>, request: Request) -> Response {
         connection.transport(),
         Some(Transport::Polling | Transport::Upgrading)
     ) {
-        return refuse(HeraldError::bad_request(
-            "this connection moved to its WebSocket",
-        ));
+        return refuse(moved_to_websocket());
     }
     let max = app.config.limits.max_frame_bytes;
     let body = match to_bytes(Body::new(request.into_body()), max).await {

@@ -24,7 +24,7 @@ use tokio::time::timeout;
 
 use super::connection::{Connection, Drained, Ending, Transport, Waiter};
 use super::packet::{self, EngineIn, Outgoing};
-use super::polling::{credentials, open_packet};
+use super::polling::{credentials, open_packet, unknown_session};
 use super::{encode, events, Application, EngineQuery, Form};
 use crate::api::counted;
 use crate::server::{App, RawTcp};
@@ -75,11 +75,7 @@ pub(super) async fn upgrade(
                 });
                 return ws::handshake::switching_protocols(accept, None);
             }
-            None => {
-                return refuse(HeraldError::bad_request(
-                    "unknown or closed session id (sid): open a new connection",
-                ))
-            }
+            None => return refuse(unknown_session()),
         },
         None => {
             let slot = match admit_connection(&app, peer, request.headers()) {
